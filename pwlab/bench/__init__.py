@@ -1,0 +1,1 @@
+"""Benchmarks: each module prints measured ratios as JSON lines (``pwlab bench NAME``)."""

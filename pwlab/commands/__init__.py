@@ -1,0 +1,1 @@
+"""Sub-commands of the ``pwlab`` command line (one module each, ``main(argv) -> int``)."""

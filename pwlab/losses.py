@@ -1,0 +1,102 @@
+"""Auxiliary losses of sparse routing, as pure functions of router outputs.
+
+All return unweighted scalars; the MoE layer multiplies them by its ``aux_weights``.
+Index legend: N tokens, E experts, A assignments, G groups (e.g. modalities).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
+    """Squared coefficient of variation ``var(x) / mean(x)²`` (population variance); 0 for one element."""
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    x = x.float()
+    return x.var(unbiased=False) / (x.mean() ** 2 + eps)
+
+
+def load_balancing(probs: Tensor, expert: Tensor) -> Tensor:
+    """Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4–6), without α.
+
+    ``L = E · Σ_i f_i · P_i`` where ``f_i`` is the fraction of the A assignments sent to expert i
+    (for top-k each of the k choices counts, so dividing by A = N·k is "dividing by k") and
+    ``P_i`` the mean router probability of expert i. Uniform routing gives exactly 1, so with
+    the usual α = 1e-2 the weighted loss of a balanced router is α.
+
+    Args:
+        probs: (N, E) router probabilities (differentiable; the gradient flows through P only).
+        expert: (A,) chosen experts (proposed, before capacity).
+    """
+    n, e = probs.shape
+    if n == 0 or expert.numel() == 0:
+        return probs.new_zeros(())
+    f = torch.bincount(expert, minlength=e).to(probs.dtype) / expert.numel()
+    p = probs.mean(0)
+    return e * (f * p).sum()
+
+
+def z_loss(logits: Tensor) -> Tensor:
+    """Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5): mean over tokens of ``logsumexp(logits)²``.
+
+    Zero logits give ``(log E)²``. Keeps logits small, which keeps the softmax numerically sane.
+    """
+    if logits.shape[0] == 0:
+        return logits.new_zeros(())
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def entropy(probs: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """Shannon entropy in nats along ``dim``."""
+    return -(probs * (probs + eps).log()).sum(dim)
+
+
+def router_entropy(probs: Tensor) -> Tensor:
+    """Mean per-token routing entropy in nats (0: certain; log E: uniform)."""
+    if probs.shape[0] == 0:
+        return probs.new_zeros(())
+    return entropy(probs.float()).mean()
+
+
+def group_entropies(probs: Tensor, groups: Tensor, num_groups: int | None = None) -> tuple[Tensor, Tensor]:
+    """LIMoE's per-group entropies (Mustafa et al. 2022, §3.1).
+
+    For each group m (a modality) with tokens x ∈ m:
+        local_m  = mean_x H(p(x))          — want small: each token's routing sharp;
+        global_m = H(mean_x p(x))          — want large: the group uses many experts.
+
+    Returns (local (G,), global (G,)); a group without tokens gives 0 for both.
+    """
+    g = int(num_groups if num_groups is not None else (int(groups.max()) + 1 if groups.numel() else 0))
+    local = probs.new_zeros(g)
+    glob = probs.new_zeros(g)
+    for m in range(g):
+        sel = groups == m
+        if bool(sel.any()):
+            pm = probs[sel]
+            local[m] = entropy(pm).mean()
+            glob[m] = entropy(pm.mean(0))
+    return local, glob
+
+
+def limoe_entropy_losses(probs: Tensor, groups: Tensor, num_groups: int | None = None,
+                         global_threshold: float | None = None) -> dict[str, Tensor]:
+    """LIMoE's two regularisers summed over groups: ``entropy_local`` (minimise the mean
+    per-token entropy) and ``entropy_global`` (minimise ``-H(mean p)``, only below
+    ``global_threshold`` nats if given, as LIMoE's thresholded variant)."""
+    local, glob = group_entropies(probs, groups, num_groups)
+    present = torch.zeros_like(local, dtype=torch.bool)
+    if groups.numel():
+        present[groups.unique()] = True
+    glob_loss = -glob
+    if global_threshold is not None:
+        glob_loss = torch.where(glob < global_threshold, -glob, torch.zeros_like(glob))
+    return {"entropy_local": local[present].sum(), "entropy_global": glob_loss[present].sum()}
+
+
+def max_entropy(num_experts: int) -> float:
+    """log E: the entropy of uniform routing, in nats."""
+    return math.log(num_experts)

@@ -1,0 +1,292 @@
+"""The mixture-of-experts layer: route → capacity → dispatch → experts → combine → (y, MoEStats).
+
+Index legend: N tokens, D d_model, H d_hidden, E experts, k experts per token,
+A assignments (A = N·k for token choice), C capacity per expert.
+
+Capacity. ``capacity_factor=None`` is dropless. Otherwise the default convention
+``"k_tokens"`` gives ``C = ceil(cf · k · N / E)`` (DeepSpeed, megablocks, tutel: cf = 1 means
+"exactly enough slots if routing is balanced"); ``"tokens"`` gives ``C = ceil(cf · N / E)``
+(Mesh-TF, flaxformer: the k is folded into cf). When an expert is over capacity, assignments
+are kept in priority order: ``drop_policy="position"`` takes first choices before second
+choices, then earlier tokens first (GShard's cumsum order); ``"probability"`` takes first
+choices before second choices, then higher router weight first (batch-prioritized routing,
+Riquelme et al. 2021). A dropped assignment contributes nothing; the block's residual carries
+the token.
+
+Dispatch. ``dispatch="fast"`` sorts the kept assignments by expert into a padded
+(E, C, D) buffer and runs every expert at once with two batched matmuls;
+``dispatch="loop"`` is the plain reference, one expert at a time (as transformers' Mixtral).
+Tests tie them together, values and gradients.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from pwlab import _checks, losses
+from pwlab.experts import ExpertBank
+from pwlab.routing.base import Router, Routing
+
+CAPACITY_CONVENTIONS = ("k_tokens", "tokens")
+DROP_POLICIES = ("position", "probability")
+DISPATCHES = ("fast", "loop")
+AUX_LOSSES = ("load_balancing", "z_loss", "importance_load", "entropy_local", "entropy_global")
+DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load": 1e-2,
+                       "entropy_local": 0.0, "entropy_global": 0.0}
+
+
+@dataclass(frozen=True)
+class MoEStats:
+    """What one MoE call did. Tensors are detached except the losses.
+
+    Attributes:
+        counts: (E,) long, kept assignments per expert.
+        proposed_counts: (E,) long, assignments per expert before capacity.
+        load: (E,) float, fraction of the kept assignments per expert.
+        dropped_fraction: () float, dropped / proposed assignments (expert choice: fraction
+            of tokens that no expert took).
+        router_entropy: () float, mean per-token routing entropy in nats.
+        aux_losses: unweighted auxiliary losses by name (differentiable).
+        aux_loss: () their weighted sum (differentiable).
+        routing: the kept :class:`Routing` (what the pathway maps count).
+        capacity: C, or None when dropless.
+    """
+
+    counts: Tensor
+    proposed_counts: Tensor
+    load: Tensor
+    dropped_fraction: Tensor
+    router_entropy: Tensor
+    aux_losses: dict[str, Tensor]
+    aux_loss: Tensor
+    routing: Routing | None
+    capacity: int | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
+                    convention: str = "k_tokens") -> int | None:
+    """Slots per expert for ``num_tokens`` tokens, or None (dropless)."""
+    if capacity_factor is None:
+        return None
+    slots = capacity_factor * num_tokens * (top_k if convention == "k_tokens" else 1) / num_experts
+    return int(math.ceil(slots - 1e-9)) if num_tokens else 0
+
+
+def sort_by_priority(routing: Routing, policy: str = "position") -> tuple[Tensor, Tensor]:
+    """Group the assignments by expert, each group in priority order.
+
+    Returns ``order (A,)`` (indices into the assignments) and ``position (A,)``, the slot each
+    sorted assignment would take in its expert (0, 1, 2, ...).
+    """
+    a, n, e = routing.num_assignments, routing.num_tokens, routing.num_experts
+    dev = routing.expert.device
+    if policy == "position":
+        within = routing.rank * n + routing.token                   # first choices, then token order
+    else:
+        by_weight = torch.argsort(-routing.weight.detach(), stable=True)
+        prio = torch.empty_like(by_weight)
+        prio[by_weight] = torch.arange(a, device=dev)
+        within = routing.rank * a + prio                             # first choices, then by weight
+    span = int(within.max()) + 1 if a else 1
+    order = torch.argsort(routing.expert * span + within)
+    counts = torch.bincount(routing.expert, minlength=e)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(a, device=dev) - starts[routing.expert[order]]
+    return order, position
+
+
+def apply_capacity(routing: Routing, capacity: int | None, policy: str = "position") -> tuple[Routing, Tensor]:
+    """Keep at most ``capacity`` assignments per expert in priority order.
+
+    Returns the kept routing, sorted by expert (and by priority within an expert), and the
+    slot ``position (A_kept,)`` of each kept assignment.
+    """
+    order, position = sort_by_priority(routing, policy)
+    if capacity is not None:
+        keep = position < capacity
+        order, position = order[keep], position[keep]
+    return routing.select(order), position
+
+
+def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: ExpertBank) -> Tensor:
+    """Padded batched dispatch. ``routing`` sorted by expert with slot ``position``; returns y (N, D)."""
+    n, d = x.shape
+    e = experts.num_experts
+    if routing.num_assignments == 0:
+        return x.new_zeros(n, d) + 0 * sum(p.sum() for p in experts.weights())  # keep the graph connected
+    slots = int(position.max()) + 1                                          # C' ≤ C: no all-empty tail
+    slot = routing.expert * slots + position                                 # (A,)
+    src = torch.full((e * slots,), n, dtype=torch.long, device=x.device)     # empty slots read a zero row
+    src[slot] = routing.token
+    x_pad = torch.cat([x, x.new_zeros(1, d)])
+    buf = x_pad.index_select(0, src).view(e, slots, d)                       # (E, C', D)
+    out = experts.forward_padded(buf).view(e * slots, d)
+    y_a = out.index_select(0, slot) * routing.weight.to(out.dtype).unsqueeze(-1)   # (A, D)
+    return x.new_zeros(n, d).index_add(0, routing.token, y_a)
+
+
+def dispatch_loop(x: Tensor, routing: Routing, experts: ExpertBank) -> Tensor:
+    """Reference dispatch: one expert at a time, tokens gathered and scattered back."""
+    y = x.new_zeros(x.shape)
+    for e in range(experts.num_experts):
+        sel = torch.nonzero(routing.expert == e).flatten()
+        if sel.numel() == 0:
+            continue
+        tok = routing.token[sel]
+        out = experts.forward_expert(e, x[tok]) * routing.weight[sel].to(x.dtype).unsqueeze(-1)
+        y = y.index_add(0, tok, out)
+    return y
+
+
+class MoE(nn.Module):
+    """A sparse FFN: each token runs through the few experts its router picks.
+
+    Args:
+        d_model: token width D.
+        d_hidden: each expert's hidden width H.
+        num_experts: E.
+        router: a :class:`~pwlab.routing.Router` (default ``TopK(k=2)``); bound to
+            ``(d_model, num_experts)`` here.
+        capacity_factor: None for dropless, else > 0 (see the module docstring).
+        capacity_convention: ``"k_tokens"`` (C = ceil(cf·k·N/E)) or ``"tokens"`` (C = ceil(cf·N/E)).
+        drop_policy: ``"position"`` or ``"probability"``.
+        dispatch: ``"fast"`` or ``"loop"`` (reference).
+        aux_weights: weights of the auxiliary losses summed into ``MoEStats.aux_loss``;
+            missing names take :data:`DEFAULT_AUX_WEIGHTS`.
+        activation: the experts' nonlinearity.
+    """
+
+    def __init__(self, d_model: int, d_hidden: int, num_experts: int, router: Router | None = None, *,
+                 capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
+                 drop_policy: str = "position", dispatch: str = "fast",
+                 aux_weights: dict[str, float] | None = None, activation: str = "gelu",
+                 num_groups: int | None = None):
+        super().__init__()
+        _checks.positive_int("num_experts", num_experts)
+        _checks.positive_int("d_model", d_model)
+        self.capacity_factor = _checks.positive_float("capacity_factor", capacity_factor, allow_none=True)
+        self.capacity_convention = _checks.one_of("capacity_convention", capacity_convention, CAPACITY_CONVENTIONS)
+        self.drop_policy = _checks.one_of("drop_policy", drop_policy, DROP_POLICIES)
+        self.dispatch = _checks.one_of("dispatch", dispatch, DISPATCHES)
+        weights = dict(DEFAULT_AUX_WEIGHTS)
+        for name, w in (aux_weights or {}).items():
+            _checks.one_of("aux_weights key", name, AUX_LOSSES)
+            weights[name] = _checks.non_negative_float(f"aux_weights[{name!r}]", w)
+        self.aux_weights = weights
+        self.num_groups = num_groups
+        if router is None:
+            from pwlab.routing.topk import TopK
+            router = TopK(k=2)
+        if not isinstance(router, Router):
+            raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
+        self.router = router.bind(d_model, num_experts)
+        self.experts = ExpertBank(num_experts, d_model, d_hidden, activation)
+        self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
+        # experts switched off for ablation (see `disabled`); not saved in checkpoints
+        self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool), persistent=False)
+
+    @property
+    def top_k(self) -> int:
+        return self.router.top_k
+
+    def capacity(self, num_tokens: int) -> int | None:
+        if self.router_kind == "expert_choice":
+            return None
+        return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor, self.capacity_convention)
+
+    @property
+    def router_kind(self) -> str:
+        return "expert_choice" if type(self.router).__name__ == "ExpertChoice" else "token_choice"
+
+    @contextmanager
+    def disabled(self, experts):
+        """Within the block, assignments to ``experts`` are dropped (their output is zero)."""
+        idx = torch.as_tensor(list(experts), dtype=torch.long)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_experts):
+            raise ValueError(f"experts must be in [0, {self.num_experts}), got {idx.tolist()}")
+        before = self.enabled.clone()
+        self.enabled[idx] = False
+        try:
+            yield self
+        finally:
+            self.enabled.copy_(before)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
+                token_ids: Tensor | None = None, groups: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, MoEStats]:
+        """Args: x (..., D); mask (...) bool, True for real tokens (padding is not routed);
+        task / token_ids / groups (...) per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        _checks.last_dim("x", x, self.d_model)
+        _checks.finite_tensor("x", x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.d_model)
+        per_token = {}
+        for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
+            if ids is not None:
+                ids = torch.as_tensor(ids, device=x.device)
+                if ids.shape != lead:
+                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
+                per_token[name] = ids.reshape(-1)
+        if mask is not None:
+            if mask.shape != lead:
+                raise ValueError(f"mask must have shape {tuple(lead)}, got {tuple(mask.shape)}")
+            keep = mask.reshape(-1).bool()
+            flat = flat[keep]
+            per_token = {k: v[keep] for k, v in per_token.items()}
+        y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
+        if mask is not None:
+            y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
+        else:
+            y = y_flat
+        return y.view(*lead, self.d_model), stats
+
+    def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
+                        generator=None) -> tuple[Tensor, MoEStats]:
+        proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
+        n = x.shape[0]
+        if not bool(self.enabled.all()):
+            proposed_on = proposed.select(self.enabled[proposed.expert])
+        else:
+            proposed_on = proposed
+        cap = self.capacity(n)
+        kept, position = apply_capacity(proposed_on, cap, self.drop_policy)
+        if self.dispatch == "fast":
+            y = dispatch_fast(x, kept, position, self.experts)
+        else:
+            y = dispatch_loop(x, kept, self.experts)
+        return y, self._stats(proposed, kept, cap, groups)
+
+    def _stats(self, proposed: Routing, kept: Routing, cap: int | None, groups: Tensor | None) -> MoEStats:
+        e = self.num_experts
+        aux: dict[str, Tensor] = {}
+        if proposed.kind == "token_choice":
+            aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert)
+        aux["z_loss"] = losses.z_loss(proposed.logits)
+        aux.update(proposed.aux_losses)
+        if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
+            aux.update(losses.limoe_entropy_losses(proposed.probs, groups, self.num_groups))
+        total = sum((self.aux_weights.get(k, 0.0) * v for k, v in aux.items()), proposed.probs.new_zeros(()))
+        counts = kept.counts()
+        proposed_counts = proposed.counts()
+        with torch.no_grad():
+            load = counts.float() / counts.sum().clamp_min(1)
+            if proposed.kind == "expert_choice":
+                n = proposed.num_tokens
+                taken = torch.zeros(n, dtype=torch.bool, device=counts.device)
+                taken[kept.token] = True
+                dropped = 1 - taken.float().mean() if n else torch.zeros(())
+            else:
+                dropped = 1 - kept.num_assignments / max(proposed.num_assignments, 1) if proposed.num_assignments else 0.0
+                dropped = torch.tensor(float(dropped))
+            ent = losses.router_entropy(proposed.probs.detach())
+        return MoEStats(counts=counts, proposed_counts=proposed_counts, load=load, dropped_fraction=dropped,
+                        router_entropy=ent, aux_losses=aux, aux_loss=total, routing=kept, capacity=cap)
+
+    def extra_repr(self) -> str:
+        return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "
+                f"drop_policy={self.drop_policy!r}, dispatch={self.dispatch!r}")

@@ -1,0 +1,69 @@
+"""The task contract: a :class:`Task` holds a small offline data set and how it is scored.
+
+Input formats, by sense (what ``x_train``/``x_test`` hold):
+    image    float (N, H, W) in [0, 1]
+    audio    float (N, L) waveform
+    text     long  (N, L) character ids, 0 = padding (one vocabulary for all text tasks)
+    tabular  float (N, F) standardized features (the synthetic MMoE pair is tabular too)
+Targets: long (N,) class indices for classification, float (N,) for regression.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+SENSES = ("image", "audio", "text", "tabular")
+KINDS = ("classification", "regression")
+METRICS = ("accuracy", "mse")
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task: data, sense, kind and metric.
+
+    Attributes:
+        name: registry name, e.g. ``"digits"``.
+        sense: one of :data:`SENSES`.
+        kind: ``"classification"`` or ``"regression"``.
+        classes: class names (empty for regression).
+        x_train, y_train, x_test, y_test: tensors as in the module docstring.
+        metric: ``"accuracy"`` (classification) or ``"mse"`` (regression).
+        description: one line for the data card.
+        meta: sense-specific facts (e.g. ``{"num_features": 13}``, ``{"sample_rate": 4000}``).
+    """
+
+    name: str
+    sense: str
+    kind: str
+    classes: tuple[str, ...]
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    metric: str
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the task head: number of classes, or 1 for regression."""
+        return len(self.classes) if self.kind == "classification" else 1
+
+
+@dataclass(frozen=True, eq=False)
+class TaskBatch:
+    """A batch of one task's examples (a multi-task step holds several of these).
+
+    ``task_index`` is the task's position in the list of tasks the sampler/model was built with.
+    """
+
+    task: str
+    task_index: int
+    sense: str
+    x: Tensor
+    y: Tensor
