@@ -54,7 +54,7 @@ def mmoe_pair(seed: int = 0, *, p: float = 0.5, num_features: int = 16, n_train:
             name=name, sense="tabular", kind="regression", classes=(),
             x_train=x[:n_train].float(), y_train=y[:n_train], x_test=x[n_train:].float(), y_test=y[n_train:],
             metric="mse", description=f"synthetic MMoE regression task {name[-1]} (task correlation p={p:g})",
-            meta={"num_features": num_features, "p": p, "seed": seed, "m": m, "c": c}))
+            meta={"num_features": num_features, "table": "mmoe", "p": p, "seed": seed, "m": m, "c": c}))
     return tasks[0], tasks[1]
 
 
