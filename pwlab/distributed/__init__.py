@@ -1,0 +1,14 @@
+"""Beyond one machine: expert parallelism over ``torch.distributed`` all-to-all.
+
+- :class:`ExpertParallelMoE` — the MoE layer with experts sharded over the ranks.
+- :func:`all_to_all`, :func:`count_a2a_bytes` — the differentiable exchange, measured.
+- :func:`a2a_volume`, :func:`a2a_bytes` — the cost model of that exchange.
+- :func:`run_local` — P local gloo processes (tests, benchmarks, notebooks).
+"""
+from pwlab.distributed.cost import a2a_bytes, a2a_volume
+from pwlab.distributed.ep_moe import ExpertParallelMoE
+from pwlab.distributed.exchange import A2ATraffic, all_to_all, count_a2a_bytes, exchange_counts
+from pwlab.distributed.launch import DistributedRunError, free_port, run_local
+
+__all__ = ["ExpertParallelMoE", "all_to_all", "exchange_counts", "count_a2a_bytes", "A2ATraffic",
+           "a2a_volume", "a2a_bytes", "run_local", "free_port", "DistributedRunError"]

@@ -1,0 +1,233 @@
+"""Expert parallelism: the MoE layer with its experts sharded over the ranks of a group.
+
+Index legend: P ranks, E experts, L = E/P experts per rank, N tokens on this rank,
+D d_model, A kept assignments on this rank, R assignments received from all ranks.
+
+Each rank holds experts ``[r·L, (r+1)·L)`` and its own tokens (data parallel). As in GShard
+(Lepikhin et al. 2020, §2.2) and the Pathways system's sharded dataflow (Barham et al. 2022),
+a rank routes its tokens with the replicated router, applies capacity to *its* tokens (each
+rank is one GShard "group"), and sends every kept assignment's token to the rank owning its
+expert with an all-to-all; the experts run; a second all-to-all brings the results back to
+be combined. So on rank r the layer computes exactly what the single-process
+:class:`~pwlab.moe.MoE` computes on rank r's tokens with the full expert bank — values and
+gradients; only the place where each expert runs changes.
+
+Statistics. ``counts``, ``proposed_counts``, ``load``, ``dropped_fraction`` and
+``router_entropy`` are global (all-reduced over the group), so pathway maps built from them
+see every rank's tokens. ``aux_losses``/``aux_loss`` are local (this rank's tokens, as the
+single-process layer on them; data-parallel gradient averaging combines them). ``routing`` is
+local (token indices are this rank's); :func:`gather_routing` assembles the global one.
+``capacity`` is this rank's C; ``local_counts`` are this rank's (see :class:`ExpertParallelStats`).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from pwlab.distributed.exchange import all_to_all, exchange_counts
+from pwlab import losses
+from pwlab.experts import ExpertBank
+from pwlab.moe import MoE, MoEStats, sort_by_priority
+from pwlab.routing.base import Routing
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertParallelStats(MoEStats):
+    """:class:`~pwlab.moe.MoEStats` of an expert-parallel call.
+
+    Global over the group: ``counts``, ``proposed_counts``, ``load``, ``dropped_fraction``,
+    ``router_entropy``. Local to this rank: ``aux_losses``, ``aux_loss``, ``proposed``,
+    ``kept``, ``routing`` (token indices are this rank's), ``capacity``, and
+    ``local_counts`` / ``local_proposed_counts`` (E,).
+    """
+
+    local_counts: Tensor | None = None
+    local_proposed_counts: Tensor | None = None
+    global_totals: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)   # tokens, Σ entropy, dropped, total
+    world_size: int = 1
+    rank: int = 0
+
+    @cached_property
+    def dropped_fraction(self) -> Tensor:
+        _, _, dropped, total = self.global_totals
+        return torch.tensor(dropped / total if total else 0.0)
+
+    @cached_property
+    def router_entropy(self) -> Tensor:
+        tokens, entropy_sum, _, _ = self.global_totals
+        return torch.tensor(entropy_sum / tokens if tokens else 0.0)
+
+
+def _agree(key: str, error: Exception | None, group) -> None:
+    """Every rank learns every rank's configuration key and error; all raise if any is wrong."""
+    world = dist.get_world_size(group)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (key, None if error is None else f"{type(error).__name__}: {error}"), group=group)
+    problems = [f"rank {r}: {msg}" for r, (_, msg) in enumerate(gathered) if msg is not None]
+    keys = [k for k, _ in gathered]
+    if not problems and len(set(keys)) > 1:
+        first = keys[0]
+        odd = [r for r, k in enumerate(keys) if k != first]
+        problems.append(f"ranks {odd} have a different MoE configuration from rank 0 (config hashes "
+                        f"{[k[:8] for k in keys]}): every rank must build the same layer")
+    if problems:
+        raise ValueError("ExpertParallelMoE: " + "; ".join(problems)) from error
+
+
+class ExpertParallelMoE(MoE):
+    """:class:`~pwlab.moe.MoE` with the expert bank sharded over ``group`` (default: the world).
+
+    Takes the same arguments as :class:`~pwlab.moe.MoE` (``dispatch`` is always the padded
+    one) plus ``group``. Construction is collective: every rank of the group must build the
+    layer with the same configuration; a bad argument on any rank, ``num_experts`` not
+    divisible by the group size, or differing configurations raise ``ValueError`` on every
+    rank. Weights are initialised as the single-process layer would be (so the same seed
+    gives the same weights), then each rank keeps its shard; the router is broadcast from
+    the group's first rank so it is replicated.
+    """
+
+    def __init__(self, d_model: int, d_hidden: int, num_experts: int, router=None, *,
+                 capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
+                 drop_policy: str = "position", aux_weights: dict[str, float] | None = None,
+                 activation: str = "gelu", num_groups: int | None = None, group=None):
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("ExpertParallelMoE needs an initialised torch.distributed process group "
+                             "(launch with torchrun, or pwlab.distributed.run_local)")
+        world = dist.get_world_size(group)
+        error, key = None, "invalid"
+        try:
+            super().__init__(d_model, d_hidden, num_experts, router, capacity_factor=capacity_factor,
+                             capacity_convention=capacity_convention, drop_policy=drop_policy, dispatch="fast",
+                             aux_weights=aux_weights, activation=activation, num_groups=num_groups)
+            if num_experts % world:
+                raise ValueError(f"num_experts must be divisible by the world size {world} "
+                                 f"(each rank holds num_experts/world experts), got num_experts={num_experts}")
+            key = self._config_key()
+        except ValueError as exc:
+            error = exc
+        _agree(key, error, group)
+        self.group, self.world_size, self.rank = group, world, dist.get_rank(group)
+        self.num_local_experts = num_experts // world
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        for t in self.router.state_dict().values():        # replicated router (detached views)
+            dist.broadcast(t, src, group=group)
+        full = self.experts
+        self.experts = ExpertBank(self.num_local_experts, d_model, d_hidden, activation)
+        self._load_shard(full)
+
+    # -- construction helpers ----------------------------------------------------------
+    def _config_key(self) -> str:
+        r = self.router
+        desc = repr((type(self).__name__, self.d_model, self.d_hidden, self.num_experts, type(r).__name__,
+                     r.extra_repr(), self.capacity_factor, self.capacity_convention, self.drop_policy,
+                     sorted(self.aux_weights.items()), self.experts.activation, self.num_groups))
+        return hashlib.sha256(desc.encode()).hexdigest()
+
+    @property
+    def expert_range(self) -> tuple[int, int]:
+        """The global indices ``[lo, hi)`` of this rank's experts."""
+        return self.rank * self.num_local_experts, (self.rank + 1) * self.num_local_experts
+
+    @torch.no_grad()
+    def _load_shard(self, full: ExpertBank) -> None:
+        lo, hi = self.expert_range
+        for mine, whole in zip(self.experts.weights(), full.weights()):
+            mine.copy_(whole[lo:hi])
+
+    @classmethod
+    def from_moe(cls, moe: MoE, group=None) -> "ExpertParallelMoE":
+        """The expert-parallel copy of a single-process layer: same router, this rank's expert shard."""
+        layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
+                    capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
+                    drop_policy=moe.drop_policy, aux_weights=dict(moe.aux_weights),
+                    activation=moe.experts.activation, num_groups=moe.num_groups, group=group)
+        layer._load_shard(moe.experts)
+        layer.enabled.copy_(moe.enabled)
+        return layer.to(moe.enabled.device)
+
+    def gather_experts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The full (w1, b1, w2, b2) of all E experts, on every rank (detached; collective)."""
+        out = []
+        for w in self.experts.weights():
+            parts = [torch.empty_like(w) for _ in range(self.world_size)]
+            dist.all_gather(parts, w.detach().contiguous(), group=self.group)
+            out.append(torch.cat(parts))
+        return tuple(out)
+
+    # -- forward -----------------------------------------------------------------------
+    def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
+                        generator=None) -> tuple[Tensor, MoEStats]:
+        proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
+        cap = self.capacity(x.shape[0])
+        # capacity exactly as the single-process layer: each expert's queue in priority order
+        order, pos_sorted = sort_by_priority(proposed, self.drop_policy)
+        position = torch.empty_like(pos_sorted)
+        position[order] = pos_sorted                                          # (A,) slot in its expert
+        kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
+        if not bool(self.enabled.all()):
+            kept = kept & self.enabled[proposed.expert]                       # ablation (MoE.disabled)
+        routing = proposed.select(kept)
+        routing = routing.select(torch.argsort(routing.expert, stable=True))  # grouped by expert, so by rank
+        y = self._exchange(x, routing)
+        return y, self._global_stats(proposed, kept, routing, cap, groups)
+
+    def _exchange(self, x: Tensor, kept: Routing) -> Tensor:
+        """Dispatch kept assignments to their experts' ranks, run, bring back, combine. y (N, D)."""
+        n, d = x.shape
+        p, local = self.world_size, self.num_local_experts
+        sent = torch.bincount(kept.expert, minlength=self.num_experts)          # (E,) = (P, L) by destination
+        received = exchange_counts(sent, self.group).view(p, local)             # (P, L) by source
+        send_splits = sent.view(p, local).sum(1).tolist()
+        recv_splits = received.sum(1).tolist()
+        x_recv = all_to_all(x.index_select(0, kept.token), send_splits, recv_splits, self.group)  # (R, D)
+        out = self._run_local_experts(x_recv, received)
+        y_a = all_to_all(out, recv_splits, send_splits, self.group)            # (A, D), in sending order
+        y_a = y_a * kept.weight.to(y_a.dtype).unsqueeze(-1)
+        return x.new_zeros(n, d).index_add(0, kept.token, y_a)
+
+    def _run_local_experts(self, x_recv: Tensor, received: Tensor) -> Tensor:
+        """Rows from each source, grouped by local expert, through a padded (L, C', D) buffer."""
+        r, d = x_recv.shape
+        local = self.num_local_experts
+        if r == 0:
+            return x_recv.new_zeros(0, d) + 0 * sum(w.sum() for w in self.experts.weights())  # joins backward
+        expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
+        expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
+        order = torch.argsort(expert, stable=True)
+        per_expert = received.sum(0)                                             # (L,)
+        starts = torch.cumsum(per_expert, 0) - per_expert
+        slots = int(per_expert.max())
+        slot = torch.empty_like(order)
+        slot[order] = expert[order] * slots + torch.arange(r, device=x_recv.device) - starts[expert[order]]
+        src = torch.full((local * slots,), r, dtype=torch.long, device=x_recv.device)   # empty slots: zero row
+        src[slot] = torch.arange(r, device=x_recv.device)
+        buf = torch.cat([x_recv, x_recv.new_zeros(1, d)]).index_select(0, src).view(local, slots, d)
+        return self.experts.forward_padded(buf).view(local * slots, d).index_select(0, slot)
+
+    # -- statistics --------------------------------------------------------------------
+    def _global_stats(self, proposed: Routing, kept: Tensor, routing: Routing, cap, groups) -> "ExpertParallelStats":
+        """Local aux losses (this rank's tokens, as the single-process layer); counts all-reduced."""
+        e, n = self.num_experts, proposed.num_tokens
+        local_counts, local_proposed = routing.counts(), proposed.counts()
+        if proposed.kind == "expert_choice":
+            dropped, total = n - int(torch.unique(routing.token).numel()), n
+        else:
+            dropped, total = proposed.num_assignments - routing.num_assignments, proposed.num_assignments
+        entropy = float(losses.router_entropy(proposed.probs.detach())) * n
+        pack = torch.cat([local_counts.double(), local_proposed.double(),
+                          torch.tensor([n, entropy, dropped, total], dtype=torch.float64, device=local_counts.device)])
+        dist.all_reduce(pack, group=self.group)            # one small collective per layer call
+        return ExpertParallelStats(
+            counts=pack[:e].round().long(), proposed_counts=pack[e:2 * e].round().long(), capacity=cap,
+            proposed=proposed, kept=kept, **self._aux(proposed, local_proposed, groups),
+            local_counts=local_counts, local_proposed_counts=local_proposed,
+            global_totals=tuple(pack[2 * e:].tolist()), world_size=self.world_size, rank=self.rank)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", world_size={self.world_size}, local_experts={self.expert_range}"

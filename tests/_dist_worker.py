@@ -1,0 +1,109 @@
+"""Functions run on each rank by tests/test_distributed.py (spawned processes import this module)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+
+from pwlab.distributed import ExpertParallelMoE, count_a2a_bytes
+from pwlab.moe import MoE
+from pwlab.routing import make_router
+
+D, H = 8, 12
+
+
+def _tokens(seed: int, sizes: list[int]):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(n, D, generator=g) for n in sizes]
+    ts = [torch.randn(n, D, generator=g) for n in sizes]
+    return xs, ts
+
+
+def _max_err(a, b) -> float:
+    return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
+
+
+def _run_ref(ref: MoE, x, t, sc, rank):
+    """Single-process MoE on one rank's tokens: (x leaf, y, stats, loss)."""
+    x = x.clone().requires_grad_(True)
+    kw = {}
+    if sc.get("noisy"):
+        kw["generator"] = torch.Generator().manual_seed(100 + rank)
+    if sc.get("mask"):
+        kw["mask"] = torch.arange(x.shape[0]) % 3 != 1
+    y, st = ref(x, **kw)
+    return x, y, st, (y * t).sum() + st.aux_loss
+
+
+def equivalence(rank: int, world: int, scenarios: list[dict]) -> dict:
+    """For each scenario: max |EP − single process| of outputs and gradients, and global stats."""
+    out = {}
+    for sc in scenarios:
+        name, e = sc["name"], sc["num_experts"]
+        sizes = [sc["tokens"][r % len(sc["tokens"])] for r in range(world)]
+        torch.manual_seed(sc.get("seed", 0))
+        ref = MoE(D, H, e, make_router(sc["router"][0], **sc["router"][1]), capacity_factor=sc.get("capacity_factor"),
+                  capacity_convention=sc.get("capacity_convention", "k_tokens"),
+                  drop_policy=sc.get("drop_policy", "position"))
+        ref.train(sc.get("noisy", False))
+        ep = ExpertParallelMoE.from_moe(copy.deepcopy(ref))
+        ep.train(sc.get("noisy", False))
+        xs, ts = _tokens(sc.get("seed", 0) + 1, sizes)
+        disabled = sc.get("disabled", [])
+
+        # the oracle: the single-process layer called on each rank's tokens, losses summed
+        with ref.disabled(disabled):
+            refs = [_run_ref(ref, xs[r], ts[r], sc, r) for r in range(world)]
+        sum(loss for *_, loss in refs).backward()
+
+        with ep.disabled(disabled), count_a2a_bytes() as traffic:
+            x, y, st, loss = _run_ref(ep, xs[rank], ts[rank], sc, rank)
+            loss.backward()
+        for p in ep.router.parameters():
+            dist.all_reduce(p.grad)                       # data parallel: the replicated router's gradient
+        x_ref, y_ref, _, _ = refs[rank]
+        errs = {"y": _max_err(y, y_ref), "x_grad": _max_err(x.grad, x_ref.grad)}
+        for (n, p), (_, q) in zip(ep.router.named_parameters(), ref.router.named_parameters()):
+            errs[f"router.{n}.grad"] = _max_err(p.grad, q.grad)
+        for n in ("w1", "b1", "w2", "b2"):
+            g = getattr(ep.experts, n).grad
+            parts = [torch.empty_like(g) for _ in range(world)]
+            dist.all_gather(parts, g)
+            errs[f"experts.{n}.grad"] = _max_err(torch.cat(parts), getattr(ref.experts, n).grad)
+        w_full = ep.gather_experts()
+        errs["experts.weights"] = max(_max_err(a, b) for a, b in zip(w_full, ref.experts.weights()))
+        stats = [s for _, _, s, _ in refs]
+        counts = sum(s.counts for s in stats)
+        errs["counts"] = int((st.counts - counts).abs().max())
+        errs["proposed_counts"] = int((st.proposed_counts - sum(s.proposed_counts for s in stats)).abs().max())
+        if stats[0].routing.kind == "token_choice":
+            proposed = sum(int(s.proposed_counts.sum()) for s in stats)
+            dropped = 1 - int(counts.sum()) / max(proposed, 1)
+            errs["dropped_fraction"] = abs(float(st.dropped_fraction) - dropped)
+        errs["local_counts"] = int((st.local_counts - stats[rank].counts).abs().max())
+        out[name] = {"errors": errs, "dropped_fraction": float(st.dropped_fraction),
+                     "bytes_sent": traffic.bytes_sent, "kept": int(st.counts.sum())}
+    return out
+
+
+def bad_config(rank: int, world: int, case: str):
+    """Build a layer that is wrong on some rank; return what this rank raised, then check the group still works."""
+    kw = dict(capacity_factor=1.0)
+    e = 4
+    if case == "indivisible":
+        e = 3 if world == 2 else 6
+    elif case == "mismatch" and rank == world - 1:
+        kw["capacity_factor"] = 2.0
+    elif case == "bad_arg" and rank == 1:
+        kw["drop_policy"] = "random"
+    elif case == "experts_differ" and rank == 0:
+        e = 8
+    try:
+        ExpertParallelMoE(D, H, e, make_router("topk", k=2), **kw)
+        raised = None
+    except ValueError as exc:
+        raised = str(exc)
+    probe = torch.ones(1)
+    dist.all_reduce(probe)                                # the group is still in step after the error
+    return raised, float(probe)
