@@ -36,7 +36,10 @@ def one_of(name: str, value, allowed: Iterable):
 
 
 def finite_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+    # one reduction first: a finite sum proves every element finite (the full check runs only
+    # when the sum is not finite, which overflow of large finite values can also cause)
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.detach().sum())) \
+            and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values; the input must be finite")
     return x
 

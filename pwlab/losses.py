@@ -19,7 +19,7 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     return x.var(unbiased=False) / (x.mean() ** 2 + eps)
 
 
-def load_balancing(probs: Tensor, expert: Tensor) -> Tensor:
+def load_balancing(probs: Tensor, expert: Tensor, counts: Tensor | None = None) -> Tensor:
     """Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4–6), without α.
 
     ``L = E · Σ_i f_i · P_i`` where ``f_i`` is the fraction of the A assignments sent to expert i
@@ -30,11 +30,13 @@ def load_balancing(probs: Tensor, expert: Tensor) -> Tensor:
     Args:
         probs: (N, E) router probabilities (differentiable; the gradient flows through P only).
         expert: (A,) chosen experts (proposed, before capacity).
+        counts: optional (E,) ``bincount(expert)`` if the caller has it already.
     """
     n, e = probs.shape
     if n == 0 or expert.numel() == 0:
         return probs.new_zeros(())
-    f = torch.bincount(expert, minlength=e).to(probs.dtype) / expert.numel()
+    counts = torch.bincount(expert, minlength=e) if counts is None else counts
+    f = counts.to(probs.dtype) / expert.numel()
     p = probs.mean(0)
     return e * (f * p).sum()
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 
 from pwlab import _checks, losses
+from pwlab.dispatch import apply_capacity, dispatch_fast, dispatch_loop, slot_positions, sort_by_priority  # noqa: F401
 from pwlab.experts import ExpertBank
 from pwlab.routing.base import Router, Routing
 
@@ -39,33 +41,59 @@ DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load"
                        "entropy_local": 0.0, "entropy_global": 0.0}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MoEStats:
-    """What one MoE call did. Tensors are detached except the losses.
+    """What one MoE call did.
 
-    Attributes:
-        counts: (E,) long, kept assignments per expert.
-        proposed_counts: (E,) long, assignments per expert before capacity.
-        load: (E,) float, fraction of the kept assignments per expert.
-        dropped_fraction: () float, dropped / proposed assignments (expert choice: fraction
-            of tokens that no expert took).
-        router_entropy: () float, mean per-token routing entropy in nats.
+    Fields:
+        counts: (E,) long, kept (computed) assignments per expert.
+        proposed_counts: (E,) long, the router's assignments per expert, before capacity.
         aux_losses: unweighted auxiliary losses by name (differentiable).
         aux_loss: () their weighted sum (differentiable).
-        routing: the kept :class:`Routing` (what the pathway maps count).
+        proposed: the router's :class:`Routing` (before capacity and ablation).
+        kept: (A,) bool, which proposed assignments were computed.
         capacity: C, or None when dropless.
+
+    Derived on first access (so a training loop that never looks pays nothing), detached:
+        routing: the kept :class:`Routing`, what the pathway maps count.
+        load: (E,) float, fraction of the kept assignments per expert.
+        dropped_fraction: () float, dropped / proposed assignments (expert choice: the
+            fraction of tokens that no expert took).
+        router_entropy: () float, mean per-token routing entropy in nats.
     """
 
     counts: Tensor
     proposed_counts: Tensor
-    load: Tensor
-    dropped_fraction: Tensor
-    router_entropy: Tensor
     aux_losses: dict[str, Tensor]
     aux_loss: Tensor
-    routing: Routing | None
+    proposed: Routing
+    kept: Tensor
     capacity: int | None = None
-    extras: dict = field(default_factory=dict)
+
+    @cached_property
+    def routing(self) -> Routing:
+        return self.proposed.select(self.kept)
+
+    @cached_property
+    def load(self) -> Tensor:
+        return self.counts.float() / self.counts.sum().clamp_min(1)
+
+    @cached_property
+    def dropped_fraction(self) -> Tensor:
+        p = self.proposed
+        if p.kind == "expert_choice":
+            if p.num_tokens == 0:
+                return torch.zeros(())
+            taken = torch.zeros(p.num_tokens, dtype=torch.bool, device=self.kept.device)
+            taken[p.token[self.kept]] = True
+            return 1 - taken.float().mean()
+        if p.num_assignments == 0:
+            return torch.zeros(())
+        return 1 - self.counts.sum().float() / p.num_assignments
+
+    @cached_property
+    def router_entropy(self) -> Tensor:
+        return losses.router_entropy(self.proposed.probs.detach())
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
@@ -75,72 +103,6 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
         return None
     slots = capacity_factor * num_tokens * (top_k if convention == "k_tokens" else 1) / num_experts
     return int(math.ceil(slots - 1e-9)) if num_tokens else 0
-
-
-def sort_by_priority(routing: Routing, policy: str = "position") -> tuple[Tensor, Tensor]:
-    """Group the assignments by expert, each group in priority order.
-
-    Returns ``order (A,)`` (indices into the assignments) and ``position (A,)``, the slot each
-    sorted assignment would take in its expert (0, 1, 2, ...).
-    """
-    a, n, e = routing.num_assignments, routing.num_tokens, routing.num_experts
-    dev = routing.expert.device
-    if policy == "position":
-        within = routing.rank * n + routing.token                   # first choices, then token order
-    else:
-        by_weight = torch.argsort(-routing.weight.detach(), stable=True)
-        prio = torch.empty_like(by_weight)
-        prio[by_weight] = torch.arange(a, device=dev)
-        within = routing.rank * a + prio                             # first choices, then by weight
-    span = int(within.max()) + 1 if a else 1
-    order = torch.argsort(routing.expert * span + within)
-    counts = torch.bincount(routing.expert, minlength=e)
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(a, device=dev) - starts[routing.expert[order]]
-    return order, position
-
-
-def apply_capacity(routing: Routing, capacity: int | None, policy: str = "position") -> tuple[Routing, Tensor]:
-    """Keep at most ``capacity`` assignments per expert in priority order.
-
-    Returns the kept routing, sorted by expert (and by priority within an expert), and the
-    slot ``position (A_kept,)`` of each kept assignment.
-    """
-    order, position = sort_by_priority(routing, policy)
-    if capacity is not None:
-        keep = position < capacity
-        order, position = order[keep], position[keep]
-    return routing.select(order), position
-
-
-def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: ExpertBank) -> Tensor:
-    """Padded batched dispatch. ``routing`` sorted by expert with slot ``position``; returns y (N, D)."""
-    n, d = x.shape
-    e = experts.num_experts
-    if routing.num_assignments == 0:
-        return x.new_zeros(n, d) + 0 * sum(p.sum() for p in experts.weights())  # keep the graph connected
-    slots = int(position.max()) + 1                                          # C' ≤ C: no all-empty tail
-    slot = routing.expert * slots + position                                 # (A,)
-    src = torch.full((e * slots,), n, dtype=torch.long, device=x.device)     # empty slots read a zero row
-    src[slot] = routing.token
-    x_pad = torch.cat([x, x.new_zeros(1, d)])
-    buf = x_pad.index_select(0, src).view(e, slots, d)                       # (E, C', D)
-    out = experts.forward_padded(buf).view(e * slots, d)
-    y_a = out.index_select(0, slot) * routing.weight.to(out.dtype).unsqueeze(-1)   # (A, D)
-    return x.new_zeros(n, d).index_add(0, routing.token, y_a)
-
-
-def dispatch_loop(x: Tensor, routing: Routing, experts: ExpertBank) -> Tensor:
-    """Reference dispatch: one expert at a time, tokens gathered and scattered back."""
-    y = x.new_zeros(x.shape)
-    for e in range(experts.num_experts):
-        sel = torch.nonzero(routing.expert == e).flatten()
-        if sel.numel() == 0:
-            continue
-        tok = routing.token[sel]
-        out = experts.forward_expert(e, x[tok]) * routing.weight[sel].to(x.dtype).unsqueeze(-1)
-        y = y.index_add(0, tok, out)
-    return y
 
 
 class MoE(nn.Module):
@@ -189,6 +151,7 @@ class MoE(nn.Module):
         self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool), persistent=False)
+        self._all_enabled = True
 
     @property
     def top_k(self) -> int:
@@ -209,12 +172,14 @@ class MoE(nn.Module):
         idx = torch.as_tensor(list(experts), dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_experts):
             raise ValueError(f"experts must be in [0, {self.num_experts}), got {idx.tolist()}")
-        before = self.enabled.clone()
+        before, before_flag = self.enabled.clone(), self._all_enabled
         self.enabled[idx] = False
+        self._all_enabled = bool(self.enabled.all())
         try:
             yield self
         finally:
             self.enabled.copy_(before)
+            self._all_enabled = before_flag
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
                 token_ids: Tensor | None = None, groups: Tensor | None = None,
@@ -222,7 +187,7 @@ class MoE(nn.Module):
         """Args: x (..., D); mask (...) bool, True for real tokens (padding is not routed);
         task / token_ids / groups (...) per token ids. Returns y (..., D) and :class:`MoEStats`."""
         _checks.last_dim("x", x, self.d_model)
-        _checks.finite_tensor("x", x)
+        _checks.finite_tensor("x", x)           # once here; the router trusts its caller
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.d_model)
         per_token = {}
@@ -247,45 +212,43 @@ class MoE(nn.Module):
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
-        proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        n = x.shape[0]
-        if not bool(self.enabled.all()):
-            proposed_on = proposed.select(self.enabled[proposed.expert])
+        proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
+        position, counts = slot_positions(proposed, self.drop_policy)
+        cap = self.capacity(x.shape[0])
+        if self._all_enabled:
+            kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
+            kept_counts = counts.clamp(max=cap) if cap is not None else counts
         else:
-            proposed_on = proposed
-        cap = self.capacity(n)
-        kept, position = apply_capacity(proposed_on, cap, self.drop_policy)
-        if self.dispatch == "fast":
-            y = dispatch_fast(x, kept, position, self.experts)
+            # ablation: assignments to disabled experts are dropped; an expert's queue does not
+            # depend on the other experts, so the enabled experts keep their positions
+            kept = self.enabled[proposed.expert]
+            if cap is not None:
+                kept = kept & (position < cap)
+            kept_counts = torch.bincount(proposed.expert[kept], minlength=self.num_experts)
+        if self.dispatch == "loop":
+            y = dispatch_loop(x, proposed.select(kept), self.experts)
         else:
-            y = dispatch_loop(x, kept, self.experts)
-        return y, self._stats(proposed, kept, cap, groups)
+            slots = int(kept_counts.max()) if proposed.num_assignments else 0
+            if slots == 0:
+                y = x.new_zeros(x.shape) + 0 * proposed.weight.sum()
+            else:
+                y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
+        return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
+                           **self._aux(proposed, counts, groups))
 
-    def _stats(self, proposed: Routing, kept: Routing, cap: int | None, groups: Tensor | None) -> MoEStats:
-        e = self.num_experts
+    def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}
         if proposed.kind == "token_choice":
-            aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert)
+            aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert, counts=counts)
         aux["z_loss"] = losses.z_loss(proposed.logits)
         aux.update(proposed.aux_losses)
         if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
             aux.update(losses.limoe_entropy_losses(proposed.probs, groups, self.num_groups))
-        total = sum((self.aux_weights.get(k, 0.0) * v for k, v in aux.items()), proposed.probs.new_zeros(()))
-        counts = kept.counts()
-        proposed_counts = proposed.counts()
-        with torch.no_grad():
-            load = counts.float() / counts.sum().clamp_min(1)
-            if proposed.kind == "expert_choice":
-                n = proposed.num_tokens
-                taken = torch.zeros(n, dtype=torch.bool, device=counts.device)
-                taken[kept.token] = True
-                dropped = 1 - taken.float().mean() if n else torch.zeros(())
-            else:
-                dropped = 1 - kept.num_assignments / max(proposed.num_assignments, 1) if proposed.num_assignments else 0.0
-                dropped = torch.tensor(float(dropped))
-            ent = losses.router_entropy(proposed.probs.detach())
-        return MoEStats(counts=counts, proposed_counts=proposed_counts, load=load, dropped_fraction=dropped,
-                        router_entropy=ent, aux_losses=aux, aux_loss=total, routing=kept, capacity=cap)
+        total = proposed.probs.new_zeros(())
+        for name, value in aux.items():
+            if self.aux_weights.get(name, 0.0):
+                total = total + self.aux_weights[name] * value
+        return {"aux_losses": aux, "aux_loss": total}
 
     def extra_repr(self) -> str:
         return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "

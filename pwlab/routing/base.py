@@ -10,6 +10,7 @@ capacity, dispatch, losses and the pathway maps, whatever the router.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -120,6 +121,11 @@ class Router(nn.Module):
             raise ValueError(f"x must be (N, d_model), got shape {tuple(x.shape)}")
         _checks.last_dim("x", x, self.d_model)
         _checks.finite_tensor("x", x)
+        return self.route_checked(x, task=task, token_ids=token_ids, generator=generator)
+
+    def route_checked(self, x: Tensor, *, task: Tensor | None = None, token_ids: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> Routing:
+        """:meth:`forward` for a caller that has already checked ``x`` (N, d_model) and finite."""
         n = x.shape[0]
         if self.needs_task:
             if task is None:
@@ -152,10 +158,26 @@ def token_choice(probs: Tensor, logits: Tensor, expert: Tensor, weight: Tensor, 
     Assignments are laid out token-major: assignment ``a = n·k + j`` is token n's j-th choice.
     """
     n, k = expert.shape
-    token = torch.arange(n, device=expert.device).repeat_interleave(k)
-    rank = torch.arange(k, device=expert.device).repeat(n)
+    token, rank = _layout(n, k, expert.device)
     return Routing(token=token, expert=expert.reshape(-1), weight=weight.reshape(-1), rank=rank,
                    probs=probs, logits=logits, **kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token and rank of each assignment in the token-major layout (cached: they only depend on n, k)."""
+    token = torch.arange(n, device=device).repeat_interleave(k)
+    rank = torch.arange(k, device=device).repeat(n)
+    return token, rank
+
+
+def softmax_experts(logits: Tensor) -> Tensor:
+    """Softmax over experts of ``logits (N, E)``.
+
+    Computed on the transposed (E, N) view: the same values, but PyTorch's CPU softmax over a
+    short last dimension (E = 8) is several times slower than over the first one.
+    """
+    return logits.t().softmax(0).t()
 
 
 def noise(shape, *, like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing
+from pwlab.routing.base import LinearGate, Routing, softmax_experts
 
 
 def expert_choice_capacity(num_tokens: int, num_experts: int, capacity_factor: float) -> int:
@@ -36,7 +36,7 @@ class ExpertChoice(LinearGate):
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)
-        probs = logits.softmax(-1)                                 # (N, E)
+        probs = softmax_experts(logits)                                 # (N, E)
         n, e = probs.shape
         c = expert_choice_capacity(n, e, self.capacity_factor)
         weight, token = probs.t().topk(c, dim=-1)                  # (E, C)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pwlab.routing.base import LinearGate, Routing, token_choice, uniform
+from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice, uniform
 
 
 class GShardTop2(LinearGate):
@@ -22,7 +22,7 @@ class GShardTop2(LinearGate):
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)
-        probs = logits.softmax(-1)
+        probs = softmax_experts(logits)
         top, expert = probs.topk(2, dim=-1)                       # (N, 2)
         gates = top / top.sum(-1, keepdim=True)                   # g1 + g2 = 1
         keep_p = (2 * gates[:, 1]).clamp(max=1.0).detach()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pwlab import _checks
 from pwlab.losses import cv_squared
-from pwlab.routing.base import LinearGate, Routing, noise, token_choice
+from pwlab.routing.base import LinearGate, Routing, noise, softmax_experts, token_choice
 
 
 class NoisyTopK(LinearGate):
@@ -55,4 +55,4 @@ class NoisyTopK(LinearGate):
         else:   # no noise (eval) or k == E: the load is the hard count
             load = (gates > 0).to(clean.dtype).sum(0)
         loss = cv_squared(importance) + cv_squared(load)
-        return token_choice(noisy.softmax(-1), noisy, expert, weight, aux_losses={"importance_load": loss})
+        return token_choice(softmax_experts(noisy), noisy, expert, weight, aux_losses={"importance_load": loss})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing, token_choice, uniform
+from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice, uniform
 
 
 class Switch(LinearGate):
@@ -23,6 +23,6 @@ class Switch(LinearGate):
         if self.training and self.jitter > 0:
             x = x * (1 - self.jitter + 2 * self.jitter * uniform(x.shape, like=x, generator=generator))
         logits = self.logits(x)
-        probs = logits.softmax(-1)
+        probs = softmax_experts(logits)
         weight, expert = probs.max(-1, keepdim=True)              # (N, 1)
         return token_choice(probs, logits, expert, weight)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pwlab import _checks
-from pwlab.routing.base import Router, Routing, token_choice
+from pwlab.routing.base import Router, Routing, softmax_experts, token_choice
 
 MODES = ("fixed", "learned", "learned+token")
 
@@ -54,7 +54,7 @@ class TaskRouter(Router):
         logits = self.task_logits(task)
         if self.mode == "learned+token":
             logits = logits + self.gate(x.float())
-        probs = logits.softmax(-1)
+        probs = softmax_experts(logits)
         weight, expert = probs.topk(self.top_k, dim=-1)
         weight = weight / weight.sum(-1, keepdim=True) if self.top_k > 1 else weight
         return token_choice(probs, logits, expert, weight)

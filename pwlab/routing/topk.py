@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing, token_choice
+from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice
 
 ORDERS = ("softmax_topk", "topk_softmax")
 
@@ -28,7 +28,7 @@ class TopK(LinearGate):
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)                                   # (N, E)
-        probs = logits.softmax(-1)
+        probs = softmax_experts(logits)
         if self.order == "softmax_topk":
             weight, expert = probs.topk(self.top_k, dim=-1)       # (N, k)
             if self.renormalize:

@@ -1,0 +1,104 @@
+"""``pwlab bench moe``: MoE top-2 of 8 experts vs a dense FFN with the same active FLOPs.
+
+One JSON object per line per size: ``moe_over_dense`` (forward+backward time of our MoE
+layer over a dense FFN of hidden width k·H, so both spend the same FLOPs per token) and
+``einsum_over_moe`` (a GShard-style one-hot einsum dispatch over ours). Times are medians of
+repeats measured in the same run, interleaved so drifts of the machine hit both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+SIZES = {"tiny": (512, 64, 128), "mid": (2048, 128, 256), "large": (8192, 256, 512)}
+NUM_EXPERTS, TOP_K = 8, 2
+
+
+class _DenseFFN(nn.Module):
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class _EinsumMoE(nn.Module):
+    """GShard/Mesh-TF dispatch: one-hot (N, E, C) dispatch and combine tensors and einsums."""
+
+    def __init__(self, moe):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, x):
+        from pwlab.moe import apply_capacity
+
+        m = self.moe
+        n = x.shape[0]
+        routing = m.router(x)
+        cap = m.capacity(n) or n
+        kept, pos = apply_capacity(routing, cap, m.drop_policy)
+        e = m.num_experts
+        combine = x.new_zeros(n, e, cap)
+        combine = combine.index_put((kept.token, kept.expert, pos), kept.weight.to(x.dtype), accumulate=True)
+        dispatch = (combine > 0).to(x.dtype)
+        buf = torch.einsum("nec,nd->ecd", dispatch, x)
+        out = m.experts.forward_padded(buf)
+        return torch.einsum("nec,ecd->nd", combine, out)
+
+
+def _time(fn, x, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y = fn(x)
+        y = y[0] if isinstance(y, tuple) else y
+        y.sum().backward()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0) -> dict:
+    from pwlab.moe import MoE
+    from pwlab.routing import TopK
+
+    n, d, h = SIZES[size]
+    torch.manual_seed(seed)
+    moe = MoE(d, h, NUM_EXPERTS, TopK(k=TOP_K), capacity_factor=capacity_factor)
+    dense = _DenseFFN(d, TOP_K * h)
+    einsum = _EinsumMoE(moe)
+    x = torch.randn(n, d, requires_grad=True)
+    fns = {"moe": moe, "dense": dense, "einsum": einsum}
+    for f in fns.values():          # warm-up
+        _time(f, x, 2)
+    times = {k: [] for k in fns}
+    rounds = max(1, repeats // 5)
+    for _ in range(rounds):         # interleave so load changes hit every side alike
+        for k, f in fns.items():
+            times[k] += _time(f, x, max(1, repeats // rounds))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"size": size, "tokens": n, "d_model": d, "d_hidden": h, "num_experts": NUM_EXPERTS, "top_k": TOP_K,
+            "capacity_factor": capacity_factor, "threads": torch.get_num_threads(),
+            "moe_ms": round(med["moe"] * 1e3, 3), "dense_ms": round(med["dense"] * 1e3, 3),
+            "einsum_ms": round(med["einsum"] * 1e3, 3),
+            "moe_over_dense": round(med["moe"] / med["dense"], 3),
+            "einsum_over_moe": round(med["einsum"] / med["moe"], 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pwlab bench moe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats (under a minute on 2 cores)")
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 40, quick 15)")
+    p.add_argument("--capacity-factor", type=float, default=1.0)
+    args = p.parse_args(argv)
+    repeats = args.repeats or (15 if args.quick else 40)
+    for size in args.sizes:
+        r = repeats if size != "large" else max(5, repeats // 3)
+        print(json.dumps(measure(size, r, capacity_factor=args.capacity_factor)), flush=True)
+    return 0
