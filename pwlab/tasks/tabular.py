@@ -27,7 +27,8 @@ def _tabular_task(name: str, salt: int, seed: int, test_fraction: float, descrip
     return Task(name=name, sense="tabular", kind="classification", classes=classes,
                 x_train=x_tr, y_train=y[train_idx].clone(), x_test=x_te, y_test=y[test_idx].clone(),
                 metric="accuracy", description=description,
-                meta={"num_features": x.shape[1], "feature_names": features, "seed": seed})
+                meta={"num_features": x.shape[1], "feature_names": features, "seed": seed,
+                      "mean": tuple(mean.tolist()), "std": tuple(std.tolist())})
 
 
 def wine(seed: int = 0, *, test_fraction: float = 0.25) -> Task:
