@@ -1,0 +1,211 @@
+"""SWAT layers: drop-in subclasses of ``nn.Linear``, ``nn.Conv2d`` and the MoE expert bank.
+
+Each layer keeps its masks between refreshes. A *step* is counted when a training-mode forward
+sees weights that changed since the last one (optimizer updates are in place, so the
+parameters' version counters tell), which keeps counting right under gradient accumulation
+and when an expert bank is called once per expert. Every ``topk_period`` steps the layer
+recomputes, from the current weights and batch:
+    * the weight mask (top-K by magnitude, or top rows/filters by L1 norm when structured);
+    * the activation threshold (the value whose top-K over this batch it is), used with the
+      following batches until the next refresh (SWAT's "threshold cached between" rule).
+The *kept weight index set* is therefore fixed between refreshes (values still change every
+step), which is what lets the CSR kernels reuse their index structures (see ``kernels.py``).
+The original code instead caches only the threshold and re-masks every step; with
+``topk_period`` ≤ 20 the kept sets differ little (accuracy effect measured in
+``pwlab bench swat-accuracy --compare-refresh``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pwlab import _checks
+from pwlab.experts import ACTIVATIONS, ExpertBank
+from pwlab.swat import kernels
+from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
+                                  check_sparsity, weight_mask)
+
+KERNELS = ("auto", "dense", "sparse")
+
+
+class _SwatState:
+    """Sparsity settings, the step counter and the refresh schedule shared by the SWAT layers."""
+
+    def _init_swat(self, weight_sparsity, act_sparsity, topk_period, structured, kernel):
+        self.weight_sparsity = check_sparsity("weight_sparsity", weight_sparsity)
+        self.act_sparsity = check_sparsity("act_sparsity", act_sparsity)
+        self.topk_period = _checks.positive_int("topk_period", topk_period)
+        self.structured = bool(structured)
+        self.kernel = _checks.one_of("kernel", kernel, KERNELS)
+        self.step = 0
+        self._seen_version = None
+        self._refreshed_at = None
+
+    def _refresh_due(self, params) -> bool:
+        if self.training and torch.is_grad_enabled():
+            version = tuple(p._version for p in params)
+            if version != self._seen_version:
+                self._seen_version, self.step = version, self.step + 1
+        due = self._refreshed_at is None or (self.training and self.step - self._refreshed_at >= self.topk_period)
+        if due:
+            self._refreshed_at = self.step
+        return due
+
+    def refresh_topk(self) -> None:
+        """Recompute masks and thresholds at the next forward."""
+        self._refreshed_at = None
+
+    def _wants_act(self, weight: Tensor) -> bool:
+        return self.act_sparsity > 0 and torch.is_grad_enabled() and weight.requires_grad
+
+    def _swat_repr(self) -> str:
+        return (f"weight_sparsity={self.weight_sparsity}, act_sparsity={self.act_sparsity}, "
+                f"topk_period={self.topk_period}, structured={self.structured}, kernel={self.kernel!r}")
+
+
+class SwatLinear(nn.Linear, _SwatState):
+    """``nn.Linear`` trained with SWAT: ``x (..., in) -> y (..., out)``.
+
+    Args:
+        weight_sparsity / act_sparsity: fractions in [0, 1) dropped from W and from the saved input.
+        topk_period: steps between top-K refreshes (≥ 1).
+        structured: drop whole output rows (weights) and input features (activations) by L1 norm.
+        kernel: ``"auto"`` (CSR kernels where the measured crossover says faster), ``"dense"``
+            (masked dense matmuls), ``"sparse"`` (CSR always; for benchmarks).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_sparsity: float = 0.9,
+                 act_sparsity: float = 0.9, topk_period: int = 10, structured: bool = False, kernel: str = "auto",
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, kernel)
+        self.register_buffer("weight_mask", None, persistent=False)
+        self.act_threshold: Tensor | None = None
+        self._plans: dict = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)                                    # (N, in)
+        want_act = self._wants_act(self.weight)
+        if self._refresh_due((self.weight,)):
+            self.weight_mask = weight_mask(self.weight, self.weight_sparsity, self.structured)
+            self.act_threshold = None
+            self._plans = {}
+        if want_act and self.act_threshold is None:
+            self.act_threshold = act_threshold(x2, self.act_sparsity, self.structured, -1)
+        y = SwatLinearFunction.apply(x2, self.weight, self.bias, self.weight_mask,
+                                     self.act_threshold if want_act else None, self.structured, self._plan(x2))
+        return y.view(*lead, self.out_features)
+
+    def _plan(self, x2: Tensor) -> kernels.SparsePlan | None:
+        if self.kernel == "dense" or self.structured or x2.dim() != 2 or x2.layout != torch.strided:
+            return None
+        rows = x2.shape[0]
+        if rows not in self._plans:
+            if self.kernel == "sparse":
+                w_sp, a_sp = True, True
+            else:
+                w_sp, a_sp = kernels.crossover(rows, self.in_features, self.out_features, 1 - self.weight_sparsity,
+                                               1 - self.act_sparsity, x2.dtype)
+            w_sp, a_sp = w_sp and self.weight_mask is not None, a_sp and self.act_sparsity > 0
+            self._plans[rows] = kernels.SparsePlan(self.weight_mask, w_sp, a_sp) if (w_sp or a_sp) else None
+        return self._plans[rows]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._swat_repr()
+
+
+class SwatConv2d(nn.Conv2d, _SwatState):
+    """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``.
+    Arguments as :class:`SwatLinear` (structured drops whole filters and input channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, weight_sparsity: float = 0.9, act_sparsity: float = 0.9,
+                 topk_period: int = 10, structured: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         device=device, dtype=dtype)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense")
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                self.padding = (0, 0)
+            elif all(d * (k - 1) % 2 == 0 for d, k in zip(self.dilation, self.kernel_size)):
+                self.padding = tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
+            else:
+                raise ValueError("padding='same' needs dilation·(kernel_size − 1) even for SwatConv2d")
+        self.register_buffer("weight_mask", None, persistent=False)
+        self.act_threshold: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError(f"padding_mode must be 'zeros' for SwatConv2d, got {self.padding_mode!r}")
+        want_act = self._wants_act(self.weight)
+        if self._refresh_due((self.weight,)):
+            self.weight_mask = weight_mask(self.weight, self.weight_sparsity, self.structured)
+            self.act_threshold = None
+        if want_act and self.act_threshold is None:
+            self.act_threshold = act_threshold(x, self.act_sparsity, self.structured, 1)
+        conv = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
+        return SwatConv2dFunction.apply(x, self.weight, self.bias, self.weight_mask,
+                                        self.act_threshold if want_act else None, self.structured, conv)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._swat_repr()
+
+
+class SwatExpertBank(ExpertBank, _SwatState):
+    """An :class:`~pwlab.experts.ExpertBank` whose batched matmuls use top-K(W1), top-K(W2)
+    (each over the whole stacked tensor) and save top-K-sparsified inputs. Padding rows of the
+    dispatch buffer are left out of the activation top-K."""
+
+    def __init__(self, num_experts: int, d_model: int, d_hidden: int, activation: str = "gelu", *,
+                 weight_sparsity: float = 0.9, act_sparsity: float = 0.9, topk_period: int = 10,
+                 structured: bool = False):
+        super().__init__(num_experts, d_model, d_hidden, activation)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense")
+        self.register_buffer("w1_mask", None, persistent=False)
+        self.register_buffer("w2_mask", None, persistent=False)
+        self.act_thresholds: list = [None, None]
+
+    def _prepare(self) -> bool:
+        if self._refresh_due((self.w1, self.w2)):
+            self.w1_mask = weight_mask(self.w1, self.weight_sparsity, self.structured)
+            self.w2_mask = weight_mask(self.w2, self.weight_sparsity, self.structured)
+            self.act_thresholds = [None, None]
+        return self._wants_act(self.w1)
+
+    def _threshold(self, i: int, x: Tensor, real: Tensor | None) -> Tensor | None:
+        if self.act_thresholds[i] is None:
+            rows = x.reshape(-1, x.shape[-1])
+            rows = rows[real.reshape(-1)] if real is not None else rows
+            self.act_thresholds[i] = act_threshold(rows, self.act_sparsity, self.structured, -1)
+        return self.act_thresholds[i]
+
+    def _ffn(self, x: Tensor, w1, b1, w2, b2, m1, m2, real: Tensor | None) -> Tensor:
+        want = self._prepare()
+        t1 = self._threshold(0, x, real) if want else None
+        h = ACTIVATIONS[self.activation](SwatBmmFunction.apply(x, w1, b1, m1, t1, self.structured))
+        t2 = self._threshold(1, h, real) if want else None
+        return SwatBmmFunction.apply(h, w2, b2, m2, t2, self.structured)
+
+    def weights(self):
+        """(w1, b1, w2, b2) with the top-K masks applied (plain autograd: masked gradients)."""
+        self._prepare()
+        m1, m2 = self.w1_mask, self.w2_mask
+        return (self.w1 if m1 is None else self.w1 * m1, self.b1,
+                self.w2 if m2 is None else self.w2 * m2, self.b2)
+
+    def forward_padded(self, buf: Tensor) -> Tensor:
+        """``buf (E, C, D) -> (E, C, D)``; all-zero rows are padding."""
+        self._prepare()
+        real = buf.detach().abs().sum(-1) > 0                                   # (E, C)
+        return self._ffn(buf, self.w1, self.b1, self.w2, self.b2, self.w1_mask, self.w2_mask, real)
+
+    def forward_expert(self, e: int, x: Tensor) -> Tensor:
+        """Expert ``e`` on ``x (n, D) -> (n, D)`` (reference path; same masks and thresholds)."""
+        self._prepare()
+        m1 = None if self.w1_mask is None else self.w1_mask[e]
+        m2 = None if self.w2_mask is None else self.w2_mask[e]
+        return self._ffn(x, self.w1[e], self.b1[e], self.w2[e], self.b2[e], m1, m2, None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._swat_repr()

@@ -1,0 +1,287 @@
+"""SWAT layers: exactness at sparsity 0, gradcheck with fixed masks, naive references, re-entry."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pwlab import flops
+from pwlab.experts import ExpertBank
+from pwlab.moe import MoE
+from pwlab.routing.topk import TopK
+from pwlab.swat import (SwatBmmFunction, SwatConv2d, SwatConv2dFunction, SwatExpertBank, SwatLinear,
+                        SwatLinearFunction, erk_densities, swatify, weight_mask)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _grads(module, x):
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+    return y.detach(), x.grad, [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
+def test_linear_at_sparsity_zero_equals_nn_linear_exactly(shape):
+    ref = nn.Linear(5, 4)
+    swat = SwatLinear(5, 4, weight_sparsity=0, act_sparsity=0)
+    swat.load_state_dict(ref.state_dict())
+    x = torch.randn(*shape)
+    for a, b in zip(_grads(ref, x), _grads(swat, x)):
+        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(u, v)
+
+
+def test_conv_at_sparsity_zero_equals_nn_conv2d_exactly():
+    ref = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    swat = SwatConv2d(3, 4, 3, stride=2, padding=1, weight_sparsity=0, act_sparsity=0)
+    swat.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 7, 7)
+    (ya, gxa, gpa), (yb, gxb, gpb) = _grads(ref, x), _grads(swat, x)
+    assert torch.equal(ya, yb) and torch.equal(gxa, gxb)
+    assert all(torch.equal(u, v) for u, v in zip(gpa, gpb))
+
+
+def test_expert_bank_at_sparsity_zero_equals_expert_bank_exactly():
+    ref = ExpertBank(3, 4, 6)
+    swat = SwatExpertBank(3, 4, 6, weight_sparsity=0, act_sparsity=0)
+    swat.load_state_dict(ref.state_dict())
+    buf = torch.randn(3, 5, 4)
+    for fa, fb in ((ref.forward_padded, swat.forward_padded), (lambda x: ref.forward_expert(1, x[1]),
+                                                                lambda x: swat.forward_expert(1, x[1]))):
+        ref.zero_grad(), swat.zero_grad()
+        ya, yb = fa(buf), fb(buf)
+        assert torch.equal(ya, yb)
+        ya.square().sum().backward(), yb.square().sum().backward()
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ref.parameters(), swat.parameters()))
+
+
+def _kept_param(w, mask):
+    """Gradcheck parametrisation: the kept weights are free, the dropped ones fixed."""
+    kept = w[mask].clone().requires_grad_(True)
+    return kept, lambda k: w.masked_scatter(mask, k)
+
+
+def test_linear_gradcheck_float64_with_fixed_mask():
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    mask = weight_mask(w, 0.5)
+    kept, full = _kept_param(w, mask)
+    # act_sparsity 0: grad_W on the kept entries is the true gradient; grad_x and grad_b always are
+    fn = lambda x, k, b: SwatLinearFunction.apply(x, full(k), b, mask, None)
+    assert torch.autograd.gradcheck(fn, (x, kept, b))
+    # with a sparsified saved activation only grad_x and grad_b are true gradients
+    thr = torch.tensor(0.5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x, b: SwatLinearFunction.apply(x, w, b, mask, thr), (x, b))
+
+
+def test_conv_and_bmm_gradcheck_float64_with_fixed_mask():
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    mask = weight_mask(w, 0.6)
+    kept, full = _kept_param(w, mask)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+    assert torch.autograd.gradcheck(lambda x, k, b: SwatConv2dFunction.apply(x, full(k), b, mask, None, False, conv),
+                                    (x, kept, b))
+    xb = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    wb = torch.randn(2, 4, 5, dtype=torch.float64)
+    bb = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    mb = weight_mask(wb, 0.5)
+    kb, fullb = _kept_param(wb, mb)
+    assert torch.autograd.gradcheck(lambda x, k, b: SwatBmmFunction.apply(x, fullb(k), b, mb, None), (xb, kb, bb))
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_linear_matches_naive_swat_reference(kernel):
+    layer = SwatLinear(40, 30, weight_sparsity=0.8, act_sparsity=0.7, topk_period=1, kernel=kernel)
+    x = torch.randn(16, 40, requires_grad=True)
+    g = torch.randn(16, 30)
+    y = layer(x)
+    y.backward(g)
+    w = layer.weight.detach()
+    wm = w.abs() > w.abs().flatten().kthvalue(round(0.8 * w.numel())).values          # top-K(|W|)
+    xd = x.detach()
+    xm = xd.abs() > xd.abs().flatten().kthvalue(round(0.7 * xd.numel())).values       # top-K(|x|), whole batch
+    assert torch.equal(layer.weight_mask, wm)
+    torch.testing.assert_close(y, xd @ (w * wm).t() + layer.bias.detach())
+    torch.testing.assert_close(x.grad, g @ (w * wm))
+    torch.testing.assert_close(layer.weight.grad, g.t() @ (xd * xm))                   # dense-shaped
+    torch.testing.assert_close(layer.bias.grad, g.sum(0))
+    assert bool((layer.weight.grad[~wm] != 0).any())                                    # dropped ones learn
+
+
+@pytest.mark.parametrize("kernel,layout", [("dense", torch.strided), ("sparse", torch.sparse_csr)])
+def test_activation_saved_for_backward_really_is_sparse(kernel, layout):
+    layer = SwatLinear(50, 20, weight_sparsity=0.5, act_sparsity=0.9, kernel=kernel)
+    x = torch.randn(8, 50)                                      # 400 entries: 40 kept
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1], lambda t: t):
+        layer(x).sum().backward()
+    acts = [t for t in saved if t.numel() == 400 or t.layout == torch.sparse_csr]
+    assert len(acts) == 1 and acts[0].layout == layout
+    nnz = acts[0]._nnz() if layout == torch.sparse_csr else int(torch.count_nonzero(acts[0]))
+    assert nnz == 40
+
+
+def test_conv_saves_sparse_activation():
+    layer = SwatConv2d(2, 3, 3, weight_sparsity=0.5, act_sparsity=0.75)
+    x = torch.randn(2, 2, 6, 6)                                 # 144 entries: 36 kept
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1], lambda t: t):
+        layer(x).sum().backward()
+    assert [int(torch.count_nonzero(t)) for t in saved if t.shape == x.shape] == [36]
+
+
+def test_dropped_weight_gets_gradient_and_re_enters_top_k():
+    layer = SwatLinear(4, 2, bias=False, weight_sparsity=0.5, act_sparsity=0, topk_period=3, kernel="dense")
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.zeros(1, 4))                                    # first forward: masks computed
+    i, j = (int(v) for v in torch.nonzero(~layer.weight_mask)[0])   # a dropped weight W[i, j]
+    x = torch.zeros(1, 4)
+    x[0, j] = 1.0
+    entered_at = None
+    for step in range(60):
+        opt.zero_grad()
+        y = layer(x)
+        sign = 1.0 if layer.weight[i, j] >= 0 else -1.0
+        (-sign * y[0, i]).backward()                            # pushes |W[i, j]| up
+        if step == 0:
+            assert y[0, i] == 0 and layer.weight.grad[i, j] != 0   # unused in forward, yet it learns
+        opt.step()
+        if entered_at is None and bool(layer.weight_mask[i, j]):
+            entered_at = layer.step
+    assert entered_at is not None and (entered_at - 1) % 3 == 0  # only at a refresh
+
+
+def test_mask_and_threshold_refresh_every_topk_period_steps():
+    layer = SwatLinear(8, 8, weight_sparsity=0.5, act_sparsity=0.5, topk_period=4, kernel="dense")
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    changes = []
+    for _ in range(9):
+        before = (None if layer.weight_mask is None else layer.weight_mask.clone(), layer.act_threshold)
+        opt.zero_grad()
+        layer(torch.randn(4, 8) * 5).square().sum().backward()
+        opt.step()
+        changes.append(before[1] is not layer.act_threshold)
+    assert changes == [True, False, False, False, True, False, False, False, True]
+    with torch.no_grad():                                       # eval forwards do not count steps
+        layer(torch.randn(4, 8))
+    assert layer.step == 9
+
+
+def test_sparse_and_dense_kernels_agree():
+    torch.manual_seed(3)
+    dense = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.9, kernel="dense")
+    sparse = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.9, kernel="sparse")
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(32, 64)
+    for a, b in zip(_grads(dense, x), _grads(sparse, x)):
+        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            torch.testing.assert_close(u, v)
+
+
+def test_auto_kernel_keeps_small_layers_dense():
+    layer = SwatLinear(16, 16, weight_sparsity=0.95, act_sparsity=0.95)
+    layer(torch.randn(4, 16)).sum().backward()
+    assert layer._plans == {4: None}
+
+
+def test_structured_drops_whole_rows_and_feature_columns():
+    layer = SwatLinear(10, 8, weight_sparsity=0.5, act_sparsity=0.6, structured=True)
+    x = torch.randn(6, 10)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1], lambda t: t):
+        layer(x).sum().backward()
+    rows = layer.weight_mask.all(1)
+    assert int(rows.sum()) == 4 and bool((layer.weight_mask.any(1) == rows).all())
+    xs = [t for t in saved if t.shape == x.shape][0]
+    assert int((xs != 0).any(0).sum()) == 4                     # 4 of 10 input features kept
+
+
+def test_erk_densities_keep_the_budget_and_favour_small_layers():
+    shapes = [(64, 256), (256, 256), (256, 10)]
+    dens = erk_densities(shapes, 0.1)
+    kept = sum(d * a * b for d, (a, b) in zip(dens, shapes))
+    assert kept == pytest.approx(0.1 * sum(a * b for a, b in shapes))
+    assert dens[1] < dens[0] < dens[2] <= 1.0
+    capped = erk_densities([(2, 2), (1000, 1000)], 0.5)
+    assert capped[0] == 1.0 and capped[1] == pytest.approx((0.5 * 1000004 - 4) / 1e6)
+
+
+def test_swatify_first_layer_dense_shares_parameters_and_counts_flops():
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    w2 = net[2].weight
+    swatify(net, 0.9, 0.8)
+    assert type(net[0]) is nn.Linear and isinstance(net[2], SwatLinear) and isinstance(net[4], SwatLinear)
+    assert net[2].weight is w2
+    swat = flops.model_flops(net, 10).total(swat_only=True)
+    dense = 2 * 10 * (32 * 32 + 32 * 4)
+    assert swat.forward == round(dense * 0.1) and swat.grad_weight == round(dense * 0.2)
+
+
+def test_swatify_converts_moe_expert_banks_and_keeps_fast_loop_parity():
+    moe = MoE(8, 16, 4, TopK(k=2))
+    x = torch.randn(12, 8)
+    y0, _ = moe(x)
+    gate = moe.router.gate
+    net = nn.Sequential(nn.Linear(8, 8), moe)
+    swatify(net, 0.0, 0.0)
+    assert isinstance(moe.experts, SwatExpertBank) and moe.router.gate is gate
+    assert torch.equal(moe(x)[0], y0)
+    swatify(nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(k=2))), 0.5)    # idempotent types
+    net2 = nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(k=2)))
+    swatify(net2, 0.75, 0.5)
+    m = net2[1]
+    yf, _ = m(x)
+    yf.square().sum().backward()
+    gf = [p.grad.clone() for p in m.experts.parameters()]
+    m.zero_grad()
+    m.dispatch = "loop"
+    yl, _ = m(x)
+    yl.square().sum().backward()
+    torch.testing.assert_close(yf, yl)
+    for a, b in zip(gf, m.experts.parameters()):
+        torch.testing.assert_close(a, b.grad)
+    assert float(m.experts.w1_mask.float().mean()) == pytest.approx(0.25)
+    mf = flops.model_flops(net2, 12)
+    assert [k for _, k, _ in mf.layers] == ["linear", "swat_moe"]
+
+
+def test_swatify_erk_and_structured_variants():
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16 * 16, 10))
+    swatify(net, 0.9, variant="erk")
+    assert isinstance(net[2], SwatConv2d) and isinstance(net[4], SwatLinear)
+    kept = sum((1 - m.weight_sparsity) * m.weight.numel() for m in (net[2], net[4]))
+    assert kept == pytest.approx(0.1 * (net[2].weight.numel() + net[4].weight.numel()))
+    net(torch.randn(2, 1, 8, 8)).sum().backward()
+    net2 = swatify(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), 0.5, variant="structured")
+    assert net2[1].structured
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(weight_sparsity=1.0), "weight_sparsity"), (dict(weight_sparsity=-0.1), "weight_sparsity"),
+    (dict(weight_sparsity=0.5, act_sparsity=1.2), "act_sparsity"),
+    (dict(weight_sparsity=0.5, topk_period=0), "topk_period"),
+    (dict(weight_sparsity=0.5, variant="swat-x"), "variant"),
+    (dict(weight_sparsity=0.5, kernel="coo"), "kernel"),
+])
+def test_bad_input_raises_value_error_naming_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        swatify(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(weight_sparsity=1), "weight_sparsity"),
+                                         (dict(act_sparsity=float("nan")), "act_sparsity"),
+                                         (dict(topk_period=0.5), "topk_period")])
+def test_layer_bad_input(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SwatLinear(2, 2, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        SwatConv2d(2, 2, 1, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        SwatExpertBank(2, 2, 2, **kwargs)
