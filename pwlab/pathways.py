@@ -1,0 +1,281 @@
+"""Pathway maps: which experts each task and each sense uses, and what they are worth.
+
+A pathway map counts kept token→expert assignments per MoE block, per expert, per task and
+per modality, from :class:`~pwlab.model.ModelOutput` (``moe_stats[l].routing`` and the
+per-token ``token_task`` / ``token_modality``), so nothing is hooked. From the counts:
+
+- mutual information ``I(E;T) = H(E) − H(E|T)`` in bits between the expert an assignment
+  goes to and its task (or modality): 0 when every task spreads over the experts alike,
+  ``log2(#tasks)`` at most when each task owns its experts (Mod-Squad maximises it; LIMoE
+  reports the modality version as "modality-specific experts");
+- the routing entropy ``H(E|T=t)`` of each task's expert distribution;
+- each task's top pathway (its most used experts per block).
+
+Then experiments: :func:`disable_experts` (ablation: the chosen experts output nothing),
+:func:`extract_subnetwork` (a smaller model with only the experts one task uses, as in
+task-level MoE serving, Kudugunta et al. 2021) and :func:`route_example` (where each token of
+one example went).
+
+Index legend: L MoE blocks, E experts, K tasks, M modalities, T tokens of one example.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pwlab.model import PathwaysModel, make_moe
+from pwlab.senses import MODALITIES
+
+
+@dataclass(frozen=True)
+class PathwayMap:
+    """Assignment counts of a model on some data.
+
+    Attributes:
+        task_counts: (L, E, K) long, kept assignments per MoE block, expert and task.
+        modality_counts: (L, E, M) long, the same per modality.
+        blocks: the trunk index of each of the L MoE blocks.
+        tasks: the K task names; modalities: the M modality names.
+        tokens: (K,) long, routed tokens per task (an assignment count for each is at most k×).
+    """
+
+    task_counts: Tensor
+    modality_counts: Tensor
+    blocks: tuple[int, ...]
+    tasks: tuple[str, ...]
+    modalities: tuple[str, ...]
+    tokens: Tensor
+
+    def share(self, by: str = "task") -> Tensor:
+        """(L, E, K or M) float: each task's (modality's) assignments as fractions over experts."""
+        c = (self.task_counts if by == "task" else self.modality_counts).double()
+        return (c / c.sum(1, keepdim=True).clamp_min(1)).float()
+
+    def mutual_information(self, by: str = "task") -> list[float]:
+        """I(E;T) in bits per MoE block (``by="modality"``: I(E;M))."""
+        c = self.task_counts if by == "task" else self.modality_counts
+        return [mutual_information(c[i]) for i in range(c.shape[0])]
+
+    def entropy(self, task: str) -> list[float]:
+        """H(E | T=task) in bits per MoE block: how spread the task's routing is."""
+        k = _task_position(self, task)
+        return [entropy(self.task_counts[i, :, k]) for i in range(self.task_counts.shape[0])]
+
+
+def entropy(counts: Tensor) -> float:
+    """Shannon entropy in bits of the distribution proportional to ``counts`` (0 for no counts)."""
+    c = counts.double().flatten()
+    total = float(c.sum())
+    if total <= 0:
+        return 0.0
+    p = c[c > 0] / total
+    return float(-(p * p.log2()).sum())
+
+
+def mutual_information(counts: Tensor) -> float:
+    """I(E;T) = H(E) − H(E|T) in bits from a count table ``counts (E, K)`` (rows: experts).
+
+    ``H(E|T) = Σ_t p(t) · H(E | T=t)``; tasks with no counts do not contribute.
+    """
+    c = counts.double()
+    if c.dim() != 2:
+        raise ValueError(f"counts must be a 2-D (experts, tasks) table, got shape {tuple(c.shape)}")
+    total = float(c.sum())
+    if total <= 0:
+        return 0.0
+    h_e = entropy(c.sum(1))
+    h_e_given_t = sum(float(c[:, k].sum()) / total * entropy(c[:, k]) for k in range(c.shape[1]))
+    return max(0.0, h_e - h_e_given_t)
+
+
+@torch.no_grad()
+def pathway_map(model: PathwaysModel, tasks=None, split: str = "test", max_examples: int | None = 256,
+                batch_size: int = 256) -> PathwayMap:
+    """Count the routing of ``model`` (in eval mode) on up to ``max_examples`` per task."""
+    from pwlab.tasks import batches
+    tasks = list(model.tasks if tasks is None else tasks)
+    moe = model.moe_blocks()
+    blocks = tuple(moe)
+    e = max((m.num_experts for m in moe.values()), default=0)
+    k_all, m_all = len(model.task_names), len(MODALITIES)
+    task_counts = torch.zeros(len(blocks), e, k_all, dtype=torch.long)
+    mod_counts = torch.zeros(len(blocks), e, m_all, dtype=torch.long)
+    tokens = torch.zeros(k_all, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        for task in tasks:
+            seen = 0
+            for b in batches(task, split=split, batch_size=batch_size, task_index=model.task_index[task.name]):
+                if max_examples is not None:
+                    if seen >= max_examples:
+                        break
+                    b = type(b)(task=b.task, task_index=b.task_index, sense=b.sense,
+                                x=b.x[:max_examples - seen], y=b.y[:max_examples - seen])
+                seen += len(b.y)
+                out = model([b])
+                tokens += torch.bincount(out.token_task.cpu(), minlength=k_all)
+                for li, blk in enumerate(blocks):
+                    r = out.moe_stats[blk].routing
+                    tok = r.token.cpu()
+                    ex = r.expert.cpu()
+                    task_counts[li] += _table(ex, out.token_task.cpu()[tok], e, k_all)
+                    mod_counts[li] += _table(ex, out.token_modality.cpu()[tok], e, m_all)
+    finally:
+        model.train(was_training)
+    return PathwayMap(task_counts, mod_counts, blocks, tuple(model.task_names), MODALITIES, tokens)
+
+
+def _table(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> Tensor:
+    return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
+
+
+def _task_position(pmap: PathwayMap, task: str) -> int:
+    if task not in pmap.tasks:
+        raise ValueError(f"task must be one of {', '.join(map(repr, pmap.tasks))}; got {task!r}")
+    return pmap.tasks.index(task)
+
+
+def top_pathway(pmap: PathwayMap, task: str, k: int = 2) -> dict[int, list[int]]:
+    """Block index → the ``k`` experts ``task`` uses most there (most used first)."""
+    t = _task_position(pmap, task)
+    out = {}
+    for li, blk in enumerate(pmap.blocks):
+        c = pmap.task_counts[li, :, t]
+        order = torch.argsort(-c, stable=True)[:k]
+        out[blk] = [int(i) for i in order if c[i] > 0]
+    return out
+
+
+@contextmanager
+def disable_experts(model: PathwaysModel, experts: dict[int, list[int]]):
+    """Within the block, the given experts of the given MoE blocks output nothing.
+
+    Args:
+        experts: trunk block index → expert indices to switch off.
+    """
+    moe = model.moe_blocks()
+    unknown = [b for b in experts if b not in moe]
+    if unknown:
+        raise ValueError(f"experts keys must be MoE block indices {list(moe)}; got {unknown}")
+    with ExitStack() as stack:
+        for b, idx in experts.items():
+            stack.enter_context(moe[b].disabled(idx))
+        yield model
+
+
+def extract_subnetwork(model: PathwaysModel, task: str, pmap: PathwayMap | None = None,
+                       min_share: float = 0.0) -> tuple[PathwaysModel, dict[int, list[int]]]:
+    """A copy of ``model`` whose MoE blocks keep only the experts ``task`` uses.
+
+    An expert is kept when it received more than ``min_share`` of the task's assignments in
+    ``pmap`` (default: the map of the task's test split). Router parameters are sliced to the
+    kept experts (expert tables remapped), so a router that renormalises over the experts it
+    picks (top-k, task, hash, GShard) routes the task's tokens exactly as before whenever they
+    stay on kept experts; Switch and expert choice depend on all experts and change a little.
+    Evaluate the result with :func:`pwlab.train.evaluate_model` to see what it keeps.
+
+    Returns the smaller model and block index → kept experts (original indices).
+    """
+    t = model.task(task)
+    if pmap is None:
+        pmap = pathway_map(model, [t])
+    k = _task_position(pmap, task)
+    small = copy.deepcopy(model)
+    kept: dict[int, list[int]] = {}
+    for li, blk in enumerate(pmap.blocks):
+        c = pmap.task_counts[li, :, k].double()
+        share = c / c.sum().clamp_min(1)
+        keep = [int(i) for i in torch.nonzero(share > min_share).flatten()]
+        if not keep:
+            keep = [int(torch.argmax(c))]
+        old = model.moe_blocks()[blk]
+        keep = keep if len(keep) >= old.top_k else _pad_keep(keep, c, old.top_k)
+        small.blocks[blk].ffn = _sub_moe(model, old, keep)
+        kept[blk] = keep
+    return small, kept
+
+
+def _pad_keep(keep: list[int], counts: Tensor, k: int) -> list[int]:
+    # a top-k router needs at least k experts: add the next most used ones
+    order = [int(i) for i in torch.argsort(-counts, stable=True)]
+    return sorted(set(keep) | set(order[:k]))
+
+
+def _sub_moe(model: PathwaysModel, old, keep: list[int]):
+    """A new MoE of ``len(keep)`` experts with the kept experts' and router's weights."""
+    idx = torch.tensor(keep, dtype=torch.long)
+    new = make_moe(model.cfg, len(model.task_names), num_experts=len(keep)).to(old.experts.w1.device)
+    e_old = old.num_experts
+    with torch.no_grad():
+        for name, t_new in new.experts.state_dict().items():
+            t_new.copy_(old.experts.state_dict()[name].index_select(0, idx.to(t_new.device)))
+        remap = torch.zeros(e_old, dtype=torch.long)
+        remap[idx] = torch.arange(len(keep))
+        old_r, new_r = old.router.state_dict(), new.router.state_dict()
+        for name, t_new in new_r.items():
+            t_old = old_r[name]
+            if name.endswith("table"):          # expert-id tables (hash, fixed task routing)
+                t_new.copy_(remap.to(t_old.device)[t_old])
+                continue
+            dims = [d for d in range(t_old.dim()) if t_old.shape[d] == e_old and t_new.shape[d] == len(keep)]
+            t_new.copy_(t_old.index_select(dims[0], idx.to(t_old.device)) if dims else t_old)
+    return new
+
+
+@dataclass(frozen=True)
+class ExampleRouting:
+    """Where each token of one example went.
+
+    Attributes:
+        task: task name; index: the example's index in the split; modality: its sense.
+        token_ids: (T,) the tokens' ids (position 0 is the task token when the model has one).
+        weights: (L, T, E) combine weight of each expert for each token (0: not routed there).
+        blocks: trunk index of each MoE block.
+        prediction: the model's output for the example; target: its label.
+    """
+
+    task: str
+    index: int
+    modality: str
+    token_ids: Tensor
+    weights: Tensor
+    blocks: tuple[int, ...]
+    prediction: Tensor
+    target: Tensor
+
+
+@torch.no_grad()
+def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = "test") -> ExampleRouting:
+    """Run one example of ``task`` (eval mode) and return its per-token routing."""
+    from pwlab.tasks.base import TaskBatch
+    t = model.task(task)
+    x, y = (t.x_test, t.y_test) if split == "test" else (t.x_train, t.y_train)
+    if not 0 <= index < len(y):
+        raise ValueError(f"index must be in [0, {len(y)}) for {task!r} {split}, got {index}")
+    b = TaskBatch(task=task, task_index=model.task_index[task], sense=t.sense, x=x[index:index + 1], y=y[index:index + 1])
+    was_training = model.training
+    model.eval()
+    try:
+        out = model([b])
+    finally:
+        model.train(was_training)
+    moe = model.moe_blocks()
+    n = out.token_task.shape[0]
+    e = max((m.num_experts for m in moe.values()), default=0)
+    weights = torch.zeros(len(moe), n, e)
+    for li, blk in enumerate(moe):
+        r = out.moe_stats[blk].routing
+        weights[li].index_put_((r.token.cpu(), r.expert.cpu()), r.weight.detach().float().cpu(), accumulate=True)
+    _, mask, _, ids, _, _ = model.encode([b])
+    return ExampleRouting(task=task, index=index, modality=t.sense, token_ids=ids[mask].cpu(), weights=weights,
+                          blocks=tuple(moe), prediction=out.predictions[task][0].cpu(), target=y[index])
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Number of parameters (for comparing a subnetwork with its model)."""
+    return sum(p.numel() for p in model.parameters())
