@@ -82,28 +82,40 @@ def equivalence(rank: int, world: int, scenarios: list[dict]) -> dict:
             dropped = 1 - int(counts.sum()) / max(proposed, 1)
             errs["dropped_fraction"] = abs(float(st.dropped_fraction) - dropped)
         errs["local_counts"] = int((st.local_counts - stats[rank].counts).abs().max())
+        lo, hi = ep.expert_range
         out[name] = {"errors": errs, "dropped_fraction": float(st.dropped_fraction),
-                     "bytes_sent": traffic.bytes_sent, "kept": int(st.counts.sum())}
+                     "bytes_sent": traffic.bytes_sent, "kept": int(st.counts.sum()),
+                     "remote": int(((st.routing.expert < lo) | (st.routing.expert >= hi)).sum())}
     return out
 
 
-def bad_config(rank: int, world: int, case: str):
-    """Build a layer that is wrong on some rank; return what this rank raised, then check the group still works."""
-    kw = dict(capacity_factor=1.0)
-    e = 4
-    if case == "indivisible":
-        e = 3 if world == 2 else 6
-    elif case == "mismatch" and rank == world - 1:
-        kw["capacity_factor"] = 2.0
-    elif case == "bad_arg" and rank == 1:
-        kw["drop_policy"] = "random"
-    elif case == "experts_differ" and rank == 0:
-        e = 8
-    try:
-        ExpertParallelMoE(D, H, e, make_router("topk", k=2), **kw)
-        raised = None
-    except ValueError as exc:
-        raised = str(exc)
-    probe = torch.ones(1)
-    dist.all_reduce(probe)                                # the group is still in step after the error
-    return raised, float(probe)
+def bad_config(rank: int, world: int, cases: list[str]) -> dict:
+    """Per case: what this rank raised when building a layer that is wrong on some rank, and
+    whether the group was still in step afterwards (an all-reduce of ones gives the world size)."""
+    out = {}
+    for case in cases:
+        kw, e = dict(capacity_factor=1.0), 4
+        if case == "indivisible":
+            e = 3
+        elif case == "mismatch" and rank == world - 1:
+            kw["capacity_factor"] = 2.0
+        elif case == "bad_arg" and rank == 1:
+            kw["drop_policy"] = "random"
+        elif case == "experts_differ" and rank == 0:
+            e = 8
+        try:
+            ExpertParallelMoE(D, H, e, make_router("topk", k=2), **kw)
+            raised = None
+        except ValueError as exc:
+            raised = str(exc)
+        probe = torch.ones(1)
+        dist.all_reduce(probe)
+        out[case] = (raised, float(probe))
+    return out
+
+
+def stall(rank: int, world: int):
+    """Rank 1 fails before a collective that rank 0 enters: the launcher must not hang."""
+    if rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    dist.all_reduce(torch.ones(1))

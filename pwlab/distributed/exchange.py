@@ -15,6 +15,7 @@ the measurement is explicit, nothing is recorded on modules.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ def _record(send_splits: list[int], row_bytes: int, group) -> None:
 
 
 def _row_bytes(x: Tensor) -> int:
-    return x[0].numel() * x.element_size() if x.dim() > 1 else x.element_size()
+    return math.prod(x.shape[1:]) * x.element_size()
 
 
 def _a2a(x: Tensor, send_splits: list[int], recv_splits: list[int], group) -> Tensor:

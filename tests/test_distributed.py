@@ -1,0 +1,137 @@
+"""Expert parallelism: P gloo processes on this CPU against the single-process MoE (the oracle)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pwlab.distributed import DistributedRunError, a2a_bytes, a2a_volume, run_local
+import _dist_worker as worker
+
+TOL = 1e-5
+E = 8
+# tokens per rank (cycled): uneven, and one rank may hold none
+SCENARIOS = [
+    dict(name="topk2_position", router=("topk", {"k": 2}), num_experts=E, tokens=[24, 13, 30, 17],
+         capacity_factor=1.0, drops=True),
+    dict(name="topk2_probability_tokens", router=("topk", {"k": 2}), num_experts=E, tokens=[20, 31, 9, 26],
+         capacity_factor=1.5, capacity_convention="tokens", drop_policy="probability", drops=True),
+    dict(name="switch", router=("switch", {}), num_experts=E, tokens=[29, 16], capacity_factor=1.0, drops=True),
+    dict(name="noisy_topk_train", router=("noisy_topk", {"k": 2}), num_experts=E, tokens=[18, 25, 12],
+         capacity_factor=0.8, noisy=True, drops=True),
+    dict(name="gshard_train", router=("gshard", {}), num_experts=E, tokens=[22, 15], capacity_factor=1.0,
+         noisy=True, drops=True),
+    dict(name="expert_choice", router=("expert_choice", {"capacity_factor": 1.0}), num_experts=E,
+         tokens=[16, 11, 20]),
+    dict(name="masked", router=("topk", {"k": 2}), num_experts=E, tokens=[21, 14], capacity_factor=1.0,
+         mask=True, drops=True),
+    dict(name="disabled_experts", router=("topk", {"k": 2}), num_experts=E, tokens=[19, 23],
+         capacity_factor=1.25, disabled=[1, 6], drops=True),
+    dict(name="dropless_empty_rank", router=("topk", {"k": 2}), num_experts=E, tokens=[0, 17, 9]),
+    dict(name="one_expert_per_rank", router=("topk", {"k": 2}), num_experts=4, tokens=[15, 8, 27, 12],
+         capacity_factor=1.0, drops=True),
+]
+
+
+def _check_equivalence(results: list[dict], world: int) -> None:
+    for sc in SCENARIOS:
+        if sc["num_experts"] % world:
+            continue
+        per_rank = [r[sc["name"]] for r in results]
+        for rank, r in enumerate(per_rank):
+            for what, err in r["errors"].items():
+                assert err <= TOL, f"{sc['name']} rank {rank}/{world}: {what} differs by {err}"
+        # global statistics: the same on every rank
+        assert len({r["dropped_fraction"] for r in per_rank}) == 1
+        assert len({r["kept"] for r in per_rank}) == 1
+        if sc.get("drops"):
+            assert per_rank[0]["dropped_fraction"] > 0, f"{sc['name']}: capacity dropped nothing"
+        elif sc.get("capacity_factor") is None and sc["router"][0] != "expert_choice":
+            assert per_rank[0]["dropped_fraction"] == 0
+        # the exchange's measured bytes equal the cost model given the remote assignments
+        measured = sum(r["bytes_sent"] for r in per_rank)
+        remote = sum(r["remote"] for r in per_rank)
+        model = a2a_volume(1, worker.D, 1, sc["num_experts"], world, remote_assignments=remote)["total"]
+        assert measured == model, f"{sc['name']}: measured {measured} B, model {model} B"
+
+
+def _scenarios_for(world):
+    return [sc for sc in SCENARIOS if sc["num_experts"] % world == 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_equals_single_process(world):
+    results = run_local(worker.equivalence, world, _scenarios_for(world), timeout=90)
+    _check_equivalence(results, world)
+
+
+@pytest.mark.slow
+def test_bad_configuration_raises_on_every_rank_without_hanging():
+    cases = ["indivisible", "mismatch", "bad_arg", "experts_differ"]
+    results = run_local(worker.bad_config, 2, cases, timeout=60)
+    for rank, res in enumerate(results):
+        for case in cases:
+            raised, probe = res[case]
+            assert raised is not None, f"{case}: rank {rank} did not raise"
+            assert probe == 2.0, f"{case}: the group fell out of step"
+        assert "num_experts must be divisible by the world size 2" in res["indivisible"][0]
+        assert "different MoE configuration" in res["mismatch"][0]
+        assert "rank 1" in res["bad_arg"][0] and "drop_policy" in res["bad_arg"][0]
+        assert "different MoE configuration" in res["experts_differ"][0]
+
+
+@pytest.mark.slow
+def test_a_failing_rank_does_not_hang_the_launcher():
+    with pytest.raises(DistributedRunError, match="rank 1 fails on purpose"):
+        run_local(worker.stall, 2, timeout=12)
+
+
+def test_layer_needs_a_process_group():
+    from pwlab.distributed import ExpertParallelMoE
+
+    with pytest.raises(ValueError, match="process group"):
+        ExpertParallelMoE(8, 16, 4)
+
+
+# -- the cost model, against hand counts ---------------------------------------------------------
+def test_cost_model_hand_count():
+    # N=8 tokens, D=4, k=2, E=4, P=2, float32: A = 16 assignments, half remote -> R = 8.
+    # counts: each rank sends E/P = 2 int64 to the other: 2 ranks · 2 · 8 B = 32 B.
+    # dispatch: 8 rows · 4 · 4 B = 128 B forward + 128 B backward; combine the same.
+    v = a2a_volume(8, 4, 2, 4, 2)
+    assert v == {"counts": 32.0, "dispatch": 256.0, "combine": 256.0, "total": 544.0, "remote_assignments": 8.0}
+    assert a2a_bytes(8, 4, 2, 4, 2, backward=False) == 32 + 128 + 128
+
+
+def test_cost_model_scaling():
+    assert a2a_bytes(1000, 64, 2, 8, 1) == 0                             # one device: nothing moves
+    # P = 4: 3/4 of 2048 assignments remote = 1536 rows; 4 passes · 1536 · 16 · 2 B; counts 8 · 8 · 3
+    assert a2a_bytes(1024, 16, 2, 8, 4, bytes_per_element=2) == 4 * 1536 * 16 * 2 + 8 * 8 * 3
+    base = a2a_volume(512, 32, 2, 8, 4)
+    for kw, factor in ((dict(num_tokens=1024), 2), (dict(d_model=64), 2), (dict(top_k=4), 2)):
+        args = dict(num_tokens=512, d_model=32, top_k=2, num_experts=8, world_size=4) | kw
+        assert a2a_volume(**args)["dispatch"] == factor * base["dispatch"]
+    assert a2a_volume(512, 32, 2, 8, 8)["dispatch"] == base["dispatch"] * (7 / 8) / (3 / 4)
+    assert a2a_volume(512, 32, 2, 8, 4, kept_fraction=0.5)["dispatch"] == base["dispatch"] / 2
+
+
+@pytest.mark.parametrize("bad, match", [(dict(num_experts=6), "divisible"), (dict(world_size=0), "world_size"),
+                                        (dict(kept_fraction=1.5), "kept_fraction"), (dict(d_model=0), "d_model")])
+def test_cost_model_rejects_bad_input(bad, match):
+    args = dict(num_tokens=8, d_model=4, top_k=2, num_experts=4, world_size=4) | bad
+    with pytest.raises(ValueError, match=match):
+        a2a_volume(**args)
+
+
+@pytest.mark.slow
+def test_bench_ep_prints_one_line_per_world_size(capsys):
+    from pwlab.bench import ep
+
+    assert ep.main(["--quick", "--world-sizes", "1,2", "--tokens", "128", "--d-model", "16", "--d-hidden", "16"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["world_size"] for r in lines] == [1, 2]
+    assert lines[0]["a2a_bytes"] == 0
+    assert lines[1]["a2a_bytes"] == lines[1]["model_exact_bytes"] > 0
+    assert 0.8 < lines[1]["bytes_over_model"] < 1.2
