@@ -168,3 +168,13 @@ def test_bad_inputs_name_the_parameter(suite):
         Senses([], D)
     with pytest.raises(ValueError, match="patch_size"):
         ImageEncoder(D, (8, 8), patch_size=3)
+
+
+def test_senses_sizes_from_shapes_and_disagreeing_tasks():
+    x = torch.rand(6, 4, 4)
+    y = torch.zeros(6, dtype=torch.long)
+    small = tasks.Task("small", "image", "classification", ("a",), x, y, x, y, "accuracy")
+    tok = Senses([small], D, patch_size=2)(x, "small")          # sized from x_train, no meta needed
+    assert tok.tokens.shape == (6, 4, D)
+    with pytest.raises(ValueError, match=r"image size \(H, W\)"):
+        Senses([small, tasks.get("digits")], D)

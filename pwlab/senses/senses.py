@@ -22,18 +22,26 @@ from pwlab.senses.tabular import TabularEncoder
 from pwlab.senses.text import TextEncoder
 
 
-def _one_value(tasks, key: str, sense: str):
-    values = {tuple(t.meta[key]) if isinstance(t.meta[key], (list, tuple)) else t.meta[key] for t in tasks}
+def _one_value(tasks, what: str, value_of):
+    # tasks of one sense share an encoder, so they must agree on its size
+    values = {value_of(t) for t in tasks}
     if len(values) != 1:
-        raise ValueError(f"tasks of sense {sense!r} must agree on meta[{key!r}] to share an encoder, got {sorted(values)}")
+        raise ValueError(f"tasks {[t.name for t in tasks]} must agree on {what} to share an encoder, got {sorted(values)}")
     return values.pop()
+
+
+def _vocab_size(t) -> int:
+    if "vocab_size" not in t.meta:
+        raise ValueError(f"text task {t.name!r} must record meta['vocab_size'] (see pwlab.tasks.text.vocab_size)")
+    return t.meta["vocab_size"]
 
 
 class Senses(nn.Module):
     """The encoders for ``tasks``, all with the same ``d_model``.
 
     Args:
-        tasks: the tasks (not empty); their ``meta`` sizes the encoders.
+        tasks: the tasks (not empty); their training inputs' shapes size the encoders
+            (text tasks also give ``meta["vocab_size"]``).
         d_model: token width D of every encoder.
         patch_size: image patch side.
 
@@ -57,24 +65,27 @@ class Senses(nn.Module):
             if not group:
                 continue
             if sense == "image":
-                enc = ImageEncoder(d_model, _one_value(group, "image_size", sense), patch_size, id_offset=offset)
+                size = _one_value(group, "the image size (H, W)", lambda t: tuple(t.x_train.shape[1:]))
+                enc = ImageEncoder(d_model, size, patch_size, id_offset=offset)
             elif sense == "audio":
-                enc = AudioEncoder(d_model, _one_value(group, "length", sense), id_offset=offset)
+                length = _one_value(group, "the waveform length L", lambda t: t.x_train.shape[1])
+                enc = AudioEncoder(d_model, length, id_offset=offset)
             elif sense == "text":
-                enc = TextEncoder(d_model, _one_value(group, "vocab_size", sense),
-                                  max(t.meta["length"] for t in group), id_offset=offset)
+                enc = TextEncoder(d_model, _one_value(group, "meta['vocab_size']", _vocab_size),
+                                  max(t.x_train.shape[1] for t in group), id_offset=offset)
             if sense != "tabular":
                 self.encoders[sense] = enc
                 offset += enc.num_ids
             else:
                 for t in group:
                     key = self._table[t.name] = t.meta.get("table", t.name)
+                    num_features = t.x_train.shape[1]
                     if key in self.tabular:
-                        if self.tabular[key].num_features != t.meta["num_features"]:
-                            raise ValueError(f"tasks reading table {key!r} must agree on meta['num_features']")
+                        if self.tabular[key].num_features != num_features:
+                            raise ValueError(f"tasks reading table {key!r} must agree on the feature count F")
                         continue
-                    self.tabular[key] = TabularEncoder(d_model, t.meta["num_features"], id_offset=offset)
-                    offset += t.meta["num_features"]
+                    self.tabular[key] = TabularEncoder(d_model, num_features, id_offset=offset)
+                    offset += num_features
             for t in group:
                 self.task_sense[t.name] = sense
         unknown = [t.name for t in tasks if t.sense not in MODALITIES]

@@ -8,7 +8,9 @@ runs the trunk once over all of them — so tokens of every task compete in the 
 and the same expert capacity, as in one Pathways step (rather than alternating single-task
 steps, where a router never sees two tasks at once).
 
-Mixing strategies (T5 / multilingual-MT conventions, for tasks of very different sizes):
+Mixing strategies (examples-proportional and temperature-scaled mixing as in T5, Raffel
+et al. 2020 sec. 3.5.2, and multilingual NMT, Arivazhagan et al. 2019), for tasks of very
+different sizes:
     proportional   p_i ∝ n_i            (n_i = training examples of task i)
     uniform        p_i = 1 / K
     temperature    p_i ∝ n_i^(1/T)      (T = 1 is proportional; T -> inf is uniform)

@@ -5,8 +5,8 @@
     x ~ N(0, I_d)
     y_k = w_k^T x + sum_{i=1..m} sin(alpha_i * w_k^T x + beta_i) + eps_k,   eps_k ~ N(0, 0.01)
 
-alpha_i, beta_i are shared by both tasks (so p alone sets how related they are) and are
-drawn N(0, 1) here. Both tasks use the same x for a given seed whatever p is, and task a
+alpha_i, beta_i are shared by both tasks (so p alone sets how related they are); their
+values are a free choice of the generator, drawn N(0, 1) here. Both tasks use the same x for a given seed whatever p is, and task a
 does not depend on p at all. Targets are standardized with training statistics, so a
 test MSE reads against a chance level (the test variance) near 1.
 """
