@@ -6,7 +6,7 @@ import copy
 import torch
 import torch.distributed as dist
 
-from pwlab.distributed import ExpertParallelMoE, count_a2a_bytes
+from pwlab.distributed import ExpertParallelMoE, count_a2a_bytes, gather_routing
 from pwlab.moe import MoE
 from pwlab.routing import make_router
 
@@ -81,6 +81,13 @@ def equivalence(rank: int, world: int, scenarios: list[dict]) -> dict:
             proposed = sum(int(s.proposed_counts.sum()) for s in stats)
             dropped = 1 - int(counts.sum()) / max(proposed, 1)
             errs["dropped_fraction"] = abs(float(st.dropped_fraction) - dropped)
+        glob = gather_routing(st)                          # pathway maps: every rank's kept routing
+        mask_sizes = [s.proposed.num_tokens for s in stats]
+        offsets = torch.tensor([0] + mask_sizes).cumsum(0)
+        ref_token = torch.cat([s.routing.token + int(offsets[r]) for r, s in enumerate(stats)])
+        ref_expert = torch.cat([s.routing.expert for s in stats])
+        errs["global_routing"] = int(not (torch.equal(glob.token, ref_token) and torch.equal(glob.expert, ref_expert)))
+        errs["global_routing.weight"] = _max_err(glob.weight, torch.cat([s.routing.weight for s in stats]))
         errs["local_counts"] = int((st.local_counts - stats[rank].counts).abs().max())
         lo, hi = ep.expert_range
         out[name] = {"errors": errs, "dropped_fraction": float(st.dropped_fraction),

@@ -6,9 +6,9 @@
 - :func:`run_local` — P local gloo processes (tests, benchmarks, notebooks).
 """
 from pwlab.distributed.cost import a2a_bytes, a2a_volume
-from pwlab.distributed.ep_moe import ExpertParallelMoE
+from pwlab.distributed.ep_moe import ExpertParallelMoE, ExpertParallelStats, gather_routing
 from pwlab.distributed.exchange import A2ATraffic, all_to_all, count_a2a_bytes, exchange_counts
 from pwlab.distributed.launch import DistributedRunError, free_port, run_local
 
-__all__ = ["ExpertParallelMoE", "all_to_all", "exchange_counts", "count_a2a_bytes", "A2ATraffic",
+__all__ = ["ExpertParallelMoE", "ExpertParallelStats", "gather_routing", "all_to_all", "exchange_counts", "count_a2a_bytes", "A2ATraffic",
            "a2a_volume", "a2a_bytes", "run_local", "free_port", "DistributedRunError"]

@@ -64,20 +64,44 @@ class ExpertParallelStats(MoEStats):
         return torch.tensor(entropy_sum / tokens if tokens else 0.0)
 
 
-def _agree(key: str, error: Exception | None, group) -> None:
-    """Every rank learns every rank's configuration key and error; all raise if any is wrong."""
+def _agree(config: dict | None, error: Exception | None, group) -> None:
+    """Every rank learns every rank's configuration and error; all raise if any is wrong.
+
+    One ``all_gather_object`` whatever happened locally, so no rank is left waiting in a
+    collective the others skipped."""
     world = dist.get_world_size(group)
+    key = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest() if config else None
     gathered: list = [None] * world
-    dist.all_gather_object(gathered, (key, None if error is None else f"{type(error).__name__}: {error}"), group=group)
-    problems = [f"rank {r}: {msg}" for r, (_, msg) in enumerate(gathered) if msg is not None]
-    keys = [k for k, _ in gathered]
-    if not problems and len(set(keys)) > 1:
-        first = keys[0]
-        odd = [r for r, k in enumerate(keys) if k != first]
-        problems.append(f"ranks {odd} have a different MoE configuration from rank 0 (config hashes "
-                        f"{[k[:8] for k in keys]}): every rank must build the same layer")
+    mine = (key, config, None if error is None else f"{type(error).__name__}: {error}")
+    dist.all_gather_object(gathered, mine, group=group)
+    problems = [f"rank {r}: {msg}" for r, (_, _, msg) in enumerate(gathered) if msg is not None]
+    if not problems and len({k for k, _, _ in gathered}) > 1:
+        first = gathered[0][1]
+        for r, (_, cfg, _) in enumerate(gathered[1:], start=1):
+            diff = [f"{name}={cfg[name]} (rank 0: {first[name]})" for name in first if cfg[name] != first[name]]
+            if diff:
+                problems.append(f"rank {r} has a different configuration from rank 0: {', '.join(diff)}")
+        problems.append("every rank must build the same layer")
     if problems:
         raise ValueError("ExpertParallelMoE: " + "; ".join(problems)) from error
+
+
+def gather_routing(stats: MoEStats, group=None) -> Routing:
+    """Every rank's kept routing in one :class:`Routing` (detached; collective).
+
+    Rank r's tokens are numbered after those of ranks 0..r-1, so pathway maps over the result
+    count every token of the step once."""
+    r = stats.routing
+    mine = {k: getattr(r, k).detach().cpu() for k in ("token", "expert", "weight", "rank", "probs", "logits")}
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine, group=group)
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + part["probs"].shape[0])
+    cat = {k: torch.cat([p[k] + (off if k == "token" else 0) for p, off in zip(parts, offsets)])
+           for k in mine}
+    dev = r.token.device
+    return Routing(**{k: v.to(dev) for k, v in cat.items()}, kind=r.kind)
 
 
 class ExpertParallelMoE(MoE):
@@ -100,7 +124,7 @@ class ExpertParallelMoE(MoE):
             raise ValueError("ExpertParallelMoE needs an initialised torch.distributed process group "
                              "(launch with torchrun, or pwlab.distributed.run_local)")
         world = dist.get_world_size(group)
-        error, key = None, "invalid"
+        error, config = None, None
         try:
             super().__init__(d_model, d_hidden, num_experts, router, capacity_factor=capacity_factor,
                              capacity_convention=capacity_convention, drop_policy=drop_policy, dispatch="fast",
@@ -108,10 +132,10 @@ class ExpertParallelMoE(MoE):
             if num_experts % world:
                 raise ValueError(f"num_experts must be divisible by the world size {world} "
                                  f"(each rank holds num_experts/world experts), got num_experts={num_experts}")
-            key = self._config_key()
+            config = self._config()
         except ValueError as exc:
             error = exc
-        _agree(key, error, group)
+        _agree(config, error, group)
         self.group, self.world_size, self.rank = group, world, dist.get_rank(group)
         self.num_local_experts = num_experts // world
         src = dist.get_global_rank(group, 0) if group is not None else 0
@@ -122,12 +146,13 @@ class ExpertParallelMoE(MoE):
         self._load_shard(full)
 
     # -- construction helpers ----------------------------------------------------------
-    def _config_key(self) -> str:
+    def _config(self) -> dict:
         r = self.router
-        desc = repr((type(self).__name__, self.d_model, self.d_hidden, self.num_experts, type(r).__name__,
-                     r.extra_repr(), self.capacity_factor, self.capacity_convention, self.drop_policy,
-                     sorted(self.aux_weights.items()), self.experts.activation, self.num_groups))
-        return hashlib.sha256(desc.encode()).hexdigest()
+        return {"d_model": self.d_model, "d_hidden": self.d_hidden, "num_experts": self.num_experts,
+                "router": f"{type(r).__name__}({r.extra_repr()})", "capacity_factor": self.capacity_factor,
+                "capacity_convention": self.capacity_convention, "drop_policy": self.drop_policy,
+                "aux_weights": repr(sorted(self.aux_weights.items())), "activation": self.experts.activation,
+                "num_groups": self.num_groups}
 
     @property
     def expert_range(self) -> tuple[int, int]:
