@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pwlab.tasks as tasks
 from pwlab.tasks import audio, text
@@ -66,6 +68,9 @@ def test_bad_names_and_options():
         tasks.get("digits", p=0.3)
     with pytest.raises(ValueError, match="taken by none"):
         tasks.load(["digits", "wine"], p=0.3)
+    for seed in (-1, 1.5, "0", None):
+        with pytest.raises(ValueError, match="seed"):
+            tasks.get("wine", seed=seed)
     a, d = tasks.load(["mmoe_a", "digits"], p=0.9)        # options go where they are taken
     assert a.meta["p"] == 0.9 and "p" not in d.meta
 
@@ -258,6 +263,24 @@ def test_sampler_steps_mix_tasks_without_replacement_within_an_epoch():
     assert (hits / hits.sum()).tolist() == pytest.approx([0.25, 0.75], abs=0.03)
 
 
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4), batch_size=st.integers(1, 50),
+       strategy=st.sampled_from(tasks.STRATEGIES), seed=st.integers(0, 2**31 - 1))
+def test_sampler_properties(sizes, batch_size, strategy, seed):
+    ts = [_toy(f"t{i}", n) for i, n in enumerate(sizes)]
+    s = tasks.MultiTaskSampler(ts, batch_size=batch_size, strategy=strategy, seed=seed)
+    assert s.probabilities.sum().item() == pytest.approx(1.0) and (s.probabilities > 0).all()
+    drawn = [[] for _ in sizes]
+    for _ in range(6):
+        step = s.sample()
+        assert sum(len(b.y) for b in step) == batch_size
+        for b in step:
+            drawn[b.task_index] += b.x[:, 0].long().tolist()
+    for k, n in enumerate(sizes):       # the first min(len, n) draws of a task are distinct examples
+        first = drawn[k][:n]
+        assert len(set(first)) == len(first) and all(0 <= i < n for i in first)
+    assert [round(e, 9) for e in s.epochs] == [round(len(d) / n, 9) for d, n in zip(drawn, sizes)]
+
+
 def test_sampler_seed_and_state_dict_round_trip():
     ts = tasks.load(["wine", "digits", "arithmetic"])
     a, b = (tasks.MultiTaskSampler(ts, batch_size=32, strategy="temperature", seed=7) for _ in range(2))
@@ -285,6 +308,8 @@ def test_sampler_bad_input():
         tasks.MultiTaskSampler([_toy("a", 5)], strategy="temperature", temperature=0)
     with pytest.raises(ValueError, match="batch_size"):
         tasks.MultiTaskSampler([_toy("a", 5)], batch_size=0)
+    with pytest.raises(ValueError, match="seed"):
+        tasks.MultiTaskSampler([_toy("a", 5)], seed="x")
     with pytest.raises(ValueError, match="state holds tasks"):
         tasks.MultiTaskSampler([_toy("b", 5)]).load_state_dict(tasks.MultiTaskSampler([_toy("a", 5)]).state_dict())
 

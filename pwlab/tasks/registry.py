@@ -40,6 +40,12 @@ def _resolve(names_) -> list[str]:
     return out
 
 
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
 def _options(builder: Callable) -> set[str]:
     return {k for k, v in inspect.signature(builder).parameters.items() if v.kind is v.KEYWORD_ONLY}
 
@@ -53,6 +59,7 @@ def get(name: str, seed: int = 0, **kw) -> Task:
         **kw: the builder's options (e.g. ``p=0.9`` for the MMoE pair).
     """
     (name,) = _resolve([name])
+    _check_seed(seed)
     extra = set(kw) - _options(BUILDERS[name])
     if extra:
         raise ValueError(f"task {name!r} takes options {sorted(_options(BUILDERS[name]))}, got unknown {sorted(extra)}")
@@ -68,6 +75,7 @@ def load(names="all", seed: int = 0, **kw) -> list[Task]:
         the tasks, in the order given.
     """
     chosen = _resolve(names)
+    _check_seed(seed)
     unused = set(kw) - set().union(*(_options(BUILDERS[n]) for n in chosen))
     if unused:
         raise ValueError(f"options {sorted(unused)} are taken by none of the tasks {chosen}")
