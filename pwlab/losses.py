@@ -11,11 +11,16 @@ import torch
 from torch import Tensor
 
 
+def _upcast(x: Tensor) -> Tensor:
+    """Half precision to float32 (losses of small numbers need it); float32/64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
+
+
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     """Squared coefficient of variation ``var(x) / mean(x)²`` (population variance); 0 for one element."""
     if x.numel() <= 1:
         return x.new_zeros(())
-    x = x.float()
+    x = _upcast(x)
     return x.var(unbiased=False) / (x.mean() ** 2 + eps)
 
 
@@ -48,7 +53,7 @@ def z_loss(logits: Tensor) -> Tensor:
     """
     if logits.shape[0] == 0:
         return logits.new_zeros(())
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+    return torch.logsumexp(_upcast(logits), dim=-1).pow(2).mean()
 
 
 def entropy(probs: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
@@ -60,7 +65,7 @@ def router_entropy(probs: Tensor) -> Tensor:
     """Mean per-token routing entropy in nats (0: certain; log E: uniform)."""
     if probs.shape[0] == 0:
         return probs.new_zeros(())
-    return entropy(probs.float()).mean()
+    return entropy(_upcast(probs)).mean()
 
 
 def group_entropies(probs: Tensor, groups: Tensor, num_groups: int | None = None) -> tuple[Tensor, Tensor]:

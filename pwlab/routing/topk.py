@@ -31,7 +31,9 @@ class TopK(LinearGate):
         probs = softmax_experts(logits)
         if self.order == "softmax_topk":
             weight, expert = probs.topk(self.top_k, dim=-1)       # (N, k)
-            if self.renormalize:
+            if self.renormalize and self.top_k > 1:
+                # with k = 1 renormalising would make every weight 1 and cut the router off
+                # from the task loss's gradient, so top-1 keeps the raw probability (as Switch)
                 weight = weight / weight.sum(-1, keepdim=True)
         else:
             top_logits, expert = logits.topk(self.top_k, dim=-1)
