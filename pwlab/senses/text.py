@@ -1,7 +1,6 @@
 """Text sense: character embedding plus learned positions; padding (id 0) is masked out."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from pwlab._checks import positive_int
