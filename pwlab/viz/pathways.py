@@ -1,0 +1,175 @@
+"""Pathway figures from a :class:`pwlab.pathways.PathwayMap`: Sankey, expert × task heatmaps, sense bars.
+
+Index legend: L MoE blocks, E experts, K tasks (or M senses). Every function takes the plain
+map (counts per block, expert and task/sense) and returns a ``go.Figure``; an empty or
+missing map gives an empty figure with a note.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pwlab.viz._common import GREY, SENSE_COLORS, array, empty_figure, expert_color, rgba
+
+BY = ("task", "modality")
+
+
+def _check_by(by: str) -> str:
+    if by not in BY:
+        raise ValueError(f"by must be one of {', '.join(map(repr, BY))}; got {by!r}")
+    return by
+
+
+def _counts(pmap, by: str) -> tuple[np.ndarray, list[str]]:
+    """(L, E, S) counts and the S names of the tasks or senses that have any assignments."""
+    if pmap is None:
+        return np.zeros((0, 0, 0)), []
+    counts = array(pmap.task_counts if by == "task" else pmap.modality_counts)
+    names = list(pmap.tasks if by == "task" else pmap.modalities)
+    if counts.ndim != 3 or counts.size == 0:
+        return np.zeros((0, 0, 0)), []
+    used = [j for j in range(counts.shape[2]) if counts[:, :, j].sum() > 0]
+    return counts[:, :, used], [names[j] for j in used]
+
+
+def _source_colors(names: Sequence[str], by: str) -> list[str]:
+    if by == "modality":
+        return [SENSE_COLORS.get(n, "#7f7f7f") for n in names]
+    from plotly.colors import qualitative
+    palette = qualitative.Set2 + qualitative.Dark2
+    return [palette[i % len(palette)] for i in range(len(names))]
+
+
+def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
+                   experts: Mapping[int, Sequence[int]] | None = None, min_share: float = 0.005) -> go.Figure:
+    """Task (or sense) → expert of each MoE block → head; link width = share of all tokens.
+
+    A map holds each block's marginal counts, not which expert of block l a token used
+    before block l+1, so the flow from expert i to expert j of the next block is drawn as
+    ``share(task) · p_l(i | task) · p_{l+1}(j | task)``: exact per block, independent
+    between blocks within a task. Links keep their task's colour, so each task's pathway can
+    be followed; ``highlight`` greys out the other tasks' links, ``experts`` (block → expert
+    list, e.g. one example's route) outlines those expert nodes. Links under ``min_share``
+    of all tokens are left out to keep the picture readable.
+    """
+    by = _check_by(by)
+    counts, names = _counts(pmap, by)
+    if not names:
+        return empty_figure("no routed tokens yet (dense model, or nothing evaluated)", "Pathways")
+    if highlight is not None and highlight not in names:
+        raise ValueError(f"highlight must be one of {', '.join(map(repr, names))} or None; got {highlight!r}")
+    nb, ne, ns = counts.shape
+    blocks = list(pmap.blocks)
+    totals = counts.sum(1)                                                 # (L, S)
+    p = counts / np.maximum(totals[:, None, :], 1)                         # (L, E, S): p_l(e | s)
+    w = totals[0] / max(totals[0].sum(), 1)                                # (S,) token share of each source
+    colors = _source_colors(names, by)
+
+    # nodes: sources, then E per block, then one head per source
+    labels = list(names) + [f"block {b} · expert {e}" for b in blocks for e in range(ne)]
+    labels += [f"head: {n}" if by == "task" else f"{n} heads" for n in names]
+    node_colors = list(colors) + [expert_color(e) for _ in blocks for e in range(ne)] + list(colors)
+    line_widths = [0.5] * len(labels)
+    if experts:
+        for li, b in enumerate(blocks):
+            for e in experts.get(b, ()):
+                if 0 <= int(e) < ne:
+                    line_widths[ns + li * ne + int(e)] = 4.0
+
+    def node(li: int, e: int) -> int:
+        return ns + li * ne + e
+
+    src, dst, val, col, hover = [], [], [], [], []
+
+    def link(a: int, b: int, v: float, s: int, what: str) -> None:
+        if v < min_share:
+            return
+        alpha = 0.75 if highlight == names[s] else 0.45
+        src.append(a), dst.append(b), val.append(float(v)), hover.append(f"{names[s]}: {what}")
+        col.append(rgba(colors[s], alpha) if highlight in (None, names[s]) else GREY)
+
+    for s in range(ns):
+        for e in range(ne):
+            link(s, node(0, e), w[s] * p[0, e, s], s, f"→ expert {e} of block {blocks[0]}")
+        for li in range(nb - 1):
+            for i in range(ne):
+                for j in range(ne):
+                    link(node(li, i), node(li + 1, j), w[s] * p[li, i, s] * p[li + 1, j, s], s,
+                         f"expert {i} → expert {j} (blocks {blocks[li]}→{blocks[li + 1]})")
+        for e in range(ne):
+            link(node(nb - 1, e), ns + nb * ne + s, w[s] * p[nb - 1, e, s], s, f"expert {e} → head")
+    fig = go.Figure(go.Sankey(
+        arrangement="snap", valueformat=".1%",
+        node=dict(label=labels, color=node_colors, pad=8, thickness=14,
+                  line=dict(width=line_widths, color="black")),
+        link=dict(source=src, target=dst, value=val, color=col, customdata=hover,
+                  hovertemplate="%{customdata}<br>%{value} of all tokens<extra></extra>")))
+    what = "task" if by == "task" else "sense"
+    title = f"Pathways: {what} → experts → heads (width = share of tokens)"
+    if highlight is not None:
+        title += f" — {highlight}"
+    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=50, b=10), font=dict(size=11))
+    return fig
+
+
+def expert_heatmaps(pmap, by: str = "task", *, highlight: str | None = None) -> go.Figure:
+    """Expert × task (or sense) heatmap per MoE block: column = that task's share per expert.
+
+    Subplot titles give I(E;T) in bits (0: every task routes alike; log2 K: disjoint experts).
+    ``highlight`` outlines one column in every block.
+    """
+    by = _check_by(by)
+    counts, names = _counts(pmap, by)
+    if not names:
+        return empty_figure("no routed tokens yet", "Experts per " + ("task" if by == "task" else "sense"))
+    nb, ne, ns = counts.shape
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    mi = pmap.mutual_information(by)
+    sym = "T" if by == "task" else "M"
+    fig = make_subplots(rows=1, cols=nb, horizontal_spacing=0.08,
+                        subplot_titles=[f"block {b}: I(E;{sym}) = {m:.2f} bits" for b, m in zip(pmap.blocks, mi)])
+    for li in range(nb):
+        z = share[li].round(4).tolist()
+        fig.add_trace(go.Heatmap(x=names, y=[f"expert {e}" for e in range(ne)], z=z, coloraxis="coloraxis",
+                                 text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                                 hovertemplate="%{x}, %{y}: %{z:.1%}<extra></extra>"), row=1, col=li + 1)
+    if highlight is not None:
+        if highlight not in names:
+            raise ValueError(f"highlight must be one of {', '.join(map(repr, names))} or None; got {highlight!r}")
+        j = names.index(highlight)
+        for li in range(nb):
+            ax = "" if li == 0 else str(li + 1)
+            fig.add_shape(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=j - 0.5, x1=j + 0.5, y0=-0.5, y1=ne - 0.5,
+                          line=dict(color="crimson", width=3))
+    what = "task" if by == "task" else "sense"
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Share of each {what}'s assignments per expert", height=360,
+                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=1), margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def sense_bars(pmap) -> go.Figure:
+    """LIMoE-style bars: % of each sense's assignments that go to each expert, one row per MoE block.
+
+    An expert whose bars are all one sense is modality-specific (Mustafa et al. 2022, Fig. 5).
+    """
+    counts, names = _counts(pmap, "modality")
+    if not names:
+        return empty_figure("no routed tokens yet", "Experts per sense")
+    nb, ne, ns = counts.shape
+    share = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig = make_subplots(rows=nb, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[f"block {b}" for b in pmap.blocks])
+    for li in range(nb):
+        for s, name in enumerate(names):
+            fig.add_trace(go.Bar(x=[f"expert {e}" for e in range(ne)], y=share[li, :, s].round(2).tolist(), name=name,
+                                 marker_color=SENSE_COLORS.get(name, "#7f7f7f"), legendgroup=name,
+                                 showlegend=li == 0, hovertemplate=f"{name}: %{{y:.1f}}% at %{{x}}<extra></extra>"),
+                          row=li + 1, col=1)
+        fig.update_yaxes(title_text="% of sense", range=[0, 100], row=li + 1, col=1)
+    fig.update_layout(title="% of each sense's tokens per expert", barmode="group", height=180 + 170 * nb,
+                      margin=dict(l=10, r=10, t=60, b=10))
+    return fig
