@@ -139,6 +139,7 @@ class _FusedExperts(torch.autograd.Function):
     def backward(ctx, gy):
         slot_token, slot_weight, buf, pre, h, out, w1, w2 = ctx.saved_tensors
         e, c, d = buf.shape
+        gy = gy.contiguous()           # e.g. the expanded gradient of a .sum()
         g_yw = gy.index_select(0, slot_token)                                    # (E·C, D)
         g_weight = (g_yw * out).sum(-1) if ctx.needs_input_grad[2] else None
         g_out = (g_yw * slot_weight.unsqueeze(-1)).view(e, c, d)

@@ -40,7 +40,7 @@ class _EinsumMoE(nn.Module):
 
         m = self.moe
         n = x.shape[0]
-        routing = m.router(x)
+        routing = m.router(x)                                   # dispatch as GShard: dense one-hot tensors
         cap = m.capacity(n) or n
         kept, pos = apply_capacity(routing, cap, m.drop_policy)
         e = m.num_experts
@@ -52,13 +52,16 @@ class _EinsumMoE(nn.Module):
         return torch.einsum("nec,ecd->nd", combine, out)
 
 
-def _time(fn, x, repeats: int) -> list[float]:
+def _time(fn, x, grad, repeats: int) -> list[float]:
+    """Wall times of forward + backward (with a fixed upstream gradient, as inside a network)."""
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         y = fn(x)
-        y = y[0] if isinstance(y, tuple) else y
-        y.sum().backward()
+        if isinstance(y, tuple):        # our MoE: its auxiliary loss is part of the layer's work
+            torch.autograd.backward([y[0], y[1].aux_loss], [grad, torch.ones(())])
+        else:
+            y.backward(grad)
         out.append(time.perf_counter() - t0)
     return out
 
@@ -73,14 +76,15 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
     dense = _DenseFFN(d, TOP_K * h)
     einsum = _EinsumMoE(moe)
     x = torch.randn(n, d, requires_grad=True)
+    grad = torch.randn(n, d)
     fns = {"moe": moe, "dense": dense, "einsum": einsum}
     for f in fns.values():          # warm-up
-        _time(f, x, 2)
+        _time(f, x, grad, 2)
     times = {k: [] for k in fns}
     rounds = max(1, repeats // 5)
     for _ in range(rounds):         # interleave so load changes hit every side alike
         for k, f in fns.items():
-            times[k] += _time(f, x, max(1, repeats // rounds))
+            times[k] += _time(f, x, grad, max(1, repeats // rounds))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"size": size, "tokens": n, "d_model": d, "d_hidden": h, "num_experts": NUM_EXPERTS, "top_k": TOP_K,
             "capacity_factor": capacity_factor, "threads": torch.get_num_threads(),
