@@ -126,3 +126,18 @@ def stall(rank: int, world: int):
     if rank == 1:
         raise RuntimeError("rank 1 fails on purpose")
     dist.all_reduce(torch.ones(1))
+
+
+def train_curve(rank: int, world: int, config: dict, task_names: list[str], steps: int) -> dict:
+    """A distributed training run: the history of every step on this rank, and the full experts."""
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.parallel import expert_parameters
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    trainer = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    trainer.step(steps)
+    experts = {}
+    for i, layer in trainer.model.moe_blocks().items():
+        experts[i] = [w.clone() for w in layer.gather_experts()]
+    return {"history": trainer.history, "experts": experts, "num_expert_params": len(expert_parameters(trainer.model))}

@@ -30,10 +30,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab import losses
+from pwlab.dispatch import sort_by_priority
+from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank
-from pwlab.moe import MoE, MoEStats, sort_by_priority
+from pwlab.moe import MoE, MoEStats
 from pwlab.routing.base import Routing
 
 
@@ -168,10 +169,11 @@ class ExpertParallelMoE(MoE):
     @classmethod
     def from_moe(cls, moe: MoE, group=None) -> "ExpertParallelMoE":
         """The expert-parallel copy of a single-process layer: same router, this rank's expert shard."""
-        layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
-                    capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
-                    drop_policy=moe.drop_policy, aux_weights=dict(moe.aux_weights),
-                    activation=moe.experts.activation, num_groups=moe.num_groups, group=group)
+        with torch.random.fork_rng(devices=[]):      # the throw-away init must not move the global RNG
+            layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
+                        capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
+                        drop_policy=moe.drop_policy, aux_weights=dict(moe.aux_weights),
+                        activation=moe.experts.activation, num_groups=moe.num_groups, group=group)
         layer._load_shard(moe.experts)
         layer.enabled.copy_(moe.enabled)
         return layer.to(moe.enabled.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import queue as _queue
 import socket
 import time
@@ -47,7 +48,8 @@ def _worker(rank, world_size, port, backend, pg_timeout, threads, fn, args, resu
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=pg_timeout))
         try:
-            results.put((rank, "ok", fn(rank, world_size, *args)))
+            # plain pickle: tensors travel by value (a shared-memory handle would die with this process)
+            results.put((rank, "ok", pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, never swallowed
@@ -104,4 +106,4 @@ def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float 
     errors = {r: v for r, (s, v) in got.items() if s == "error"}
     if errors:
         raise DistributedRunError(errors)
-    return [got[r][1] for r in range(world_size)]
+    return [pickle.loads(got[r][1]) for r in range(world_size)]
