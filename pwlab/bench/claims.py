@@ -1,0 +1,111 @@
+"""``pwlab bench claims``: the papers' headline claims, measured in miniature.
+
+Runs each experiment of :mod:`pwlab.experiments` for seeds 0..N-1 (``--seeds``, default 3;
+``--quick``: smaller step counts and one seed) and prints one row per claim: the paper's
+number, our measurement (mean ± sample standard deviation over the seeds) and whether it
+held by the criterion fixed in the experiment's module. ``--json`` prints one JSON object
+per row instead of the table. Progress goes to stderr, the table to stdout.
+
+Experiments run in ``--jobs`` worker processes (default 2, one per core) with one torch
+thread each: the models are small, so two single-threaded processes get more done on two
+cores than one process with two threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float]:
+    from pwlab.experiments import CLAIMS
+    t0 = time.perf_counter()
+    result = CLAIMS[name].module().run(seed=seed, quick=quick)
+    return name, seed, result, time.perf_counter() - t0
+
+
+def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads: int = 1,
+               progress: bool = True) -> list[dict]:
+    """Run every (claim, seed) and return one row dict per claim, in table order."""
+    from tqdm.auto import tqdm
+
+    from pwlab.experiments import CLAIMS
+    work = [(n, s) for n in names for s in range(seeds)]
+    results: dict[str, dict[int, dict]] = {n: {} for n in names}
+    seconds = {n: 0.0 for n in names}
+    with tqdm(total=len(work), desc="claims", file=sys.stderr, disable=not progress) as bar:
+        if jobs <= 1:
+            _init_worker(threads)
+            done = (_run_one(n, s, quick) for n, s in work)
+            for name, seed, res, sec in done:
+                results[name][seed], seconds[name] = res, seconds[name] + sec
+                bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = [pool.submit(_run_one, n, s, quick) for n, s in work]
+                for fut in as_completed(futures):
+                    name, seed, res, sec = fut.result()
+                    results[name][seed], seconds[name] = res, seconds[name] + sec
+                    bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
+                    bar.update(1)
+    rows = []
+    for n in names:
+        claim = CLAIMS[n]
+        runs = [results[n][s] for s in range(seeds)]
+        summary = claim.module().summarize(runs)
+        rows.append({"number": claim.number, "name": n, "title": claim.title, "claim": claim.statement,
+                     "reference": claim.reference, "criterion": claim.criterion,
+                     "measured": summary["measured"], "held": bool(summary["held"]),
+                     "seeds": seeds, "seeds_held": int(summary["seeds_held"]), "quick": quick,
+                     "time_s": round(seconds[n], 1), "numbers": summary["numbers"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table of the rows (the form ``docs/claims.md`` quotes)."""
+    lines = ["| # | claim | paper | measured (mean ± sd over seeds) | held | seeds held | time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['number']} | {r['title']} | {r['reference']} | {r['measured']} | "
+                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | {r['time_s']:.0f}s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pwlab.experiments import names
+    p = argparse.ArgumentParser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
+    p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    p.add_argument("--quick", action="store_true", help="smaller step counts, one seed (unless --seeds)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, or 1 with --quick)")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=names(), help="only these claims: " + ", ".join(names()))
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    args = p.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if seeds < 1:
+        p.error(f"--seeds must be >= 1, got {seeds}")
+    if args.jobs < 1 or args.threads < 1:
+        p.error("--jobs and --threads must be >= 1")
+    chosen = [n for n in names() if args.only is None or n in args.only]
+    t0 = time.perf_counter()
+    rows = run_claims(chosen, seeds, args.quick, jobs=args.jobs, threads=args.threads)
+    wall = time.perf_counter() - t0
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(table(rows))
+        print(f"\n{len(rows)} claims, {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
+              f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s)")
+    print(f"claims: wall {wall:.1f}s", file=sys.stderr)
+    return 0
