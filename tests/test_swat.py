@@ -285,3 +285,18 @@ def test_layer_bad_input(kwargs, name):
         SwatConv2d(2, 2, 1, **kwargs)
     with pytest.raises(ValueError, match=name):
         SwatExpertBank(2, 2, 2, **kwargs)
+
+
+def test_fixed_mask_false_re_masks_every_step_with_the_cached_threshold():
+    layer = SwatLinear(6, 6, weight_sparsity=0.5, act_sparsity=0, topk_period=100, fixed_mask=False)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(torch.randn(3, 6))
+    thr = layer._wthr["weight_mask"]
+    for _ in range(5):
+        opt.zero_grad()
+        layer(torch.randn(3, 6)).square().sum().backward()
+        opt.step()
+    layer(torch.randn(3, 6))                                    # step 6: no refresh (period 100)
+    assert layer._wthr["weight_mask"] is thr
+    assert torch.equal(layer.weight_mask, layer.weight.detach().abs() > thr)
+    assert layer._plans == {}                                    # CSR kernels need a fixed mask

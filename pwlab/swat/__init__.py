@@ -7,9 +7,9 @@
 """
 from pwlab.swat.convert import VARIANTS, erk_densities, swatify
 from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
-                                  magnitude_threshold, sparsify_activation, weight_mask)
+                                  magnitude_threshold, sparsify_activation, weight_mask, weight_threshold)
 from pwlab.swat.layers import KERNELS, SwatConv2d, SwatExpertBank, SwatLinear
 
 __all__ = ["SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "erk_densities", "VARIANTS", "KERNELS",
            "SwatLinearFunction", "SwatConv2dFunction", "SwatBmmFunction", "magnitude_threshold", "weight_mask",
-           "act_threshold", "sparsify_activation"]
+           "weight_threshold", "act_threshold", "sparsify_activation"]

@@ -84,7 +84,7 @@ def _convert(m: nn.Module, **kw) -> nn.Module:
 
 def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None = None, *,
             variant: str = "uniform", topk_period: int = 10, first_layer_dense: bool = True,
-            kernel: str = "auto") -> nn.Module:
+            kernel: str = "auto", fixed_mask: bool = True) -> nn.Module:
     """Replace ``model``'s linear / conv layers and expert banks by SWAT layers, in place.
 
     Parameters are shared, not copied, so an optimizer built before still holds them.
@@ -96,6 +96,8 @@ def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None
         topk_period: steps between top-K refreshes (≥ 1).
         first_layer_dense: keep the first weight layer dense (the paper's rule).
         kernel: for linear layers, ``"auto"``, ``"dense"`` or ``"sparse"`` (see :class:`SwatLinear`).
+        fixed_mask: keep the kept weight set fixed between top-K refreshes (default), or re-mask
+            every step with the cached threshold (the original code; dense kernels only).
     Returns:
         ``model`` (modified).
     """
@@ -123,7 +125,7 @@ def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None
         sparsities = [weight_sparsity] * len(targets)
     for (name, m), ws in zip(targets, sparsities):
         kw = dict(weight_sparsity=ws, act_sparsity=act_sparsity, topk_period=topk_period,
-                  structured=variant == "structured")
+                  structured=variant == "structured", fixed_mask=fixed_mask)
         if isinstance(m, nn.Linear):
             kw["kernel"] = kernel
         new = _convert(m, **kw)

@@ -49,20 +49,31 @@ def channel_scores(x: Tensor, dim: int) -> Tensor:
     return x.detach().abs().mean(dim=dims)
 
 
-def weight_mask(w: Tensor, sparsity: float, structured: bool = False) -> Tensor | None:
+def weight_scores(w: Tensor, structured: bool = False) -> Tensor:
+    """What top-K ranks: |w| entries, or the L1 norm of each output row / filter (SWAT §4.4)."""
+    mag = w.detach().abs()
+    return mag.reshape(w.shape[0], -1).sum(1) if structured else mag
+
+
+def weight_mask(w: Tensor, sparsity: float, structured: bool = False,
+                threshold: Tensor | None = None) -> Tensor | None:
     """Bool mask of the top-K weights of ``w`` (None when nothing is dropped).
 
     Unstructured: top-K entries by |w|. Structured: top-K output rows / filters (dim 0) by L1
-    norm (SWAT §4.4, channel pruning), broadcast to ``w.shape``.
+    norm, broadcast to ``w.shape``. ``threshold``: reuse a cached threshold instead of
+    recomputing the top-K (see :func:`weight_threshold`).
     """
     if sparsity == 0:
         return None
+    score = weight_scores(w, structured)
+    keep = score > (magnitude_threshold(score, sparsity) if threshold is None else threshold)
     if structured:
-        score = w.detach().abs().reshape(w.shape[0], -1).sum(1)                 # (out,)
-        keep = score > magnitude_threshold(score, sparsity)
         return keep.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).contiguous()
-    mag = w.detach().abs()
-    return mag > magnitude_threshold(mag, sparsity)
+    return keep
+
+
+def weight_threshold(w: Tensor, sparsity: float, structured: bool = False) -> Tensor:
+    return magnitude_threshold(weight_scores(w, structured), sparsity)
 
 
 def act_threshold(x: Tensor, sparsity: float, structured: bool = False, channel_dim: int = -1) -> Tensor:

@@ -15,7 +15,6 @@ cached, so a layer switches to sparse kernels only where they measured faster he
 """
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 
@@ -29,12 +28,13 @@ _CACHE: dict = {}
 
 
 def _csr_structure(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CSR ``crow, col`` of a bool ``mask (p, q)`` and ``flat`` indices of its kept entries."""
-    p, q = mask.shape
-    flat = mask.flatten().nonzero().squeeze(1)                                   # (nnz,)
+    """CSR ``crow, col`` of a bool ``mask (p, q)`` and the ``row`` of each kept entry."""
+    p = mask.shape[0]
+    idx = mask.nonzero()                                                         # (nnz, 2), row-major order
+    row, col = idx[:, 0].contiguous(), idx[:, 1].contiguous()
     crow = torch.zeros(p + 1, dtype=torch.long, device=mask.device)
-    torch.cumsum(mask.sum(1), 0, out=crow[1:])
-    return crow, flat % q, flat
+    torch.cumsum(torch.bincount(row, minlength=p), 0, out=crow[1:])
+    return crow, col, row
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size) -> Tensor:
@@ -52,8 +52,8 @@ def act_csr_t(x: Tensor, threshold: Tensor | None) -> Tensor:
     """CSR of the top-K sparsified activation, transposed: ``x (N, q) -> x_sᵀ (q, N)``."""
     xt = x.detach().t().contiguous()                                             # (q, N)
     keep = xt.abs() > threshold if threshold is not None else torch.ones_like(xt, dtype=torch.bool)
-    crow, col, flat = _csr_structure(keep)
-    return _csr(crow, col, xt.flatten()[flat], xt.shape)
+    crow, col, _ = _csr_structure(keep)
+    return _csr(crow, col, xt[keep], xt.shape)
 
 
 class SparsePlan:
@@ -68,9 +68,10 @@ class SparsePlan:
         self.act_sparse = bool(act_sparse)
         if self.weight_sparse:
             out, inp = wmask.shape
-            self._w = _csr_structure(wmask)
-            crow_t, col_t, flat_t = _csr_structure(wmask.t())                   # flat_t indexes Wᵀ
-            self._wt = (crow_t, col_t, (flat_t % out) * inp + flat_t // out)     # … mapped into W
+            crow, col, row = _csr_structure(wmask)
+            self._w = (crow, col, row * inp + col)                               # flat index into W
+            crow_t, col_t, row_t = _csr_structure(wmask.t().contiguous())        # Wᵀ[i, o] = W[o, i]
+            self._wt = (crow_t, col_t, col_t * inp + row_t)
             self._shape = (out, inp)
 
     def weight_csr(self, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,14 +82,17 @@ class SparsePlan:
         return _csr(crow, col, w[flat], (out, inp)), _csr(crow_t, col_t, w[flat_t], (inp, out))
 
 
-def _median_time(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
+def _faster(sparse_fn, dense_fn, repeats: int = 5) -> bool:
+    """Is ``sparse_fn`` faster than ``MARGIN ×`` ``dense_fn``? Alternating runs, best of each, so a
+    burst of load from other processes hits both alike."""
+    sparse_fn(), dense_fn()
+    ts, td = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((sparse_fn, ts), (dense_fn, td)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(ts) < MARGIN * min(td)
 
 
 @torch.no_grad()
@@ -120,11 +124,11 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
             def sparse_w():
                 a, at = plan.weight_csr(w)
                 return csr_mm_t(a, x), csr_mm_t(at, g)
-            w_sparse = _median_time(sparse_w) < MARGIN * _median_time(dense_w)
+            w_sparse = _faster(sparse_w, dense_w)
         if act_density <= MAX_DENSITY:
             thr = x.abs().flatten().kthvalue(max(1, round((1 - act_density) * x.numel()))).values
-            a_sparse = (_median_time(lambda: torch.sparse.mm(act_csr_t(x, thr), g).t().contiguous())
-                        < MARGIN * _median_time(lambda: g.t() @ (x * (x.abs() > thr))))
+            a_sparse = _faster(lambda: torch.sparse.mm(act_csr_t(x, thr), g).t().contiguous(),
+                               lambda: g.t() @ (x * (x.abs() > thr)))
         choice = (w_sparse, a_sparse)
     _CACHE[key] = choice
     return choice

@@ -23,7 +23,7 @@ from pwlab import _checks
 from pwlab.experts import ACTIVATIONS, ExpertBank
 from pwlab.swat import kernels
 from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
-                                  check_sparsity, weight_mask)
+                                  check_sparsity, weight_mask, weight_threshold)
 
 KERNELS = ("auto", "dense", "sparse")
 
@@ -31,12 +31,14 @@ KERNELS = ("auto", "dense", "sparse")
 class _SwatState:
     """Sparsity settings, the step counter and the refresh schedule shared by the SWAT layers."""
 
-    def _init_swat(self, weight_sparsity, act_sparsity, topk_period, structured, kernel):
+    def _init_swat(self, weight_sparsity, act_sparsity, topk_period, structured, kernel, fixed_mask=True):
         self.weight_sparsity = check_sparsity("weight_sparsity", weight_sparsity)
         self.act_sparsity = check_sparsity("act_sparsity", act_sparsity)
         self.topk_period = _checks.positive_int("topk_period", topk_period)
         self.structured = bool(structured)
         self.kernel = _checks.one_of("kernel", kernel, KERNELS)
+        self.fixed_mask = bool(fixed_mask)
+        self._wthr: dict = {}
         self.step = 0
         self._seen_version = None
         self._refreshed_at = None
@@ -51,6 +53,16 @@ class _SwatState:
             self._refreshed_at = self.step
         return due
 
+    def _mask(self, name: str, w: Tensor, refresh: bool) -> Tensor | None:
+        """The weight mask: recomputed at a refresh; in between either kept (``fixed_mask``, the
+        default) or re-thresholded every step with the cached threshold (the original code)."""
+        if refresh or name not in self._wthr:
+            self._wthr[name] = weight_threshold(w, self.weight_sparsity, self.structured) if self.weight_sparsity else None
+            return weight_mask(w, self.weight_sparsity, self.structured, self._wthr[name])
+        if self.fixed_mask or self.weight_sparsity == 0:
+            return getattr(self, name)
+        return weight_mask(w, self.weight_sparsity, self.structured, self._wthr[name])
+
     def refresh_topk(self) -> None:
         """Recompute masks and thresholds at the next forward."""
         self._refreshed_at = None
@@ -60,7 +72,8 @@ class _SwatState:
 
     def _swat_repr(self) -> str:
         return (f"weight_sparsity={self.weight_sparsity}, act_sparsity={self.act_sparsity}, "
-                f"topk_period={self.topk_period}, structured={self.structured}, kernel={self.kernel!r}")
+                f"topk_period={self.topk_period}, structured={self.structured}, kernel={self.kernel!r}"
+                + ("" if self.fixed_mask else ", fixed_mask=False"))
 
 
 class SwatLinear(nn.Linear, _SwatState):
@@ -72,13 +85,15 @@ class SwatLinear(nn.Linear, _SwatState):
         structured: drop whole output rows (weights) and input features (activations) by L1 norm.
         kernel: ``"auto"`` (CSR kernels where the measured crossover says faster), ``"dense"``
             (masked dense matmuls), ``"sparse"`` (CSR always; for benchmarks).
+        fixed_mask: keep the kept weight set between refreshes (default; needed by the CSR
+            kernels); False re-masks every step with the cached threshold (dense kernels).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_sparsity: float = 0.9,
                  act_sparsity: float = 0.9, topk_period: int = 10, structured: bool = False, kernel: str = "auto",
-                 device=None, dtype=None):
+                 fixed_mask: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, kernel)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, kernel, fixed_mask)
         self.register_buffer("weight_mask", None, persistent=False)
         self.act_threshold: Tensor | None = None
         self._plans: dict = {}
@@ -87,8 +102,9 @@ class SwatLinear(nn.Linear, _SwatState):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                                    # (N, in)
         want_act = self._wants_act(self.weight)
-        if self._refresh_due((self.weight,)):
-            self.weight_mask = weight_mask(self.weight, self.weight_sparsity, self.structured)
+        refresh = self._refresh_due((self.weight,))
+        self.weight_mask = self._mask("weight_mask", self.weight, refresh)
+        if refresh:
             self.act_threshold = None
             self._plans = {}
         if want_act and self.act_threshold is None:
@@ -98,7 +114,7 @@ class SwatLinear(nn.Linear, _SwatState):
         return y.view(*lead, self.out_features)
 
     def _plan(self, x2: Tensor) -> kernels.SparsePlan | None:
-        if self.kernel == "dense" or self.structured or x2.dim() != 2 or x2.layout != torch.strided:
+        if self.kernel == "dense" or self.structured or not self.fixed_mask or x2.layout != torch.strided:
             return None
         rows = x2.shape[0]
         if rows not in self._plans:
@@ -121,10 +137,10 @@ class SwatConv2d(nn.Conv2d, _SwatState):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, weight_sparsity: float = 0.9, act_sparsity: float = 0.9,
-                 topk_period: int = 10, structured: bool = False, device=None, dtype=None):
+                 topk_period: int = 10, structured: bool = False, fixed_mask: bool = True, device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          device=device, dtype=dtype)
-        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense")
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense", fixed_mask)
         if isinstance(self.padding, str):
             if self.padding == "valid":
                 self.padding = (0, 0)
@@ -139,8 +155,9 @@ class SwatConv2d(nn.Conv2d, _SwatState):
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' for SwatConv2d, got {self.padding_mode!r}")
         want_act = self._wants_act(self.weight)
-        if self._refresh_due((self.weight,)):
-            self.weight_mask = weight_mask(self.weight, self.weight_sparsity, self.structured)
+        refresh = self._refresh_due((self.weight,))
+        self.weight_mask = self._mask("weight_mask", self.weight, refresh)
+        if refresh:
             self.act_threshold = None
         if want_act and self.act_threshold is None:
             self.act_threshold = act_threshold(x, self.act_sparsity, self.structured, 1)
@@ -159,17 +176,18 @@ class SwatExpertBank(ExpertBank, _SwatState):
 
     def __init__(self, num_experts: int, d_model: int, d_hidden: int, activation: str = "gelu", *,
                  weight_sparsity: float = 0.9, act_sparsity: float = 0.9, topk_period: int = 10,
-                 structured: bool = False):
+                 structured: bool = False, fixed_mask: bool = True):
         super().__init__(num_experts, d_model, d_hidden, activation)
-        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense")
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense", fixed_mask)
         self.register_buffer("w1_mask", None, persistent=False)
         self.register_buffer("w2_mask", None, persistent=False)
         self.act_thresholds: list = [None, None]
 
     def _prepare(self) -> bool:
-        if self._refresh_due((self.w1, self.w2)):
-            self.w1_mask = weight_mask(self.w1, self.weight_sparsity, self.structured)
-            self.w2_mask = weight_mask(self.w2, self.weight_sparsity, self.structured)
+        refresh = self._refresh_due((self.w1, self.w2))
+        self.w1_mask = self._mask("w1_mask", self.w1, refresh)
+        self.w2_mask = self._mask("w2_mask", self.w2, refresh)
+        if refresh:
             self.act_thresholds = [None, None]
         return self._wants_act(self.w1)
 
