@@ -1,0 +1,52 @@
+"""Helpers shared by the apps: default tasks, model building, example inputs and labels."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+#: one task per sense: the default of every app
+DEFAULT_TASKS = ("digits", "dtmf", "digit_words", "wine")
+
+
+def load_tasks(tasks: Sequence | None, seed: int = 0) -> list:
+    """Task objects from names (or tasks), default :data:`DEFAULT_TASKS`."""
+    import pwlab.tasks as T
+    names = DEFAULT_TASKS if tasks is None else tasks
+    if isinstance(names, str):
+        raise ValueError(f"tasks must be a list of task names or Task objects, got the string {names!r}")
+    out = [T.get(t, seed=seed) if isinstance(t, str) else t for t in names]
+    if not out:
+        raise ValueError("tasks must hold at least one task")
+    return out
+
+
+def example_view(model, task: str, index: int) -> tuple:
+    """(ExampleRouting, raw input, token labels) of one test example, for :func:`pwlab.viz.example_routing`."""
+    from pwlab.pathways import route_example
+    er = route_example(model, task, index)
+    t = model.task(task)
+    x = t.x_test[index]
+    labels = None
+    if t.sense == "text":
+        from pwlab.tasks import text
+        labels = [text.VOCAB[int(i) - 1] if int(i) > 0 else "" for i in x if int(i) != 0]
+        labels = ["␣" if c == " " else c for c in labels]
+    elif t.sense == "tabular":
+        names = t.meta.get("feature_names") if isinstance(getattr(t, "meta", None), dict) else None
+        if names is not None and len(names) == len(x):
+            labels = [str(n)[:10] for n in names]
+    inputs = x if t.sense in ("image", "audio") else None
+    return er, inputs, labels
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this code (a Jupyter kernel's), or None in a plain script or test."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return None
+    return loop if loop.is_running() else None

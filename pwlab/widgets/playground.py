@@ -1,0 +1,258 @@
+"""RoutingPlayground: tweak the routing of a multi-task MoE and watch it train, live.
+
+In the spirit of TensorFlow Playground: every knob is live, Play / Pause / Step / Reset, and
+the state is a function of the seed and the knobs (Reset rebuilds the model from the seed).
+
+Knobs that change the network (router, top_k, number of experts) reset the model; knobs that
+only change how it trains (capacity factor, routing noise, aux-loss weights) apply to the
+running model at the next step. Training runs in ticks of ``Trainer.step(steps_per_tick)``;
+with Play, an asyncio task on the kernel's event loop runs tick after tick and yields
+(``await asyncio.sleep(0)``) between them, so clicks and slider moves are handled while it
+trains. Without a running loop (a script, a test), call :meth:`tick` / :meth:`run` yourself.
+Figures refresh at most every ``refresh_s`` seconds while playing, always after Step.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ipywidgets as W
+
+from pwlab import viz
+from pwlab.widgets._common import load_tasks, running_loop
+from pwlab.widgets._live import Clock, live_figure, sync
+
+#: router → its noise knob (the others have none)
+NOISE_KNOB = {"noisy_topk": "noise_eps", "switch": "jitter"}
+_ROUTERS_WITH_K = ("topk", "noisy_topk", "task")
+
+
+class RoutingPlayground:
+    """Live MoE training with every routing knob.
+
+    Args:
+        tasks: task names or Task objects (default: one task per sense).
+        config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
+        seed: seeds the model, the sampler and the routing noise.
+        steps_per_tick: training steps per tick.
+        refresh_s: least time between two figure refreshes while playing.
+        pathway_examples: test examples per task behind the live pathway heatmap.
+        max_steps: Play stops here.
+
+    ``.widget`` is the app to display.
+    """
+
+    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, steps_per_tick: int = 1, refresh_s: float = 0.5,
+                 pathway_examples: int = 16, max_steps: int = 5000):
+        from pwlab._checks import positive_int
+        from pwlab.config import Config, preset
+        from pwlab.routing import ROUTERS
+        self.tasks = load_tasks(tasks, seed)
+        base = preset(config) if isinstance(config, str) else config
+        if not isinstance(base, Config):
+            raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
+        if not base.model.moe_layer_indices():
+            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
+        self.preset_name = config if isinstance(config, str) else base.name
+        self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
+        self.refresh_s = float(refresh_s)
+        self.pathway_examples = positive_int("pathway_examples", pathway_examples)
+        self.max_steps = positive_int("max_steps", max_steps)
+        self.clock = Clock()
+        self._task: asyncio.Task | None = None
+        self._last_draw = 0.0
+        self._quiet = False
+        m = base.model
+        lb = m.aux_weights.get("load_balancing", 1e-2)
+        zl = m.aux_weights.get("z_loss", 1e-3)
+        style = dict(description_width="130px")
+        lay = W.Layout(width="330px")
+        self.router = W.Dropdown(options=list(ROUTERS), value=m.router, description="router", style=style, layout=lay)
+        self.top_k = W.IntSlider(value=m.top_k, min=1, max=4, description="top_k", style=style, layout=lay)
+        self.num_experts = W.IntSlider(value=m.num_experts, min=2, max=16, description="experts", style=style, layout=lay)
+        self.capacity = W.FloatSlider(value=m.capacity_factor or 0.0, min=0.0, max=4.0, step=0.25, style=style,
+                                      description="capacity (0=∞)", layout=lay)
+        self.noise = W.FloatSlider(value=float(m.router_kwargs.get(NOISE_KNOB.get(m.router, ""), 0.0)), min=0.0,
+                                   max=1.0, step=0.01, description="noise", style=style, layout=lay)
+        self.load_balancing = W.FloatSlider(value=lb, min=0.0, max=0.1, step=0.005, readout_format=".3f",
+                                            description="w load balancing", style=style, layout=lay)
+        self.z_loss = W.FloatSlider(value=zl, min=0.0, max=0.01, step=0.0005, readout_format=".4f",
+                                    description="w z-loss", style=style, layout=lay)
+        self.seed = W.IntText(value=seed, description="seed", style=style, layout=lay)
+        self.play_button = W.Button(description="Play", icon="play", button_style="success")
+        self.pause_button = W.Button(description="Pause", icon="pause")
+        self.step_button = W.Button(description="Step", icon="step-forward")
+        self.reset_button = W.Button(description="Reset", icon="refresh", button_style="warning")
+        self.code_button = W.Button(description="Copy as code", icon="code")
+        self.status = W.HTML()
+        self.code = W.Output(layout=W.Layout(max_height="220px", overflow="auto"))
+        self.controls = (self.router, self.top_k, self.num_experts, self.capacity, self.noise, self.load_balancing,
+                         self.z_loss, self.seed)
+        self._base = base
+        self._build_trainer()
+        self.curves = live_figure(viz.task_curves(self.trainer.history))
+        self.load = live_figure(viz.load_over_training(self.trainer.history))
+        self.pathways = live_figure(viz.expert_heatmaps(None))
+        for w in self.controls:
+            w.observe(self._on_knob, names="value")
+        self.play_button.on_click(lambda _: self.play())
+        self.pause_button.on_click(lambda _: self.pause())
+        self.step_button.on_click(lambda _: self.step())
+        self.reset_button.on_click(lambda _: self.reset())
+        self.code_button.on_click(lambda _: self.show_code())
+        self._enable_knobs()
+        self.redraw()
+        buttons = W.HBox([self.play_button, self.pause_button, self.step_button, self.reset_button, self.code_button])
+        self.widget = W.VBox([
+            buttons, self.status,
+            W.HBox([W.VBox(list(self.controls), layout=W.Layout(width="340px")),
+                    W.VBox([self.curves, self.load], layout=W.Layout(flex="1"))]),
+            self.pathways, self.code])
+
+    # -- configuration -----------------------------------------------------------------
+    def config(self):
+        """The :class:`pwlab.config.Config` the knobs describe."""
+        r = self.router.value
+        kw = {}
+        if r in NOISE_KNOB:
+            kw[NOISE_KNOB[r]] = float(self.noise.value)
+        aux = dict(self._base.model.aux_weights, load_balancing=float(self.load_balancing.value),
+                   z_loss=float(self.z_loss.value))
+        cfg = self._base.with_model(router=r, top_k=int(self.top_k.value), num_experts=int(self.num_experts.value),
+                                    capacity_factor=float(self.capacity.value) or None, router_kwargs=kw,
+                                    aux_weights=aux)
+        return cfg.with_train(seed=int(self.seed.value))
+
+    def code_snippet(self) -> str:
+        """A runnable snippet that builds and trains this configuration."""
+        cfg = self.config()
+        m, t = cfg.model, cfg.train
+        names = [x.name for x in self.tasks]
+        fields = dict(router=m.router, top_k=m.top_k, num_experts=m.num_experts, capacity_factor=m.capacity_factor,
+                      router_kwargs=m.router_kwargs, aux_weights={k: m.aux_weights[k] for k in ("load_balancing", "z_loss")})
+        args = ",\n    ".join(f"{k}={v!r}" for k, v in fields.items())
+        return (f"import pwlab.tasks as T\nfrom pwlab.config import preset\nfrom pwlab.train import Trainer\n\n"
+                f"tasks = [T.get(name, seed={t.seed}) for name in {names!r}]\n"
+                f"cfg = preset({self.preset_name!r}).with_model(\n    {args},\n).with_train(seed={t.seed})\n"
+                f"trainer = Trainer(tasks, cfg)\ntrainer.step({max(self.trainer.step_count, 1)})\n")
+
+    def show_code(self) -> str:
+        """Print the snippet into the app's output area (and return it)."""
+        code = self.code_snippet()
+        self.code.clear_output()
+        with self.code:
+            print(code)
+        return code
+
+    def _build_trainer(self) -> None:
+        from pwlab.train import Trainer
+        self.trainer = Trainer(self.tasks, self.config())
+
+    def _enable_knobs(self) -> None:
+        r = self.router.value
+        self.top_k.disabled = r not in _ROUTERS_WITH_K
+        self.noise.disabled = r not in NOISE_KNOB
+        self.capacity.disabled = r == "expert_choice"    # expert choice fixes its own capacity
+
+    def _on_knob(self, change) -> None:
+        if self._quiet:
+            return
+        owner = change["owner"]
+        self._enable_knobs()
+        if owner in (self.router, self.top_k, self.num_experts, self.seed):
+            self.reset()
+        else:
+            self._apply_live()
+            self.redraw()
+
+    def _apply_live(self) -> None:
+        """Capacity, noise and aux weights take effect at the next step of the running model."""
+        cfg = self.config()
+        self.trainer.config = self.trainer.config.with_model(capacity_factor=cfg.model.capacity_factor,
+                                                             router_kwargs=cfg.model.router_kwargs,
+                                                             aux_weights=cfg.model.aux_weights)
+        for moe in self.trainer.model.moe_blocks().values():
+            moe.capacity_factor = cfg.model.capacity_factor
+            moe.aux_weights.update({k: float(v) for k, v in cfg.model.aux_weights.items()})
+            attr = NOISE_KNOB.get(cfg.model.router)
+            if attr is not None and hasattr(moe.router, attr):
+                setattr(moe.router, attr, float(self.noise.value))
+
+    # -- training ----------------------------------------------------------------------
+    @property
+    def playing(self) -> bool:
+        """True while Play's task is ticking on the event loop."""
+        return self._task is not None and not self._task.done()
+
+    def tick(self, force_redraw: bool = False) -> list[dict]:
+        """One tick: ``steps_per_tick`` steps, then a refresh if ``refresh_s`` has passed."""
+        recs = self.trainer.step(self.steps_per_tick)
+        now = time.perf_counter()
+        if force_redraw or now - self._last_draw >= self.refresh_s:
+            self.redraw()
+        return recs
+
+    def step(self) -> list[dict]:
+        """The Step button: one tick, figures refreshed."""
+        return self.tick(force_redraw=True)
+
+    def run(self, ticks: int) -> None:
+        """Run ``ticks`` ticks synchronously (what Play does, for scripts and tests)."""
+        for _ in range(int(ticks)):
+            if self.trainer.step_count >= self.max_steps:
+                break
+            self.tick()
+        self.redraw()
+
+    def play(self) -> bool:
+        """Start ticking on the running event loop; returns False when there is none (then use :meth:`run`)."""
+        if self._task is not None and not self._task.done():
+            return True
+        loop = running_loop()
+        if loop is None:
+            return False
+        self._task = loop.create_task(self._loop())
+        self._update_status()
+        return True
+
+    async def _loop(self) -> None:
+        try:
+            while self.trainer.step_count < self.max_steps:
+                self.tick()
+                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
+        finally:
+            self.redraw()
+
+    def pause(self) -> None:
+        """Stop after the current tick."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        self._update_status()
+
+    def reset(self) -> None:
+        """Rebuild the model from the seed and the knobs; clears the history."""
+        self.pause()
+        self._build_trainer()
+        self.redraw()
+
+    # -- drawing -----------------------------------------------------------------------
+    def redraw(self) -> None:
+        """Refresh the three figures in place from the history and a small pathway map."""
+        from pwlab.pathways import pathway_map
+        h = self.trainer.history
+        sync(self.curves, viz.task_curves(h))
+        sync(self.load, viz.load_over_training(h))
+        pmap = pathway_map(self.trainer.model, max_examples=self.pathway_examples) if h else None
+        sync(self.pathways, viz.expert_heatmaps(pmap))
+        self._last_draw = time.perf_counter()
+        self.clock.mark()
+        self._update_status()
+
+    def _update_status(self) -> None:
+        h = [r for r in self.trainer.history if "loss" in r][-20:]
+        rate = len(h) / sum(r["time_s"] for r in h) if h else 0.0
+        state = "playing" if self.playing else "paused"
+        loss = f"loss {h[-1]['loss']:.3f}" if h else "not trained yet"
+        self.status.value = (f"<b>step {self.trainer.step_count}</b> · {loss} · {state} · "
+                             f"{rate:.0f} steps/s (training only)")
