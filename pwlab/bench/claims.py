@@ -28,7 +28,10 @@ def _init_worker(threads: int) -> None:
 def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float]:
     from pwlab.experiments import CLAIMS
     t0 = time.perf_counter()
-    result = CLAIMS[name].module().run(seed=seed, quick=quick)
+    try:
+        result = CLAIMS[name].module().run(seed=seed, quick=quick)
+    except Exception as e:      # one broken experiment must not hide the other rows
+        result = {"error": f"{type(e).__name__}: {e}"}
     return name, seed, result, time.perf_counter() - t0
 
 
@@ -62,7 +65,11 @@ def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads
     for n in names:
         claim = CLAIMS[n]
         runs = [results[n][s] for s in range(seeds)]
-        summary = claim.module().summarize(runs)
+        errors = [r["error"] for r in runs if "error" in r]
+        if errors:
+            summary = {"measured": f"not measured: {errors[0]}", "held": False, "seeds_held": 0, "numbers": {}}
+        else:
+            summary = claim.module().summarize(runs)
         rows.append({"number": claim.number, "name": n, "title": claim.title, "claim": claim.statement,
                      "reference": claim.reference, "criterion": claim.criterion,
                      "measured": summary["measured"], "held": bool(summary["held"]),
@@ -108,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(rows)} claims, {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
               f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s)")
     print(f"claims: wall {wall:.1f}s", file=sys.stderr)
-    return 0
+    return 1 if any(r["measured"].startswith("not measured") for r in rows) else 0

@@ -60,7 +60,7 @@ def summarize(runs: list[dict]) -> dict:
         s, o = common.collect(runs, f"self_drop/{n}"), common.collect(runs, f"other_drop/{n}")
         numbers.update({f"self_drop/{n}": s, f"other_drop/{n}": o, f"base/{n}": common.collect(runs, f"base/{n}")})
         held = held and _holds(s["mean"], o["mean"])
-        parts.append(f"{n} −{common.fmt(s, 1)} (others ≤ −{common.fmt(o, 1)})")
-    return {"measured": "points lost when its top-2 pathway is off: " + "; ".join(parts), "held": held,
+        parts.append(f"{n} {common.fmt(s, 1)} (worst other {common.fmt(o, 1)})")
+    return {"measured": "points lost when a task's top-2 pathway is off: " + "; ".join(parts), "held": held,
             "seeds_held": sum(all(_holds(r[f"self_drop/{n}"], r[f"other_drop/{n}"]) for n in TASKS) for r in runs),
             "numbers": numbers}
