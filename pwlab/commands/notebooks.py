@@ -1,0 +1,294 @@
+"""Notebook tooling behind ``pwlab course``: execute and store, student versions, checks.
+
+Conventions every notebook in ``notebooks/`` follows (``pwlab course check`` tests the
+mechanical ones):
+
+1. Name ``NN_short_name.ipynb``; the first cell is a markdown title ``# NN · Title`` with a
+   two-line summary. Imports come next, in one code cell: ``pwlab`` and ``pwlab.exercises``,
+   torch, numpy, plotly (``plotly.express as px`` for ``imshow``, ``plotly.graph_objects as
+   go`` otherwise: ``px.line``/``px.bar`` need pandas, which we do not depend on).
+2. Seed everything: ``torch.manual_seed(0)`` in the import cell and an explicit
+   ``torch.Generator().manual_seed(...)`` for every random router or sampler.
+3. A markdown cell starting with ``**Claim.**`` states the headline claim; a code cell
+   starting with ``# CLAIM`` asserts it (``assert ..., "message"``), so the notebook fails the
+   day the claim stops holding. If an effect does not reproduce in miniature, the notebook
+   says so in prose and asserts what does hold.
+4. The paper's number sits next to ours in a markdown table ("paper says / we measure").
+5. Exercises (1–3 per notebook): one code cell each, holding the student's code between
+   ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines (the nbgrader convention) and ending
+   with a ``check_*`` call from :mod:`pwlab.exercises`. Later cells never use what an
+   exercise cell defines, so a student version fails only at its exercise cells. The
+   student version replaces each solution block by ``raise NotImplementedError("your turn")``.
+6. Cells whose printed text is deterministic (seeded numbers, few decimals) start with
+   ``# NBVAL_CHECK_OUTPUT``: ``make test`` (``pytest --nbval-lax``) compares only those.
+   Timings are printed, never checked and never asserted.
+7. Figures are plotly, shown as the cell's last expression; they are stored as plotly JSON
+   (``application/vnd.plotly.v1+json``), never as HTML with plotly.js. Diagrams are SVG files
+   in ``assets/diagrams/``, shown with ``IPython.display.SVG(filename="../assets/diagrams/…")``
+   so that the stored notebook carries them.
+8. Widgets end a notebook; their state is not saved (the stored output keeps only the
+   widget's text fallback).
+9. Run time ≤ 60 s on 2 CPU cores (aim for 30 s). Store the notebook with outputs with
+   ``pwlab course execute notebooks/NN_name.ipynb``: it runs it top to bottom in a fresh
+   kernel (``TQDM_DISABLE=1``, ``PLOTLY_RENDERER=plotly_mimetype``), strips widget state,
+   writes it back and reports the run time and the slowest cells. The file must stay well
+   under 2 MB.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BEGIN_SOLUTION = "### BEGIN SOLUTION"
+END_SOLUTION = "### END SOLUTION"
+STUDENT_STUB = 'raise NotImplementedError("your turn")'
+MD_BEGIN_SOLUTION = "<!-- BEGIN SOLUTION -->"
+MD_END_SOLUTION = "<!-- END SOLUTION -->"
+CLAIM_MARKDOWN = "**Claim.**"
+CLAIM_CODE = "# CLAIM"
+MAX_BYTES = 2_000_000
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+#: environment of the kernel that executes a notebook for storing
+EXECUTION_ENV = {"TQDM_DISABLE": "1", "PLOTLY_RENDERER": "plotly_mimetype", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+
+def read(path):
+    import nbformat
+
+    return nbformat.read(str(path), as_version=4)
+
+
+def write(nb, path) -> None:
+    import nbformat
+
+    nbformat.write(nb, str(path))
+
+
+# -- student versions ---------------------------------------------------------------------
+def is_exercise(cell) -> bool:
+    """Whether a code cell holds a solution block."""
+    return cell.get("cell_type") == "code" and BEGIN_SOLUTION in cell.get("source", "")
+
+
+def strip_solutions(source: str, begin: str = BEGIN_SOLUTION, end: str = END_SOLUTION,
+                    stub: str | None = STUDENT_STUB) -> str:
+    """``source`` with every ``begin … end`` block replaced by ``stub`` at the block's indentation.
+
+    Raises ValueError on an unbalanced or nested block.
+    """
+    out: list[str] = []
+    inside = False
+    for line in source.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith(begin):
+            if inside:
+                raise ValueError(f"source has a nested {begin!r}")
+            inside = True
+            if stub is not None:
+                out.append(line[: len(line) - len(line.lstrip())] + stub)
+        elif stripped.startswith(end):
+            if not inside:
+                raise ValueError(f"source has {end!r} without {begin!r}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"source has {begin!r} without {end!r}")
+    return "\n".join(out)
+
+
+def student_version(nb):
+    """A copy of ``nb`` for students: solutions replaced by the stub, outputs cleared, no widget state."""
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+            cell.metadata.pop("execution", None)
+        elif cell.cell_type == "markdown":
+            cell.source = strip_solutions(cell.source, MD_BEGIN_SOLUTION, MD_END_SOLUTION,
+                                          stub="*(your answer here)*")
+    return nb
+
+
+def make_student_notebooks(src: Path, out: Path) -> list[Path]:
+    """Write the student version of every ``*.ipynb`` in ``src`` (or of the one file ``src``) to ``out``."""
+    src, out = Path(src), Path(out)
+    files = sorted(src.glob("*.ipynb")) if src.is_dir() else [src]
+    if not files:
+        raise ValueError(f"src must be a notebook or a folder with notebooks, found none in {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        target = out / f.name
+        write(student_version(read(f)), target)
+        written.append(target)
+    return written
+
+
+# -- storing outputs ----------------------------------------------------------------------
+def clean_outputs(nb):
+    """Remove saved widget state and keep outputs small, in place; returns ``nb``.
+
+    A plotly bundle keeps its JSON and drops any HTML (which would embed plotly.js); a widget
+    view keeps only its text fallback (its state is not saved, so the view could not render).
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("widgets", None)
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if not data:
+                continue
+            if PLOTLY_MIME in data:
+                data.pop("text/html", None)
+            if WIDGET_MIME in data:
+                data.pop(WIDGET_MIME)
+                data.setdefault("text/plain", "(an interactive widget: run the notebook to use it)")
+    return nb
+
+
+@contextlib.contextmanager
+def _environment(extra: dict[str, str]):
+    before = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class RunReport:
+    """What executing one notebook took."""
+
+    path: Path
+    seconds: float
+    cell_seconds: list[tuple[int, float, str]] = field(default_factory=list)   # (index, seconds, first line)
+    errors: list[tuple[int, str, str]] = field(default_factory=list)          # (index, ename, first line)
+    size_bytes: int = 0
+
+    def slowest(self, n: int = 3) -> list[tuple[int, float, str]]:
+        return sorted(self.cell_seconds, key=lambda c: -c[1])[:n]
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {self.seconds:.1f} s, {self.size_bytes / 1e3:.0f} kB, {len(self.errors)} error(s)"]
+        for i, s, first in self.slowest():
+            lines.append(f"    cell {i:>3}: {s:6.2f} s  {first[:60]}")
+        for i, ename, first in self.errors:
+            lines.append(f"    ERROR cell {i}: {ename}  {first[:60]}")
+        return "\n".join(lines)
+
+
+def execute(nb, *, cwd, timeout: int = 600, allow_errors: bool = False, env: dict[str, str] | None = None):
+    """Run ``nb`` top to bottom in a fresh ``python3`` kernel started in ``cwd``.
+
+    Returns ``(nb, seconds, cell_seconds, errors)``; with ``allow_errors=False`` the first
+    failing cell raises ``nbclient.exceptions.CellExecutionError``.
+    """
+    from nbclient import NotebookClient
+
+    starts: dict[int, float] = {}
+    cell_seconds: list[tuple[int, float, str]] = []
+    errors: list[tuple[int, str, str]] = []
+
+    def first_line(cell) -> str:
+        return next((ln for ln in cell.source.split("\n") if ln.strip()), "")
+
+    def on_start(cell, cell_index, **_):
+        starts[cell_index] = time.perf_counter()
+
+    def on_done(cell, cell_index, execute_reply=None, **_):
+        cell_seconds.append((cell_index, time.perf_counter() - starts.get(cell_index, time.perf_counter()),
+                             first_line(cell)))
+
+    def on_error(cell, cell_index, execute_reply=None, **_):
+        content = (execute_reply or {}).get("content", {})
+        errors.append((cell_index, content.get("ename", "error"), first_line(cell)))
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                            store_widget_state=False, record_timing=False,
+                            resources={"metadata": {"path": str(cwd)}},
+                            on_cell_start=on_start, on_cell_executed=on_done, on_cell_error=on_error)
+    t0 = time.perf_counter()
+    with _environment({**EXECUTION_ENV, **(env or {})}):
+        client.execute()
+    return nb, time.perf_counter() - t0, cell_seconds, errors
+
+
+def execute_and_store(path, out=None, *, timeout: int = 600, allow_errors: bool = False) -> RunReport:
+    """Execute the notebook at ``path``, clean its outputs and write it to ``out`` (default: in place)."""
+    path = Path(path)
+    nb = read(path)
+    nb, seconds, cell_seconds, errors = execute(nb, cwd=path.parent.resolve(), timeout=timeout,
+                                                allow_errors=allow_errors)
+    clean_outputs(nb)
+    target = Path(out) if out else path
+    write(nb, target)
+    return RunReport(target, seconds, cell_seconds, errors, target.stat().st_size)
+
+
+# -- checks -------------------------------------------------------------------------------
+def problems(nb, size_bytes: int | None = None) -> list[str]:
+    """Mechanical convention breaches of a stored notebook (an empty list when it is fine)."""
+    out = []
+    if "widgets" in nb.metadata:
+        out.append("saved widget state in the notebook metadata")
+    if size_bytes is not None and size_bytes >= MAX_BYTES:
+        out.append(f"file is {size_bytes / 1e6:.1f} MB (limit {MAX_BYTES / 1e6:.0f} MB)")
+    cells = nb.cells
+    if not any(c.cell_type == "markdown" and CLAIM_MARKDOWN in c.source for c in cells):
+        out.append(f"no markdown cell states the claim ({CLAIM_MARKDOWN!r})")
+    if not any(c.cell_type == "code" and c.source.lstrip().startswith(CLAIM_CODE) for c in cells):
+        out.append(f"no code cell asserts the claim (a cell starting with {CLAIM_CODE!r})")
+    n_ex = sum(is_exercise(c) for c in cells)
+    if not 1 <= n_ex <= 3:
+        out.append(f"{n_ex} exercise cells (want 1 to 3)")
+    for i, c in enumerate(cells):
+        if c.cell_type != "code":
+            continue
+        try:
+            strip_solutions(c.source)
+        except ValueError as e:
+            out.append(f"cell {i}: {e}")
+        if is_exercise(c) and "check_" not in c.source.split(END_SOLUTION)[-1]:
+            out.append(f"cell {i}: exercise without a check_* call after its solution")
+        if c.source.strip() and c.execution_count is None:
+            out.append(f"cell {i}: code cell not run")
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error":
+                out.append(f"cell {i}: stored error {o.get('ename')}")
+            data = o.get("data", {})
+            if PLOTLY_MIME in data and "text/html" in data:
+                out.append(f"cell {i}: plotly figure stored with HTML")
+            if WIDGET_MIME in data:
+                out.append(f"cell {i}: widget view stored without its state")
+            if any("plotly.js" in str(v)[:200000] and "text/html" == k for k, v in data.items()):
+                out.append(f"cell {i}: HTML output embeds plotly.js")
+    return out
+
+
+def convention_text() -> str:
+    """The notebook conventions (this module's docstring, from the list on)."""
+    doc = __doc__ or ""
+    return doc[doc.index("1. "):] if "1. " in doc else doc
+
+
+_NAME = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+
+
+def name_ok(path) -> bool:
+    return bool(_NAME.match(Path(path).name))
