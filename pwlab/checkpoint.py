@@ -6,7 +6,7 @@ booleans, None and tensors::
     format "pwlab-checkpoint", version 1, config (Config.to_dict()), tasks (names),
     task_seeds (the data seeds, to rebuild the tasks), step,
     model (state_dict), optimizer (state_dict), sampler (state_dict),
-    rng {"generator": routing-noise generator state, "torch": global torch RNG state (dropout)},
+    rng {"generator": routing-noise generator state, "torch": the trainer's dropout RNG state},
     history (list of plain dict records)
 
 so ``torch.load(weights_only=True)`` reads it: the unpickler refuses anything else, and a
@@ -18,9 +18,7 @@ interrupted save never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ def trainer_state(trainer) -> dict:
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "sampler": trainer.sampler.state_dict(),
-        "rng": {"generator": trainer.generator.get_state(), "torch": torch.get_rng_state()},
+        "rng": {"generator": trainer.generator.get_state(), "torch": trainer.torch_rng.clone()},
         "history": [dict(r) for r in trainer.history],
     }
 
@@ -59,6 +57,7 @@ def save_trainer(trainer, path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,8 +74,7 @@ def read_checkpoint(path) -> dict:
         raise ValueError(f"path {str(path)!r} is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, KeyError, IndexError, UnicodeDecodeError) as e:
+    except Exception as e:      # any parse failure (unpickling refused, truncated zip, OSError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{str(path)!r} is not a readable pwlab checkpoint (corrupt, or not a checkpoint): "
                          f"{first}") from None
@@ -139,6 +137,7 @@ def _apply(trainer, state: dict, path) -> None:
         rng = state["rng"]["torch"]
         if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
             raise ValueError("rng['torch'] is not a generator state")
+        torch.Generator().set_state(rng)
         history = [dict(r) for r in state["history"]]
         step = int(state["step"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
@@ -148,7 +147,7 @@ def _apply(trainer, state: dict, path) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.sampler.load_state_dict(state["sampler"])
     trainer.generator.set_state(state["rng"]["generator"])
-    torch.set_rng_state(rng)
+    trainer.torch_rng = rng.clone()
     trainer.history = history
     trainer.step_count = step
 
@@ -176,3 +175,10 @@ def load_trainer(cls, path, tasks=None, *, callbacks=()):
     _check_matches(trainer, state, path)
     _apply(trainer, state, path)
     return trainer
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+

@@ -98,9 +98,18 @@ class ModelConfig:
         return idx
 
     @property
+    def active_k(self) -> int:
+        """Experts a token runs through: ``top_k``, or what the router fixes (switch 1, gshard 2,
+        hash 1, expert choice ceil(capacity factor) on average)."""
+        if self.router in _ROUTERS_WITH_K:
+            return self.top_k
+        from pwlab.routing import make_router
+        return make_router(self.router, **self.router_arguments(num_tasks=1)).top_k
+
+    @property
     def ffn_hidden(self) -> int:
         """Hidden width of the dense FFN blocks."""
-        return self.dense_hidden if self.dense_hidden is not None else self.top_k * self.d_hidden
+        return self.dense_hidden if self.dense_hidden is not None else self.active_k * self.d_hidden
 
     def router_arguments(self, num_tasks: int) -> dict:
         """Constructor keywords for ``make_router(self.router, **...)``."""
@@ -238,11 +247,7 @@ def dense_baseline(cfg: Config | None = None) -> Config:
     """
     cfg = cfg if cfg is not None else tiny()
     m = cfg.model
-    if m.router in _ROUTERS_WITH_K:
-        k = m.top_k
-    else:
-        from pwlab.routing import make_router
-        k = make_router(m.router, **m.router_arguments(num_tasks=1)).top_k
+    k = m.active_k
     width = k * m.d_hidden
     if m.ffn_hidden != width and len(m.moe_layer_indices()) < m.num_layers:
         raise ValueError(f"dense_hidden={m.dense_hidden} differs from top_k·d_hidden={width}: the dense blocks "

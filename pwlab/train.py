@@ -134,8 +134,9 @@ class Trainer:
         tc = self.config.train
         self.device = torch.device(tc.device)
         if model is None:
-            torch.manual_seed(tc.seed)                   # the init is a function of the seed
-            model = PathwaysModel(self.tasks, self.config.model)
+            with torch.random.fork_rng(devices=[]):      # the init is a function of the seed alone
+                torch.manual_seed(tc.seed)
+                model = PathwaysModel(self.tasks, self.config.model)
         elif list(model.task_names) != [t.name for t in self.tasks]:
             raise ValueError(f"model was built for tasks {list(model.task_names)}, not {[t.name for t in self.tasks]}")
         self.model = model.to(self.device)
@@ -143,6 +144,9 @@ class Trainer:
                                         temperature=tc.temperature, seed=tc.seed)
         # routing noise (noisy top-k, GShard, Switch jitter) comes only from this generator
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        # dropout draws from torch's global generator: the trainer keeps its own copy of that
+        # state and swaps it in for each step, so runs do not depend on what else used the RNG
+        self.torch_rng = torch.Generator().manual_seed(tc.seed + 2).get_state()
         self.optimizer = self._make_optimizer()
         self.history: list[dict] = []
         self.step_count = 0
@@ -157,16 +161,22 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
-                "torch": torch.get_rng_state()}
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
 
     def _restore(self, snap: dict) -> None:
         self.sampler.load_state_dict(snap["sampler"])
         self.generator.set_state(snap["generator"])
-        torch.set_rng_state(snap["torch"])
         self.optimizer.zero_grad(set_to_none=True)
 
     def _one_step(self) -> dict:
+        """One step with the trainer's own global-RNG stream (dropout) swapped in."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.torch_rng)
+            rec = self._one_step_inner()
+            self.torch_rng = torch.get_rng_state()    # only reached when the step completed
+        return rec
+
+    def _one_step_inner(self) -> dict:
         """Compute, then apply and record as one unit; on any exception nothing is applied."""
         tc = self.config.train
         snap = self._snapshot()
@@ -180,7 +190,7 @@ class Trainer:
             if bad is None and not bool(torch.isfinite(out.aux_loss)):
                 bad = "aux_loss"
             if bad is not None:
-                value = float(out.losses[bad]) if bad in out.losses else float(out.aux_loss)
+                value = float((out.losses[bad] if bad in out.losses else out.aux_loss).detach())
                 if not tc.skip_nonfinite:
                     raise NonFiniteLossError(self.step_count + 1, bad, value)
                 with _interrupts_deferred():
