@@ -53,7 +53,6 @@ class RoutingPlayground:
             raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
         if not base.model.moe_layer_indices():
             raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
-        self.preset_name = config if isinstance(config, str) else base.name
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.refresh_s = float(refresh_s)
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
@@ -68,7 +67,7 @@ class RoutingPlayground:
         style = dict(description_width="130px")
         lay = W.Layout(width="330px")
         self.router = W.Dropdown(options=list(ROUTERS), value=m.router, description="router", style=style, layout=lay)
-        self.top_k = W.IntSlider(value=m.top_k, min=1, max=4, description="top_k", style=style, layout=lay)
+        self.top_k = W.IntSlider(value=m.top_k, min=1, max=min(8, m.num_experts), description="top_k", style=style, layout=lay)
         self.num_experts = W.IntSlider(value=m.num_experts, min=2, max=16, description="experts", style=style, layout=lay)
         self.capacity = W.FloatSlider(value=m.capacity_factor or 0.0, min=0.0, max=4.0, step=0.25, style=style,
                                       description="capacity (0=∞)", layout=lay)
@@ -118,23 +117,28 @@ class RoutingPlayground:
             kw[NOISE_KNOB[r]] = float(self.noise.value)
         aux = dict(self._base.model.aux_weights, load_balancing=float(self.load_balancing.value),
                    z_loss=float(self.z_loss.value))
-        cfg = self._base.with_model(router=r, top_k=int(self.top_k.value), num_experts=int(self.num_experts.value),
+        e = int(self.num_experts.value)
+        cfg = self._base.with_model(router=r, top_k=min(int(self.top_k.value), e), num_experts=e,
                                     capacity_factor=float(self.capacity.value) or None, router_kwargs=kw,
                                     aux_weights=aux)
         return cfg.with_train(seed=int(self.seed.value))
 
     def code_snippet(self) -> str:
-        """A runnable snippet that builds and trains this configuration."""
+        """A runnable snippet that builds this configuration and trains it as far as the app has."""
+        from pwlab.config import PRESETS, preset
         cfg = self.config()
         m, t = cfg.model, cfg.train
-        names = [x.name for x in self.tasks]
-        fields = dict(router=m.router, top_k=m.top_k, num_experts=m.num_experts, capacity_factor=m.capacity_factor,
-                      router_kwargs=m.router_kwargs, aux_weights={k: m.aux_weights[k] for k in ("load_balancing", "z_loss")})
-        args = ",\n    ".join(f"{k}={v!r}" for k, v in fields.items())
-        return (f"import pwlab.tasks as T\nfrom pwlab.config import preset\nfrom pwlab.train import Trainer\n\n"
-                f"tasks = [T.get(name, seed={t.seed}) for name in {names!r}]\n"
-                f"cfg = preset({self.preset_name!r}).with_model(\n    {args},\n).with_train(seed={t.seed})\n"
-                f"trainer = Trainer(tasks, cfg)\ntrainer.step({max(self.trainer.step_count, 1)})\n")
+        data = [(x.name, int(x.meta.get("seed", 0)) if isinstance(x.meta, dict) else 0) for x in self.tasks]
+        knobs = dict(router=m.router, top_k=m.top_k, num_experts=m.num_experts, capacity_factor=m.capacity_factor,
+                     router_kwargs=m.router_kwargs, aux_weights=m.aux_weights)
+        head = ("import pwlab.tasks as T\nfrom pwlab.config import Config, preset\nfrom pwlab.train import Trainer\n\n"
+                f"tasks = [T.get(name, seed=data_seed) for name, data_seed in {data!r}]\n")
+        if cfg.name in PRESETS and preset(cfg.name).with_model(**knobs).with_train(seed=t.seed).to_dict() == cfg.to_dict():
+            args = ",\n    ".join(f"{k}={v!r}" for k, v in knobs.items())
+            body = f"cfg = preset({cfg.name!r}).with_model(\n    {args},\n).with_train(seed={t.seed})\n"
+        else:                                   # not a preset plus knobs: spell out every field
+            body = f"cfg = Config.from_dict({cfg.to_dict()!r})\n"
+        return head + body + f"trainer = Trainer(tasks, cfg)\ntrainer.step({max(self.trainer.step_count, 1)})\n"
 
     def show_code(self) -> str:
         """Print the snippet into the app's output area (and return it)."""
@@ -159,11 +163,18 @@ class RoutingPlayground:
             return
         owner = change["owner"]
         self._enable_knobs()
+        if owner is self.num_experts:
+            self._quiet = True                   # a router cannot pick more experts than there are
+            try:
+                self.top_k.max = min(8, self.num_experts.value)
+            finally:
+                self._quiet = False
         if owner in (self.router, self.top_k, self.num_experts, self.seed):
             self.reset()
         else:
+            # nothing drawn changes until the next step, which uses the new value
             self._apply_live()
-            self.redraw()
+            self._update_status()
 
     def _apply_live(self) -> None:
         """Capacity, noise and aux weights take effect at the next step of the running model."""
