@@ -1,0 +1,71 @@
+"""``pwlab serve NOTEBOOK``: a classroom dashboard — the notebook's widgets live, its code hidden.
+
+    pwlab serve notebooks/02_routers.ipynb            # URL printed; project it
+    pwlab serve notebooks/02_routers.ipynb --ip 0.0.0.0 --port 8866   # students on the network
+
+Runs the notebook with Voila: each visitor gets a fresh kernel that runs every cell, and sees
+only the outputs (figures, sliders, buttons), never the code. The same set-up checks as
+``pwlab lab`` run first (Voila loads the same front-end extensions and the same kernel).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pwlab.commands import _jupyter
+from pwlab.commands.lab import check
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pwlab serve",
+                                description="Serve one notebook as a dashboard: widgets live, code hidden.")
+    p.add_argument("notebook", help="the .ipynb file to serve")
+    p.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866)")
+    p.add_argument("--ip", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 lets a classroom connect)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    p.add_argument("--theme", choices=("light", "dark"), default="light", help="page theme (default light)")
+    p.add_argument("--show-code", action="store_true", help="keep the code cells visible")
+    p.add_argument("--skip-checks", action="store_true", help="start without checking the set-up")
+    return p
+
+
+def voila_command(notebook: Path, port: int, ip: str, token: str, open_browser: bool, theme: str,
+                  show_code: bool) -> list[str]:
+    """The ``voila`` command line, run by this very interpreter (so: this environment)."""
+    return [sys.executable, "-m", "voila", str(notebook),
+            f"--Voila.ip={ip}", f"--Voila.port={port}", "--Voila.port_retries=0",
+            f"--Voila.token={token}", f"--Voila.open_browser={open_browser}",
+            f"--VoilaConfiguration.theme={theme}",
+            f"--VoilaConfiguration.strip_sources={not show_code}",
+            # A teacher projecting the page wants to see why a cell failed.
+            "--VoilaConfiguration.show_tracebacks=True"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    nb = Path(args.notebook)
+    if nb.suffix != ".ipynb" or not nb.is_file():
+        p.error(f"notebook must be an existing .ipynb file, got {args.notebook!r}")
+    if not 0 < args.port < 65536:
+        p.error(f"--port must be in 1..65535, got {args.port}")
+    if not args.skip_checks:
+        status = _jupyter.report(check(), "pwlab serve")
+        if status:
+            return status
+    if not _jupyter.port_is_free(args.port, args.ip):
+        print(f"pwlab serve: port {args.port} is in use; choose another with --port N", file=sys.stderr)
+        return 2
+    token = _jupyter.new_token()
+    host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
+    url = f"http://{host}:{args.port}/?token={token}"
+    cmd = voila_command(nb.resolve(), args.port, args.ip, token, not args.no_browser, args.theme, args.show_code)
+    # Readiness by TCP only: fetching the page would start a kernel and run the notebook.
+    return _jupyter.supervise(cmd, lambda: _jupyter.port_answers(args.port, host), url,
+                              f"Pathways Lab dashboard ({nb.name})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
