@@ -175,8 +175,10 @@ def extract_subnetwork(model: PathwaysModel, task: str, pmap: PathwayMap | None 
     An expert is kept when it received more than ``min_share`` of the task's assignments in
     ``pmap`` (default: the map of the task's test split). Router parameters are sliced to the
     kept experts (expert tables remapped), so a router that renormalises over the experts it
-    picks (top-k, task, hash, GShard) routes the task's tokens exactly as before whenever they
-    stay on kept experts; Switch and expert choice depend on all experts and change a little.
+    picks (top-k and task routing with k >= 2, hash, GShard) computes exactly what the model
+    did for the task's tokens whenever they stay on kept experts. Routers whose combine weight
+    is a probability over all experts (Switch, k = 1) or whose experts pick tokens (expert
+    choice) change a little.
     Evaluate the result with :func:`pwlab.train.evaluate_model` to see what it keeps.
 
     Returns the smaller model and block index → kept experts (original indices).

@@ -1,0 +1,97 @@
+"""``pwlab train``: outputs, resume, bad input, and the tiny preset's accuracy on every task."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import pwlab.tasks as tasks
+from pwlab.cli import main as pwlab
+from pwlab.commands.train import main
+from pwlab.train import Trainer
+
+
+def _table(text: str) -> dict[str, tuple[str, float, float]]:
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)\s+(accuracy|mse)\s+([\d.]+)\s+([\d.]+)$", line.strip())
+        if m:
+            rows[m.group(1)] = (m.group(2), float(m.group(3)), float(m.group(4)))
+    return rows
+
+
+def test_train_writes_checkpoint_and_self_contained_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pwlab(["train", "--preset", "tiny", "--tasks", "wine,mmoe_a", "--steps", "4", "--out", str(out),
+                  "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    rows = _table(text)
+    assert set(rows) == {"wine", "mmoe_a"} and rows["wine"][0] == "accuracy" and rows["mmoe_a"][0] == "mse"
+    assert rows["wine"][2] == pytest.approx(tasks.chance(tasks.get("wine")), abs=1e-3)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "report.html"]
+    html = (out / "report.html").read_text()
+    # plotly.js inline exactly once, nothing fetched from elsewhere
+    assert len(re.findall(r"<script>/\*\*\n\* plotly\.js v\d", html)) == 1
+    assert not re.search(r"<script[^>]+src=", html)
+    assert "Plotly.newPlot" in html and "wine" in html
+    tr = Trainer.load(out / "checkpoint.pt")
+    assert tr.step_count == 4 and [t.name for t in tr.tasks] == ["wine", "mmoe_a"]
+
+
+def test_resume_continues_the_same_run(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--tasks", "wine,breast_cancer", "--no-progress", "--eval-examples", "10"]
+    assert main(["--steps", "5", "--out", str(a), *common]) == 0
+    assert main(["--steps", "3", "--out", str(b), *common]) == 0
+    assert main(["--resume", str(b), "--steps", "2", "--no-progress", "--eval-examples", "10"]) == 0
+    capsys.readouterr()
+    ta, tb = Trainer.load(a / "checkpoint.pt"), Trainer.load(b / "checkpoint.pt")
+    assert tb.step_count == 5
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h if not r.get("eval")]
+    assert strip(ta.history) == strip(tb.history)
+    assert all(torch.equal(x, y) for x, y in zip(ta.model.state_dict().values(), tb.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--preset", "huge"], "preset must be one of 'tiny', 'small'"),
+    (["--tasks", "wine,chess"], r"unknown task\(s\) \['chess'\]; known tasks: all, digits"),
+    (["--router", "best"], "router must be one of 'topk'"),
+    (["--steps", "-1"], "--steps must be >= 0"),
+])
+def test_bad_names_list_the_known_ones(tmp_path, capsys, argv, match):
+    assert main([*argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_resume_folders_are_refused_and_nothing_is_written(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["--resume", str(tmp_path / "junk"), "--no-progress"]) == 2
+    assert "not a readable pwlab checkpoint" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "junk").iterdir()] == ["checkpoint.pt"]
+    assert (tmp_path / "junk" / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+    assert main(["--resume", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path / "junk"), "--preset", "tiny"]) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def _margin_ok(metric: str, score: float, chance: float) -> bool:
+    # the learnability suite's margins: accuracy >= chance + 0.3 (+0.25 when chance >= 0.5),
+    # MSE <= half the test variance
+    if metric == "mse":
+        return score <= 0.5 * chance
+    return score >= chance + (0.25 if chance >= 0.5 else 0.3)
+
+
+@pytest.mark.slow
+def test_tiny_preset_beats_chance_on_every_task_in_300_steps(tmp_path, capsys):
+    assert main(["--preset", "tiny", "--tasks", "all", "--steps", "300", "--out", str(tmp_path), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    rows = _table(text)
+    print(text)
+    assert set(rows) == set(tasks.names())
+    failing = {t: r for t, r in rows.items() if not _margin_ok(*r)}
+    assert not failing, f"tasks not beating chance by the margin: {failing}"
