@@ -14,8 +14,9 @@ pathway maps are counted from the output, with no hooks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -243,5 +244,30 @@ class PathwaysModel(nn.Module):
                            token_task=task[mask], token_modality=modality[mask],
                            token_row=rowpos[:, 0], token_pos=rowpos[:, 1], rows=rows)
 
+    def batches(self, task: str, split: str = "test", max_examples: int | None = None,
+                batch_size: int = 256) -> Iterator:
+        """The first ``max_examples`` (None: all) of a task's split, as TaskBatches in order."""
+        from pwlab.tasks import batches
+        t = self.task(task)
+        seen = 0
+        for b in batches(t, split=split, batch_size=batch_size, task_index=self.task_index[task]):
+            if max_examples is not None:
+                if seen >= max_examples:
+                    return
+                b = replace(b, x=b.x[:max_examples - seen], y=b.y[:max_examples - seen])
+            seen += len(b.y)
+            yield b
+
     def extra_repr(self) -> str:
         return f"tasks={list(self.task_names)}, moe_blocks={list(self.cfg.moe_layer_indices())}"
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Within the block the model is in eval mode (deterministic routing, no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

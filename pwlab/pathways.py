@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pwlab.model import PathwaysModel, make_moe
+from pwlab.model import PathwaysModel, eval_mode, make_moe
 from pwlab.senses import MODALITIES
 
 
@@ -96,8 +96,9 @@ def mutual_information(counts: Tensor) -> float:
 def pathway_map(model: PathwaysModel, tasks=None, split: str = "test", max_examples: int | None = 256,
                 batch_size: int = 256) -> PathwayMap:
     """Count the routing of ``model`` (in eval mode) on up to ``max_examples`` per task."""
-    from pwlab.tasks import batches
     tasks = list(model.tasks if tasks is None else tasks)
+    for task in tasks:
+        model.task(task.name)            # unknown names list the model's tasks
     moe = model.moe_blocks()
     blocks = tuple(moe)
     e = max((m.num_experts for m in moe.values()), default=0)
@@ -105,28 +106,16 @@ def pathway_map(model: PathwaysModel, tasks=None, split: str = "test", max_examp
     task_counts = torch.zeros(len(blocks), e, k_all, dtype=torch.long)
     mod_counts = torch.zeros(len(blocks), e, m_all, dtype=torch.long)
     tokens = torch.zeros(k_all, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for task in tasks:
-            seen = 0
-            for b in batches(task, split=split, batch_size=batch_size, task_index=model.task_index[task.name]):
-                if max_examples is not None:
-                    if seen >= max_examples:
-                        break
-                    b = type(b)(task=b.task, task_index=b.task_index, sense=b.sense,
-                                x=b.x[:max_examples - seen], y=b.y[:max_examples - seen])
-                seen += len(b.y)
+            for b in model.batches(task.name, split, max_examples, batch_size):
                 out = model([b])
                 tokens += torch.bincount(out.token_task.cpu(), minlength=k_all)
                 for li, blk in enumerate(blocks):
                     r = out.moe_stats[blk].routing
-                    tok = r.token.cpu()
-                    ex = r.expert.cpu()
+                    tok, ex = r.token.cpu(), r.expert.cpu()
                     task_counts[li] += _table(ex, out.token_task.cpu()[tok], e, k_all)
                     mod_counts[li] += _table(ex, out.token_modality.cpu()[tok], e, m_all)
-    finally:
-        model.train(was_training)
     return PathwayMap(task_counts, mod_counts, blocks, tuple(model.task_names), MODALITIES, tokens)
 
 
@@ -260,12 +249,8 @@ def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = 
     if not 0 <= index < len(y):
         raise ValueError(f"index must be in [0, {len(y)}) for {task!r} {split}, got {index}")
     b = TaskBatch(task=task, task_index=model.task_index[task], sense=t.sense, x=x[index:index + 1], y=y[index:index + 1])
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model([b])
-    finally:
-        model.train(was_training)
     moe = model.moe_blocks()
     n = out.token_task.shape[0]
     e = max((m.num_experts for m in moe.values()), default=0)

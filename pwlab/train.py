@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pwlab.config import Config
-from pwlab.model import ModelOutput, PathwaysModel
+from pwlab.model import ModelOutput, PathwaysModel, eval_mode
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,19 +68,13 @@ def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", m
     Runs in eval mode (deterministic routing, no dropout) and restores the previous mode.
     Returns task name → metric.
     """
-    from pwlab.tasks import batches
-    was_training = model.training
-    model.eval()
-    try:
-        out = {}
+    for task in tasks:
+        model.task(task.name)            # unknown names list the model's tasks
+    out = {}
+    with eval_mode(model):
         for task in tasks:
             seen, total = 0, 0.0
-            for b in batches(task, split=split, batch_size=batch_size, task_index=model.task_index[task.name]):
-                if max_examples is not None and seen >= max_examples:
-                    break
-                if max_examples is not None and seen + len(b.y) > max_examples:
-                    b = type(b)(task=b.task, task_index=b.task_index, sense=b.sense,
-                                x=b.x[:max_examples - seen], y=b.y[:max_examples - seen])
+            for b in model.batches(task.name, split, max_examples, batch_size):
                 o = model([b])
                 pred, y = o.predictions[task.name], o.targets[task.name]
                 if task.kind == "regression":
@@ -89,9 +83,7 @@ def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", m
                     total += float((pred.argmax(-1) == y).sum())
                 seen += len(b.y)
             out[task.name] = total / max(seen, 1)
-        return out
-    finally:
-        model.train(was_training)
+    return out
 
 
 def metric_key(task) -> str:
