@@ -25,14 +25,16 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float]:
+def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float, float]:
+    """One experiment and seed; returns its result, wall seconds and CPU seconds of this process
+    (the CPU time tells what a run costs on a core of its own when the machine is shared)."""
     from pwlab.experiments import CLAIMS
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         result = CLAIMS[name].module().run(seed=seed, quick=quick)
     except Exception as e:      # one broken experiment must not hide the other rows
         result = {"error": f"{type(e).__name__}: {e}"}
-    return name, seed, result, time.perf_counter() - t0
+    return name, seed, result, time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads: int = 1,
@@ -44,12 +46,13 @@ def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads
     work = [(n, s) for n in names for s in range(seeds)]
     results: dict[str, dict[int, dict]] = {n: {} for n in names}
     seconds = {n: 0.0 for n in names}
+    cpu = {n: 0.0 for n in names}
     with tqdm(total=len(work), desc="claims", file=sys.stderr, disable=not progress) as bar:
         if jobs <= 1:
             _init_worker(threads)
             done = (_run_one(n, s, quick) for n, s in work)
-            for name, seed, res, sec in done:
-                results[name][seed], seconds[name] = res, seconds[name] + sec
+            for name, seed, res, sec, c in done:
+                results[name][seed], seconds[name], cpu[name] = res, seconds[name] + sec, cpu[name] + c
                 bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
                 bar.update(1)
         else:
@@ -57,8 +60,8 @@ def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads
                                      initializer=_init_worker, initargs=(threads,)) as pool:
                 futures = [pool.submit(_run_one, n, s, quick) for n, s in work]
                 for fut in as_completed(futures):
-                    name, seed, res, sec = fut.result()
-                    results[name][seed], seconds[name] = res, seconds[name] + sec
+                    name, seed, res, sec, c = fut.result()
+                    results[name][seed], seconds[name], cpu[name] = res, seconds[name] + sec, cpu[name] + c
                     bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
                     bar.update(1)
     rows = []
@@ -74,17 +77,17 @@ def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads
                      "reference": claim.reference, "criterion": claim.criterion,
                      "measured": summary["measured"], "held": bool(summary["held"]),
                      "seeds": seeds, "seeds_held": int(summary["seeds_held"]), "quick": quick,
-                     "time_s": round(seconds[n], 1), "numbers": summary["numbers"]})
+                     "time_s": round(seconds[n], 1), "cpu_s": round(cpu[n], 1), "numbers": summary["numbers"]})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows (the form ``docs/claims.md`` quotes)."""
-    lines = ["| # | claim | paper | measured (mean ± sd over seeds) | held | seeds held | time |",
+    lines = ["| # | claim | paper | measured (mean ± sd over seeds) | held | seeds held | time (cpu) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['number']} | {r['title']} | {r['reference']} | {r['measured']} | "
-                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | {r['time_s']:.0f}s |")
+                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | {r['time_s']:.0f}s ({r['cpu_s']:.0f}s) |")
     return "\n".join(lines)
 
 
@@ -112,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r))
     else:
         print(table(rows))
+        cpu = sum(r["cpu_s"] for r in rows)
         print(f"\n{len(rows)} claims, {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
-              f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s)")
+              f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s); "
+              f"experiments' CPU time {cpu:.0f}s (time per row: wall summed over seeds, CPU in brackets)")
     print(f"claims: wall {wall:.1f}s", file=sys.stderr)
     return 1 if any(r["measured"].startswith("not measured") for r in rows) else 0

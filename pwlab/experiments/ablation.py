@@ -17,7 +17,7 @@ from pwlab.experiments import common
 TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
 TOP_K = 2
-STEPS = {"quick": 150, "full": 300}
+STEPS = {"quick": 150, "full": 400}
 MIN_SELF_DROP = 20.0
 MAX_OTHER_DROP = 5.0
 

@@ -19,7 +19,7 @@ from pwlab.experiments import common
 TASKS = ("digits", "dtmf", "digit_words")
 NUM_EXPERTS = 8
 EVAL_EVERY = 20
-STEPS = {"quick": 150, "full": 300}
+STEPS = {"quick": 150, "full": 400}
 MIN_SPEEDUP = 2.0
 ROUTERS = ("expert_choice", "top2", "top1")
 

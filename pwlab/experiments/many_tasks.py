@@ -20,7 +20,7 @@ from pwlab.experiments import common
 
 TASKS = ("digits", "dtmf", "digit_words")
 PER_TASK_BATCH = 32
-STEPS = {"quick": 150, "full": 300}
+STEPS = {"quick": 150, "full": 400}
 TOLERANCE_POINTS = 1.0
 MULTI = ("token", "dense", "task")
 

@@ -20,7 +20,7 @@ TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
 ENTROPY_WEIGHT = 0.01
 RISE_BITS = 0.25
-STEPS = {"quick": 150, "full": 300}
+STEPS = {"quick": 150, "full": 400}
 VARIANTS = ("plain", "entropy")
 
 

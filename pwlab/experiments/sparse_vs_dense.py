@@ -20,7 +20,7 @@ from pwlab.experiments import common
 TASKS = ("digits", "dtmf", "digit_words")
 NUM_EXPERTS = 8
 EVAL_EVERY = 20
-STEPS = {"quick": 200, "full": 300}
+STEPS = {"quick": 200, "full": 400}
 
 
 def configs(seed: int):

@@ -16,7 +16,7 @@ from pwlab.experiments import common
 
 TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
-STEPS = {"quick": 150, "full": 300}
+STEPS = {"quick": 150, "full": 400}
 MAX_DROP_POINTS = 1.0
 MAX_EXPERT_FRACTION = 0.25
 
