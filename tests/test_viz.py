@@ -211,3 +211,22 @@ def test_figure_json_matches_stored_snapshot(name):
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     assert path.exists(), f"{path} missing: run with PWLAB_UPDATE_SNAPSHOTS=1 once and commit it"
     assert got == json.loads(path.read_text())
+
+
+def test_every_figure_is_valid_plotly():
+    # figures are assembled from dicts without plotly's per-property validation (for speed):
+    # validating their JSON here catches a misspelt property
+    hist = [{"step": s, "loss": 1.0, "loss/a": 1.0, "load/1": [0.5, 0.5], "dropped/1": 0.0} for s in range(1, 4)]
+    hist.append({"step": 3, "eval": True, "split": "test", "acc/a": 0.5})
+    img = ExampleRouting("digits", 0, "image", torch.arange(17), torch.rand(2, 17, 4), (1, 3), torch.zeros(10),
+                         torch.tensor(0))
+    aud = ExampleRouting("dtmf", 0, "audio", torch.arange(9), torch.rand(1, 9, 4), (1,), torch.zeros(10),
+                         torch.tensor(0))
+    figs = [viz.pathway_sankey(TWO, highlight="wine", experts={1: [0]}), viz.pathway_sankey(TWO, by="modality"),
+            viz.expert_heatmaps(TWO, highlight="wine"), viz.sense_bars(TWO), viz.example_routing(img, np.ones((8, 8))),
+            viz.example_routing(aud, np.sin(np.arange(1000.0))), viz.task_curves(hist), viz.load_over_training(hist),
+            viz.weight_mask(np.ones((3, 3))), viz.ablation_bars({"a": 1.0}),
+            viz.sparsity_tradeoff([dict(weight_sparsity=0.5, accuracy=0.9, train_flops=1e6)], current=0)]
+    figs += [f() for f in EMPTY_CALLS.values()]
+    for fig in figs:
+        go.Figure(fig.to_plotly_json())                  # raises ValueError on an invalid property

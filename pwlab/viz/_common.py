@@ -40,6 +40,13 @@ def rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def scale(name: str) -> list[list]:
+    """A named plotly.py colorscale as an explicit list: plotly.js reads some names reversed
+    (``"Greys"``, ``"Blues"``), and figures built without validation pass names through as is."""
+    from plotly.colors import get_colorscale
+    return [list(x) for x in get_colorscale(name)]
+
+
 def expert_colorscale(num_experts: int) -> list[list]:
     """A stepwise colorscale giving integer ``z = e`` exactly expert ``e``'s colour (zmin=-0.5, zmax=E-0.5)."""
     n = max(int(num_experts), 1)
@@ -50,14 +57,65 @@ def expert_colorscale(num_experts: int) -> list[list]:
     return scale
 
 
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """A ``go.Figure`` from plain trace and layout dicts.
+
+    Built in one go from dicts rather than through ``make_subplots`` / ``add_trace``, which
+    validate every property path and cost tens of milliseconds per figure: too slow for a
+    figure redrawn on every slider move. The tests validate every figure's JSON instead.
+    """
+    try:
+        return go.Figure(dict(data=data, layout=layout), _validate=False)
+    except TypeError:                     # a plotly without the switch: validate, slower but correct
+        return go.Figure(dict(data=data, layout=layout))
+
+
+def grid(rows: int, cols: int, *, titles: Sequence[str] | None = None, hspace: float = 0.08, vspace: float = 0.12,
+         row_heights: Sequence[float] | None = None, shared_x: bool = False) -> tuple[dict, list[list[tuple[str, str]]]]:
+    """Axes of a rows × cols grid: a layout dict and ``axes[r][c] = ("x2", "y2")`` for the traces.
+
+    Row 0 is the top row; ``titles`` (row-major) go above each cell; ``shared_x`` ties every
+    x axis to the bottom-left one (zoom together) and hides the tick labels above it.
+    """
+    width = (1 - hspace * (cols - 1)) / cols
+    heights = list(row_heights) if row_heights else [1.0] * rows
+    scale = (1 - vspace * (rows - 1)) / sum(heights)
+    layout: dict = {"annotations": []}
+    axes, top = [], 1.0
+    for r in range(rows):
+        h = heights[r] * scale
+        row = []
+        for c in range(cols):
+            i = r * cols + c + 1
+            xa, ya = ("x", "y") if i == 1 else (f"x{i}", f"y{i}")
+            x0 = c * (width + hspace)
+            bottom_left = (rows - 1) * cols + 1
+            layout[f"xaxis{'' if i == 1 else i}"] = dict(domain=[x0, x0 + width], anchor=ya)
+            layout[f"yaxis{'' if i == 1 else i}"] = dict(domain=[max(top - h, 0.0), top], anchor=xa)
+            if shared_x and i != bottom_left:
+                layout[f"xaxis{'' if i == 1 else i}"].update(matches=f"x{'' if bottom_left == 1 else bottom_left}",
+                                                             showticklabels=r == rows - 1)
+            if titles and i - 1 < len(titles) and titles[i - 1]:
+                layout["annotations"].append(dict(text=titles[i - 1], x=x0 + width / 2, y=top, xref="paper",
+                                                  yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
+                                                  font=dict(size=14)))
+            row.append((xa, ya))
+        axes.append(row)
+        top -= h + vspace
+    return layout, axes
+
+
+def axis_key(ref: str) -> str:
+    """``"x2"`` → ``"xaxis2"``, ``"y"`` → ``"yaxis"``: the layout key of an axis reference."""
+    return f"{ref[0]}axis{ref[1:]}"
+
+
 def empty_figure(note: str, title: str | None = None, height: int = 300) -> go.Figure:
     """A figure with no data and ``note`` written in its middle (what every viz returns for no input)."""
-    fig = go.Figure()
-    fig.add_annotation(text=note, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=14, color="grey"))
-    fig.update_layout(title=title, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                      template="plotly_white")
-    return fig
+    return figure([], dict(title=dict(text=title) if title else None, height=height, template="plotly_white",
+                           xaxis=dict(visible=False), yaxis=dict(visible=False),
+                           annotations=[dict(text=note, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                                             font=dict(size=14, color="grey"))]))
 
 
 def train_records(history: Sequence[dict] | None) -> list[dict]:

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from pwlab.viz._common import array, empty_figure, expert_color, expert_colorscale
+from pwlab.viz._common import scale, array, axis_key, empty_figure, expert_color, expert_colorscale, figure, grid
 
 
 def _top_expert(weights: np.ndarray) -> np.ndarray:
@@ -35,10 +34,9 @@ def _hover(weights: np.ndarray, names: Sequence[str]) -> list[list[str]]:
     return out
 
 
-def _legend(fig: go.Figure, num_experts: int) -> None:
-    for e in range(num_experts):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"expert {e}", hoverinfo="skip",
-                                 marker=dict(symbol="square", size=12, color=expert_color(e))))
+def _legend(num_experts: int) -> list[dict]:
+    return [dict(type="scatter", x=[None], y=[None], mode="markers", name=f"expert {e}", hoverinfo="skip",
+                 marker=dict(symbol="square", size=12, color=expert_color(e))) for e in range(num_experts)]
 
 
 def example_routing(er, inputs=None, labels: Sequence[str] | None = None, *, task_token: bool = True) -> go.Figure:
@@ -70,60 +68,58 @@ def example_routing(er, inputs=None, labels: Sequence[str] | None = None, *, tas
     img = array(inputs) if inputs is not None else None
     side = int(round(n ** 0.5))
     if er.modality == "image" and img is not None and img.ndim == 2 and side * side == n and img.shape[0] % side == 0:
-        fig = _image_panels(img, content, wc, side, list(er.blocks), ne)
+        data, layout = _image_panels(img, content, wc, side, list(er.blocks), ne)
     else:
-        fig = _token_rows(content, wc, list(labels), list(er.blocks), ne,
-                          wave=img if er.modality == "audio" and img is not None and img.ndim == 1 else None)
-    _legend(fig, ne)
-    fig.update_layout(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=10, t=60, b=40),
-                      plot_bgcolor="white", legend=dict(orientation="h", y=0, yanchor="top", x=0))
-    return fig
+        data, layout = _token_rows(content, wc, list(labels), list(er.blocks), ne,
+                                   wave=img if er.modality == "audio" and img is not None and img.ndim == 1 else None)
+    layout.update(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=10, t=60, b=40),
+                  plot_bgcolor="white", legend=dict(orientation="h", y=0, yanchor="top", x=0))
+    return figure(data + _legend(ne), layout)
 
 
-def _image_panels(img: np.ndarray, top: np.ndarray, w: np.ndarray, side: int, blocks: list, ne: int) -> go.Figure:
-    h, wd = img.shape
-    p = h // side
-    fig = make_subplots(rows=1, cols=1 + len(blocks), subplot_titles=["input"] + [f"block {b}" for b in blocks],
-                        horizontal_spacing=0.04)
-    fig.add_trace(go.Heatmap(z=img.tolist(), colorscale="Greys", showscale=False, hoverinfo="skip"), row=1, col=1)
+def _image_panels(img: np.ndarray, top: np.ndarray, w: np.ndarray, side: int, blocks: list, ne: int):
+    p = img.shape[0] // side
+    layout, axes = grid(1, 1 + len(blocks), hspace=0.04, titles=["input"] + [f"block {b}" for b in blocks])
+    picture = dict(type="heatmap", z=img.tolist(), colorscale=scale("Greys"), showscale=False,
+                   hoverinfo="skip")
+    data = [dict(picture, xaxis="x", yaxis="y")]
     centres = [c * p + (p - 1) / 2 for c in range(side)]
-    names = [f"patch ({r},{c})" for r in range(side) for c in range(side)]
-    hover = _hover(w, names)
+    hover = _hover(w, [f"patch ({r},{c})" for r in range(side) for c in range(side)])
     for li in range(len(blocks)):
-        col = li + 2
-        fig.add_trace(go.Heatmap(z=img.tolist(), colorscale="Greys", showscale=False, hoverinfo="skip"), row=1, col=col)
-        grid = top[li].reshape(side, side)
-        fig.add_trace(go.Heatmap(
-            x=centres, y=centres, z=np.where(np.isnan(grid), None, grid).tolist(), zmin=-0.5, zmax=ne - 0.5,
-            colorscale=expert_colorscale(ne), showscale=False, opacity=0.55, xgap=1, ygap=1,
-            text=np.array(hover[li], dtype=object).reshape(side, side).tolist(), hoverinfo="text"), row=1, col=col)
-    for c in range(1, len(blocks) + 2):
-        fig.update_xaxes(visible=False, row=1, col=c)
-        fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=f"x{'' if c == 1 else c}", row=1, col=c)
-    fig.update_layout(height=330)
-    return fig
+        xa, ya = axes[0][li + 1]
+        grid_e = top[li].reshape(side, side)
+        data.append(dict(picture, xaxis=xa, yaxis=ya))
+        data.append(dict(type="heatmap", x=centres, y=centres, z=np.where(np.isnan(grid_e), None, grid_e).tolist(),
+                         zmin=-0.5, zmax=ne - 0.5, colorscale=expert_colorscale(ne), showscale=False, opacity=0.55,
+                         xgap=1, ygap=1, text=np.array(hover[li], dtype=object).reshape(side, side).tolist(),
+                         hoverinfo="text", xaxis=xa, yaxis=ya))
+    for xa, ya in axes[0]:
+        layout[axis_key(xa)].update(visible=False)
+        layout[axis_key(ya)].update(visible=False, autorange="reversed", scaleanchor=xa)
+    layout["height"] = 330
+    return data, layout
 
 
-def _token_rows(top: np.ndarray, w: np.ndarray, labels: list[str], blocks: list, ne: int,
-                wave: np.ndarray | None) -> go.Figure:
+def _token_rows(top: np.ndarray, w: np.ndarray, labels: list[str], blocks: list, ne: int, wave: np.ndarray | None):
     n = top.shape[1]
     rows = 1 + (wave is not None)
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        row_heights=[0.4, 0.6] if rows == 2 else None)
+    layout, axes = grid(rows, 1, vspace=0.08, shared_x=True, row_heights=[0.4, 0.6] if rows == 2 else None)
+    data = []
     if wave is not None:
         # frame f starts at sample f·S/T: draw the waveform in frame units, at most ~2000 points
         stride = max(1, len(wave) // 2000)
         xs = (np.arange(0, len(wave), stride) * n / max(len(wave), 1) - 0.5).round(3)
-        fig.add_trace(go.Scatter(x=xs.tolist(), y=wave[::stride].round(4).tolist(), mode="lines", showlegend=False,
-                                 line=dict(color="#555", width=1), hoverinfo="skip"), row=1, col=1)
-        fig.update_yaxes(visible=False, row=1, col=1)
+        data.append(dict(type="scatter", x=xs.tolist(), y=wave[::stride].round(4).tolist(), mode="lines",
+                         showlegend=False, line=dict(color="#555", width=1), hoverinfo="skip", xaxis="x", yaxis="y"))
+        layout["yaxis"]["visible"] = False
+    xa, ya = axes[-1][0]
     hover = _hover(w, labels)
-    ylab = [f"block {b}" for b in blocks]
     z = np.where(np.isnan(top), None, top).tolist()
-    fig.add_trace(go.Heatmap(z=z, x=list(range(n)), y=ylab, zmin=-0.5, zmax=ne - 0.5, colorscale=expert_colorscale(ne),
-                             showscale=False, xgap=2, ygap=2, text=[labels] * len(blocks), texttemplate="%{text}",
-                             customdata=hover, hovertemplate="%{customdata}<extra></extra>"), row=rows, col=1)
-    fig.update_xaxes(title_text="token", showticklabels=False, row=rows, col=1)
-    fig.update_yaxes(autorange="reversed", row=rows, col=1)
-    fig.update_layout(height=200 + 45 * len(blocks) + (140 if wave is not None else 0))
-    return fig
+    data.append(dict(type="heatmap", z=z, x=list(range(n)), y=[f"block {b}" for b in blocks], zmin=-0.5,
+                     zmax=ne - 0.5, colorscale=expert_colorscale(ne), showscale=False, xgap=2, ygap=2,
+                     text=[labels] * len(blocks), texttemplate="%{text}", customdata=hover,
+                     hovertemplate="%{customdata}<extra></extra>", xaxis=xa, yaxis=ya))
+    layout[axis_key(xa)].update(title=dict(text="token"), showticklabels=False)
+    layout[axis_key(ya)].update(autorange="reversed")
+    layout["height"] = 200 + 45 * len(blocks) + (140 if wave is not None else 0)
+    return data, layout

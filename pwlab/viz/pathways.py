@@ -10,9 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from pwlab.viz._common import GREY, SENSE_COLORS, array, empty_figure, expert_color, rgba
+from pwlab.viz._common import scale, GREY, SENSE_COLORS, array, axis_key, empty_figure, expert_color, figure, grid, rgba
 
 BY = ("task", "modality")
 
@@ -101,18 +100,17 @@ def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
                          f"expert {i} → expert {j} (blocks {blocks[li]}→{blocks[li + 1]})")
         for e in range(ne):
             link(node(nb - 1, e), ns + nb * ne + s, w[s] * p[nb - 1, e, s], s, f"expert {e} → head")
-    fig = go.Figure(go.Sankey(
-        arrangement="snap", valueformat=".1%",
-        node=dict(label=labels, color=node_colors, pad=8, thickness=14,
-                  line=dict(width=line_widths, color="black")),
-        link=dict(source=src, target=dst, value=val, color=col, customdata=hover,
-                  hovertemplate="%{customdata}<br>%{value} of all tokens<extra></extra>")))
+    sankey = dict(type="sankey", arrangement="snap", valueformat=".1%",
+                  node=dict(label=labels, color=node_colors, pad=8, thickness=14,
+                            line=dict(width=line_widths, color="black")),
+                  link=dict(source=src, target=dst, value=val, color=col, customdata=hover,
+                            hovertemplate="%{customdata}<br>%{value} of all tokens<extra></extra>"))
     what = "task" if by == "task" else "sense"
     title = f"Pathways: {what} → experts → heads (width = share of tokens)"
     if highlight is not None:
         title += f" — {highlight}"
-    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=50, b=10), font=dict(size=11))
-    return fig
+    return figure([sankey], dict(title=dict(text=title), height=420, margin=dict(l=10, r=10, t=50, b=10),
+                                 font=dict(size=11)))
 
 
 def expert_heatmaps(pmap, by: str = "task", *, highlight: str | None = None) -> go.Figure:
@@ -129,26 +127,26 @@ def expert_heatmaps(pmap, by: str = "task", *, highlight: str | None = None) -> 
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     mi = pmap.mutual_information(by)
     sym = "T" if by == "task" else "M"
-    fig = make_subplots(rows=1, cols=nb, horizontal_spacing=0.08,
-                        subplot_titles=[f"block {b}: I(E;{sym}) = {m:.2f} bits" for b, m in zip(pmap.blocks, mi)])
+    layout, axes = grid(1, nb, hspace=0.08, titles=[f"block {b}: I(E;{sym}) = {m:.2f} bits" for b, m in zip(pmap.blocks, mi)])
+    data, experts = [], [f"expert {e}" for e in range(ne)]
     for li in range(nb):
         z = share[li].round(4).tolist()
-        fig.add_trace(go.Heatmap(x=names, y=[f"expert {e}" for e in range(ne)], z=z, coloraxis="coloraxis",
-                                 text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                                 hovertemplate="%{x}, %{y}: %{z:.1%}<extra></extra>"), row=1, col=li + 1)
+        xa, ya = axes[0][li]
+        data.append(dict(type="heatmap", x=names, y=experts, z=z, coloraxis="coloraxis", xaxis=xa, yaxis=ya,
+                         text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                         hovertemplate="%{x}, %{y}: %{z:.1%}<extra></extra>"))
+        layout[axis_key(ya)]["autorange"] = "reversed"
+    shapes = []
     if highlight is not None:
         if highlight not in names:
             raise ValueError(f"highlight must be one of {', '.join(map(repr, names))} or None; got {highlight!r}")
         j = names.index(highlight)
-        for li in range(nb):
-            ax = "" if li == 0 else str(li + 1)
-            fig.add_shape(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=j - 0.5, x1=j + 0.5, y0=-0.5, y1=ne - 0.5,
-                          line=dict(color="crimson", width=3))
+        shapes = [dict(type="rect", xref=xa, yref=ya, x0=j - 0.5, x1=j + 0.5, y0=-0.5, y1=ne - 0.5,
+                       line=dict(color="crimson", width=3)) for xa, ya in axes[0]]
     what = "task" if by == "task" else "sense"
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"Share of each {what}'s assignments per expert", height=360,
-                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=1), margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+    layout.update(title=dict(text=f"Share of each {what}'s assignments per expert"), height=360, shapes=shapes,
+                  coloraxis=dict(colorscale=scale("Blues"), cmin=0, cmax=1), margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)
 
 
 def sense_bars(pmap) -> go.Figure:
@@ -161,15 +159,15 @@ def sense_bars(pmap) -> go.Figure:
         return empty_figure("no routed tokens yet", "Experts per sense")
     nb, ne, ns = counts.shape
     share = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig = make_subplots(rows=nb, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=[f"block {b}" for b in pmap.blocks])
+    layout, axes = grid(nb, 1, vspace=0.12, shared_x=True, titles=[f"block {b}" for b in pmap.blocks])
+    data, experts = [], [f"expert {e}" for e in range(ne)]
     for li in range(nb):
+        xa, ya = axes[li][0]
         for s, name in enumerate(names):
-            fig.add_trace(go.Bar(x=[f"expert {e}" for e in range(ne)], y=share[li, :, s].round(2).tolist(), name=name,
-                                 marker_color=SENSE_COLORS.get(name, "#7f7f7f"), legendgroup=name,
-                                 showlegend=li == 0, hovertemplate=f"{name}: %{{y:.1f}}% at %{{x}}<extra></extra>"),
-                          row=li + 1, col=1)
-        fig.update_yaxes(title_text="% of sense", range=[0, 100], row=li + 1, col=1)
-    fig.update_layout(title="% of each sense's tokens per expert", barmode="group", height=180 + 170 * nb,
-                      margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+            data.append(dict(type="bar", x=experts, y=share[li, :, s].round(2).tolist(), name=name, xaxis=xa, yaxis=ya,
+                             marker=dict(color=SENSE_COLORS.get(name, "#7f7f7f")), legendgroup=name,
+                             showlegend=li == 0, hovertemplate=f"{name}: %{{y:.1f}}% at %{{x}}<extra></extra>"))
+        layout[axis_key(ya)].update(title=dict(text="% of sense"), range=[0, 100])
+    layout.update(title=dict(text="% of each sense's tokens per expert"), barmode="group", height=180 + 170 * nb,
+                  margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)

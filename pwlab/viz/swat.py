@@ -10,9 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from pwlab.viz._common import array, empty_figure
+from pwlab.viz._common import scale, array, empty_figure, figure, grid
 
 
 def weight_mask(weight, mask=None, *, name: str = "layer", max_cells: int = 4096) -> go.Figure:
@@ -32,15 +31,14 @@ def weight_mask(weight, mask=None, *, name: str = "layer", max_cells: int = 4096
     shown_w, shown_m = w[:side, :side], m[:side, :side]
     z = np.where(shown_m, shown_w.round(4), np.nan)
     lim = float(np.abs(shown_w).max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=np.where(np.isnan(z), None, z).tolist(), colorscale="RdBu", zmid=0, zmin=-lim,
-                               zmax=lim, colorbar=dict(title="weight"),
-                               hovertemplate="out %{y}, in %{x}: %{z:.3f}<extra></extra>"))
+    heat = dict(type="heatmap", z=np.where(np.isnan(z), None, z).tolist(), colorscale=scale("RdBu"), zmid=0, zmin=-lim,
+                zmax=lim, colorbar=dict(title=dict(text="weight")),
+                hovertemplate="out %{y}, in %{x}: %{z:.3f}<extra></extra>")
     crop = "" if shown_w.shape == w.shape else f", top-left {shown_w.shape[0]}×{shown_w.shape[1]} shown"
-    fig.update_layout(title=f"Weight mask: {name} {w.shape[0]}×{w.shape[1]}, {density:.0%} kept{crop}",
-                      height=380, plot_bgcolor="white", margin=dict(l=10, r=10, t=50, b=10),
-                      xaxis=dict(title="input", showgrid=False), yaxis=dict(title="output", autorange="reversed",
-                                                                             showgrid=False))
-    return fig
+    title = f"Weight mask: {name} {w.shape[0]}×{w.shape[1]}, {density:.0%} kept{crop}"
+    return figure([heat], dict(title=dict(text=title), height=380, plot_bgcolor="white",
+                               margin=dict(l=10, r=10, t=50, b=10), xaxis=dict(title=dict(text="input"), showgrid=False),
+                               yaxis=dict(title=dict(text="output"), autorange="reversed", showgrid=False)))
 
 
 def sparsity_tradeoff(points: Sequence[Mapping] | None, *, current: int | None = None) -> go.Figure:
@@ -59,23 +57,22 @@ def sparsity_tradeoff(points: Sequence[Mapping] | None, *, current: int | None =
     fl = [float(p["train_flops"]) for p in pts]
     text = [f"weights {a:.0%} sparse, activations {b:.0%}<br>accuracy {c:.3f}<br>{d:.3g} training FLOPs"
             for a, b, c, d in zip(ws, acts, acc, fl)]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy vs weight sparsity", "accuracy vs training FLOPs"),
-                        horizontal_spacing=0.12)
-    marker = dict(size=11, color=acts, colorscale="Viridis", cmin=0, cmax=1,
-                  colorbar=dict(title="activation<br>sparsity", x=1.02), line=dict(width=1, color="black"))
-    fig.add_trace(go.Scatter(x=ws, y=acc, mode="markers", marker=marker, text=text, hoverinfo="text",
-                             showlegend=False), row=1, col=1)
-    fig.add_trace(go.Scatter(x=fl, y=acc, mode="markers", marker={**marker, "showscale": False}, text=text,
-                             hoverinfo="text", showlegend=False), row=1, col=2)
+    layout, axes = grid(1, 2, hspace=0.12, titles=["accuracy vs weight sparsity", "accuracy vs training FLOPs"])
+    marker = dict(size=11, color=acts, colorscale=scale("Viridis"), cmin=0, cmax=1,
+                  colorbar=dict(title=dict(text="activation<br>sparsity"), x=1.02), line=dict(width=1, color="black"))
+    common = dict(type="scatter", mode="markers", text=text, hoverinfo="text", showlegend=False, y=acc)
+    data = [dict(common, x=ws, marker=marker, xaxis="x", yaxis="y"),
+            dict(common, x=fl, marker=dict(marker, showscale=False), xaxis="x2", yaxis="y2")]
     if current is not None and -len(pts) <= current < len(pts):
         ring = dict(size=20, color="rgba(0,0,0,0)", line=dict(width=3, color="crimson"))
-        fig.add_trace(go.Scatter(x=[ws[current]], y=[acc[current]], mode="markers", marker=ring, name="this run",
-                                 hoverinfo="skip"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[fl[current]], y=[acc[current]], mode="markers", marker=ring, showlegend=False,
-                                 hoverinfo="skip"), row=1, col=2)
-    fig.update_xaxes(title_text="weight sparsity", range=[-0.05, 1.0], tickformat=".0%", row=1, col=1)
-    fig.update_xaxes(title_text="training FLOPs", type="log", row=1, col=2)
-    fig.update_yaxes(title_text="accuracy", rangemode="tozero")
-    fig.update_layout(title="SWAT: sparsity vs accuracy vs training FLOPs", height=360,
-                      legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+        data.append(dict(type="scatter", x=[ws[current]], y=[acc[current]], mode="markers", marker=ring,
+                         name="this run", hoverinfo="skip", xaxis="x", yaxis="y"))
+        data.append(dict(type="scatter", x=[fl[current]], y=[acc[current]], mode="markers", marker=ring,
+                         showlegend=False, hoverinfo="skip", xaxis="x2", yaxis="y2"))
+    layout["xaxis"].update(title=dict(text="weight sparsity"), range=[-0.05, 1.0], tickformat=".0%")
+    layout["xaxis2"].update(title=dict(text="training FLOPs"), type="log")
+    for ya in ("yaxis", "yaxis2"):
+        layout[ya].update(title=dict(text="accuracy"), rangemode="tozero")
+    layout.update(title=dict(text="SWAT: sparsity vs accuracy vs training FLOPs"), height=360,
+                  legend=dict(orientation="h", y=-0.2), margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)

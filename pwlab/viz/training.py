@@ -11,9 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+from plotly.colors import qualitative
 
-from pwlab.viz._common import (block_keys, empty_figure, eval_records, expert_color, smooth, train_records)
+from pwlab.viz._common import (axis_key, block_keys, empty_figure, eval_records, expert_color, figure, grid, smooth,
+                               train_records)
+
+_TASK_COLORS = qualitative.Set2 + qualitative.Dark2
 
 
 def _thin(x: Sequence[float], y: np.ndarray, max_points: int) -> tuple[list, np.ndarray]:
@@ -36,29 +39,27 @@ def task_curves(history: Sequence[dict] | None, *, smooth_window: int = 10, max_
     tasks = sorted({k[5:] for r in train for k in r if k.startswith("loss/")})
     metrics = sorted({k for r in evals for k in r if k.startswith(("acc/", "mse/"))})
     cols = 2 if metrics else 1
-    fig = make_subplots(rows=1, cols=cols, horizontal_spacing=0.12,
-                        subplot_titles=["training loss per task"] + (["evaluation"] if metrics else []))
-    for i, t in enumerate(sorted(tasks)):
+    layout, axes = grid(1, cols, hspace=0.12,
+                        titles=["training loss per task"] + (["evaluation"] if metrics else []))
+    data = []
+    for i, t in enumerate(tasks):
         pts = [(r["step"], r[f"loss/{t}"]) for r in train if f"loss/{t}" in r]
         xs, ys = _thin([p[0] for p in pts], np.asarray(smooth([p[1] for p in pts], smooth_window)), max_points)
-        fig.add_trace(go.Scatter(x=xs, y=np.round(ys, 5).tolist(), name=t, mode="lines", legendgroup=t,
-                                 line=dict(color=_task_color(i))), row=1, col=1)
-    for k in metrics:
+        data.append(dict(type="scatter", x=xs, y=np.round(ys, 5).tolist(), name=t, mode="lines", legendgroup=t,
+                         line=dict(color=_TASK_COLORS[i % len(_TASK_COLORS)]), xaxis="x", yaxis="y"))
+    for j, k in enumerate(metrics):
         pts = [(r["step"], r[k]) for r in evals if k in r]
         t = k.split("/", 1)[1]
-        i = tasks.index(t) if t in tasks else len(tasks) + metrics.index(k)
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[round(p[1], 5) for p in pts], name=k, mode="lines+markers",
-                                 legendgroup=t, line=dict(color=_task_color(i), dash="dot")), row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="loss", type="log", row=1, col=1)
-    fig.update_layout(title="Per-task training curves", height=340, margin=dict(l=10, r=10, t=60, b=10))
-    return fig
-
-
-def _task_color(i: int) -> str:
-    from plotly.colors import qualitative
-    palette = qualitative.Set2 + qualitative.Dark2
-    return palette[i % len(palette)]
+        i = tasks.index(t) if t in tasks else len(tasks) + j
+        xa, ya = axes[0][1]
+        data.append(dict(type="scatter", x=[p[0] for p in pts], y=[round(p[1], 5) for p in pts], name=k,
+                         mode="lines+markers", legendgroup=t, xaxis=xa, yaxis=ya,
+                         line=dict(color=_TASK_COLORS[i % len(_TASK_COLORS)], dash="dot")))
+    for xa, ya in axes[0]:
+        layout[axis_key(xa)]["title"] = dict(text="step")
+    layout["yaxis"].update(title=dict(text="loss"), type="log")
+    layout.update(title=dict(text="Per-task training curves"), height=340, margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)
 
 
 def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300) -> go.Figure:
@@ -73,9 +74,10 @@ def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300)
     if not blocks:
         note = "no training steps yet" if not train else "dense model: no expert load to show"
         return empty_figure(note, "Load per expert and dropped fraction")
-    fig = make_subplots(rows=len(blocks), cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=[f"block {b}" for b in blocks])
+    layout, axes = grid(len(blocks), 1, vspace=0.1, shared_x=True, titles=[f"block {b}" for b in blocks])
+    data, shapes = [], []
     for li, b in enumerate(blocks):
+        xa, ya = axes[li][0]
         recs = [r for r in train if f"load/{b}" in r]
         steps = [r["step"] for r in recs]
         ne = max(len(r[f"load/{b}"]) for r in recs)
@@ -83,15 +85,16 @@ def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300)
         dropped = np.array([r.get(f"dropped/{b}", 0.0) for r in recs])
         xs, ys = _thin(steps, np.concatenate([load, dropped[:, None]], 1), max_points)
         for e in range(ne):
-            fig.add_trace(go.Scatter(x=xs, y=np.round(ys[:, e], 4).tolist(), mode="lines", name=f"expert {e}",
-                                     legendgroup=f"e{e}", showlegend=li == 0, line=dict(color=expert_color(e))),
-                          row=li + 1, col=1)
-        fig.add_trace(go.Scatter(x=xs, y=np.round(ys[:, ne], 4).tolist(), mode="lines", name="dropped fraction",
-                                 legendgroup="dropped", showlegend=li == 0, line=dict(color="black", dash="dash")),
-                      row=li + 1, col=1)
-        fig.add_hline(y=1 / ne, line=dict(color="grey", dash="dot", width=1), row=li + 1, col=1)
-        fig.update_yaxes(title_text="fraction", rangemode="tozero", row=li + 1, col=1)
-    fig.update_xaxes(title_text="step", row=len(blocks), col=1)
-    fig.update_layout(title="Load per expert and dropped fraction", height=180 + 170 * len(blocks),
-                      margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+            data.append(dict(type="scatter", x=xs, y=np.round(ys[:, e], 4).tolist(), mode="lines", name=f"expert {e}",
+                             legendgroup=f"e{e}", showlegend=li == 0, line=dict(color=expert_color(e)),
+                             xaxis=xa, yaxis=ya))
+        data.append(dict(type="scatter", x=xs, y=np.round(ys[:, ne], 4).tolist(), mode="lines",
+                         name="dropped fraction", legendgroup="dropped", showlegend=li == 0,
+                         line=dict(color="black", dash="dash"), xaxis=xa, yaxis=ya))
+        shapes.append(dict(type="line", xref=f"{xa} domain", yref=ya, x0=0, x1=1, y0=1 / ne, y1=1 / ne,
+                           line=dict(color="grey", dash="dot", width=1)))
+        layout[axis_key(ya)].update(title=dict(text="fraction"), rangemode="tozero")
+    layout[axis_key(axes[-1][0][0])]["title"] = dict(text="step")
+    layout.update(title=dict(text="Load per expert and dropped fraction"), height=180 + 170 * len(blocks),
+                  shapes=shapes, margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)

@@ -60,6 +60,7 @@ class RoutingPlayground:
         self.clock = Clock()
         self._task: asyncio.Task | None = None
         self._last_draw = 0.0
+        self._tick_s = self._draw_s = 0.0       # the last tick's and the last refresh's durations
         self._quiet = False
         m = base.model
         lb = m.aux_weights.get("load_balancing", 1e-2)
@@ -196,10 +197,17 @@ class RoutingPlayground:
         return self._task is not None and not self._task.done()
 
     def tick(self, force_redraw: bool = False) -> list[dict]:
-        """One tick: ``steps_per_tick`` steps, then a refresh if ``refresh_s`` has passed."""
+        """One tick: ``steps_per_tick`` steps, then a refresh if the next one would come too late.
+
+        The figures refresh when waiting one more tick (plus the refresh itself) would leave
+        more than ``refresh_s`` between two refreshes: the gap stays under ``refresh_s`` as
+        long as ticks take about as long as the last one.
+        """
+        t0 = time.perf_counter()
         recs = self.trainer.step(self.steps_per_tick)
         now = time.perf_counter()
-        if force_redraw or now - self._last_draw >= self.refresh_s:
+        self._tick_s = now - t0
+        if force_redraw or now - self._last_draw + self._tick_s + self._draw_s >= self.refresh_s:
             self.redraw()
         return recs
 
@@ -251,12 +259,14 @@ class RoutingPlayground:
     def redraw(self) -> None:
         """Refresh the three figures in place from the history and a small pathway map."""
         from pwlab.pathways import pathway_map
+        t0 = time.perf_counter()
         h = self.trainer.history
         sync(self.curves, viz.task_curves(h))
         sync(self.load, viz.load_over_training(h))
         pmap = pathway_map(self.trainer.model, max_examples=self.pathway_examples) if h else None
         sync(self.pathways, viz.expert_heatmaps(pmap))
         self._last_draw = time.perf_counter()
+        self._draw_s = self._last_draw - t0
         self.clock.mark()
         self._update_status()
 

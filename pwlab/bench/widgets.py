@@ -1,0 +1,94 @@
+"""``pwlab bench widgets``: how live the apps are, kernel side.
+
+Two JSON lines:
+
+- ``slider_to_figure_ms``: median time from a control's value change to its figures updated
+  in place (the observers run synchronously, so the time of the assignment is the time to the
+  updated FigureWidgets), over the PathwayExplorer's example slider and task dropdown, the
+  ExpertAblation toggles and the SwatExplorer sparsity slider; per-app medians alongside.
+- ``steps_per_s``: RoutingPlayground training steps per second while playing (ticks of
+  ``Trainer.step``, figures refreshed every ``refresh_s``), with the longest gap between two
+  refreshes and the training-only rate.
+
+The browser's rendering is not included (it runs in another process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def _timed(set_value, values) -> list[float]:
+    out = []
+    for v in values:
+        t0 = time.perf_counter()
+        set_value(v)
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> dict:
+    from pwlab.widgets import ExpertAblation, PathwayExplorer, SwatExplorer, trained_trainer
+    tr = trained_trainer(config=preset, seed=seed, steps=train_steps)
+    ex = PathwayExplorer(tr, max_examples=64)
+    ab = ExpertAblation(tr)
+    sw = SwatExplorer(trainer=tr, retrain_steps=0)
+    names = list(ex.choice.options)
+
+    def toggle(i):
+        t = ab.toggles[next(iter(ab.toggles))][i % len(ab.toggles[next(iter(ab.toggles))])]
+        t.value = not t.value
+
+    per_app = {
+        "explorer_example": _timed(lambda v: setattr(ex.example, "value", v), [(i % 40) + 1 for i in range(repeats)]),
+        "explorer_task": _timed(lambda v: setattr(ex.choice, "value", v), [names[(i + 1) % len(names)] for i in range(repeats)]),
+        "ablation_toggle": _timed(toggle, range(repeats)),
+        "swat_sparsity": _timed(lambda v: setattr(sw.weight_sparsity, "value", v),
+                                [round(0.05 * ((i % 18) + 1), 2) for i in range(repeats)]),
+    }
+    every = [t for ts in per_app.values() for t in ts]
+    return {"metric": "slider_to_figure_ms", "value": round(statistics.median(every), 2), "preset": preset,
+            "per_app_median_ms": {k: round(statistics.median(v), 2) for k, v in per_app.items()},
+            "changes": len(every)}
+
+
+def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float) -> dict:
+    from pwlab.widgets import RoutingPlayground
+    pg = RoutingPlayground(config=preset, seed=seed, refresh_s=refresh_s)
+    pg.run(3)                                                  # warm-up
+    start_steps, start_draws = pg.trainer.step_count, len(pg.clock.times)
+    pg.clock.mark()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pg.tick()
+    elapsed = time.perf_counter() - t0
+    pg.clock.mark()
+    steps = pg.trainer.step_count - start_steps
+    recs = [r for r in pg.trainer.history[-steps:] if "time_s" in r]
+    draws = pg.clock.times[start_draws:]
+    return {"metric": "steps_per_s", "value": round(steps / elapsed, 2), "preset": preset, "refresh_s": refresh_s,
+            "max_refresh_interval_s": round(max(b - a for a, b in zip(draws, draws[1:])), 3),
+            "refreshes": len(draws) - 2, "steps": steps, "seconds": round(elapsed, 2),
+            "training_only_steps_per_s": round(len(recs) / sum(r["time_s"] for r in recs), 2),
+            "batch_size": pg.trainer.config.train.batch_size, "tasks": [t.name for t in pg.tasks]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    p.add_argument("--repeats", type=int, default=15, help="value changes per control")
+    p.add_argument("--train-steps", type=int, default=30, help="steps of the model the explorers show")
+    p.add_argument("--seconds", type=float, default=6.0, help="playground run time")
+    p.add_argument("--refresh", type=float, default=0.5, help="playground refresh interval (s)")
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    for line in (slider_to_figure(args.preset, args.seed, args.repeats, args.train_steps),
+                 playground_rate(args.preset, args.seed, args.seconds, args.refresh)):
+        line["threads"] = args.threads
+        print(json.dumps(line), flush=True)
+    return 0
