@@ -149,8 +149,8 @@ class TrainConfig:
     """
 
     steps: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 128
+    lr: float = 5e-3
     weight_decay: float = 0.0
     optimizer: str = "adamw"
     grad_clip: float | None = 1.0

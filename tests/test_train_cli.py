@@ -95,3 +95,36 @@ def test_tiny_preset_beats_chance_on_every_task_in_300_steps(tmp_path, capsys):
     assert set(rows) == set(tasks.names())
     failing = {t: r for t, r in rows.items() if not _margin_ok(*r)}
     assert not failing, f"tasks not beating chance by the margin: {failing}"
+
+
+@pytest.mark.browser
+def test_report_renders_offline_in_headless_chromium(tmp_path, capsys):
+    import os
+    import shutil
+    chromium = os.environ.get("PWLAB_CHROMIUM", "/usr/bin/chromium")
+    if not shutil.which(chromium):
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"no Chromium at {chromium}")
+        pytest.skip("install Debian's chromium to run this: sudo apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert main(["--tasks", "wine,digits", "--steps", "3", "--out", str(tmp_path), "--no-progress"]) == 0
+    capsys.readouterr()
+    requests = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            # no network at all: every request that is not the file itself is refused
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else route.abort())
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((tmp_path / "report.html").as_uri())
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6",
+                                   timeout=60_000)
+            plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+        finally:
+            browser.close()
+    assert plots == 6 and not errors
+    assert all(u.startswith("file:") for u in requests)
