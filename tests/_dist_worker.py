@@ -21,6 +21,9 @@ def _tokens(seed: int, sizes: list[int]):
 
 
 def _max_err(a, b) -> float:
+    """max |a − b|; a missing gradient counts as zeros (a rank's experts always get one, maybe zero)."""
+    if b is None:
+        b = torch.zeros_like(a)
     return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
 
 
@@ -51,6 +54,11 @@ def equivalence(rank: int, world: int, scenarios: list[dict]) -> dict:
         ep.train(sc.get("noisy", False))
         xs, ts = _tokens(sc.get("seed", 0) + 1, sizes)
         disabled = sc.get("disabled", [])
+        if "idle_rank" in sc:             # switch off every expert of one rank: it receives no rows
+            local = e // world
+            disabled = list(range(sc["idle_rank"] * local, (sc["idle_rank"] + 1) * local))
+        elif sc.get("disable_all"):       # nothing is kept anywhere
+            disabled = list(range(e))
 
         # the oracle: the single-process layer called on each rank's tokens, losses summed
         with ref.disabled(disabled):

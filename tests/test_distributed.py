@@ -28,6 +28,8 @@ SCENARIOS = [
          mask=True, drops=True),
     dict(name="disabled_experts", router=("topk", {"k": 2}), num_experts=E, tokens=[19, 23],
          capacity_factor=1.25, disabled=[1, 6], drops=True),
+    dict(name="idle_rank", router=("topk", {"k": 2}), num_experts=E, tokens=[14, 9, 11], idle_rank=1, drops=True),
+    dict(name="nothing_kept", router=("topk", {"k": 2}), num_experts=E, tokens=[6, 5], disable_all=True, drops=True),
     dict(name="dropless_empty_rank", router=("topk", {"k": 2}), num_experts=E, tokens=[0, 17, 9]),
     dict(name="one_expert_per_rank", router=("topk", {"k": 2}), num_experts=4, tokens=[15, 8, 27, 12],
          capacity_factor=1.0, drops=True),
@@ -135,3 +137,77 @@ def test_bench_ep_prints_one_line_per_world_size(capsys):
     assert lines[0]["a2a_bytes"] == 0
     assert lines[1]["a2a_bytes"] == lines[1]["model_exact_bytes"] > 0
     assert 0.8 < lines[1]["bytes_over_model"] < 1.2
+
+
+# -- distributed training -------------------------------------------------------------------------
+def _batches(sizes):
+    from pwlab.tasks.base import TaskBatch
+
+    return [TaskBatch(task=f"t{i}", task_index=i, sense="tabular", x=torch.arange(n, dtype=torch.float32)[:, None] + 100 * i,
+                      y=torch.arange(n)) for i, n in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shard_batches_partitions_the_step(world):
+    from pwlab.distributed.parallel import shard_batches
+
+    batches = _batches([5, 1, 8])
+    pieces = [shard_batches(batches, r, world) for r in range(world)]
+    sizes = [sum(len(b.y) for b in mine) for mine, _ in pieces]
+    assert sum(sizes) == 14 and max(sizes) - min(sizes) <= 1
+    for i, b in enumerate(batches):   # every example once, in order; the shares of a task sum to one
+        got = torch.cat([m.x for mine, _ in pieces for m in mine if m.task == b.task])
+        assert torch.equal(got, b.x)
+        assert sum(share.get(b.task, 0.0) for _, share in pieces) == pytest.approx(1.0)
+    # the decomposition of a mean per task: Σ_ranks share · mean_on_rank = mean over the task
+    for b in batches:
+        whole = b.x.mean()
+        parts = sum(share[b.task] * m.x.mean() for mine, share in pieces for m in mine if m.task == b.task)
+        assert float(parts) == pytest.approx(float(whole))
+
+
+def test_shard_batches_needs_an_example_per_rank():
+    from pwlab.distributed.parallel import shard_batches
+
+    with pytest.raises(ValueError, match="batch_size must be >= the world size 4"):
+        shard_batches(_batches([2, 1]), 0, 4)
+
+
+TRAIN_TASKS = ["wine", "mmoe_a"]
+
+
+@pytest.fixture(scope="module")
+def single_process_curve():
+    from pwlab import config, tasks
+    from pwlab.train import Trainer
+
+    # no auxiliary losses: they are per rank (one GShard group each) by design; dropless as tiny is
+    cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
+    cfg = cfg.with_train(batch_size=16)
+    trainer = Trainer(tasks.load(TRAIN_TASKS), cfg)
+    trainer.step(20)
+    return cfg, trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_distributed_training_matches_single_process_loss_curve(world, single_process_curve):
+    cfg, ref = single_process_curve
+    runs = run_local(worker.train_curve, world, cfg.to_dict(), TRAIN_TASKS, 20, timeout=110)
+    ref_loss = [r["loss"] for r in ref.history]
+    assert len(ref_loss) == 20 and max(ref_loss) - min(ref_loss) > 1e-2     # the loss does move
+    for rank, run in enumerate(runs):
+        loss = [r["loss"] for r in run["history"]]
+        assert len(loss) == 20
+        assert max(abs(a - b) for a, b in zip(loss, ref_loss)) < 1e-4, f"rank {rank}: {loss} vs {ref_loss}"
+        for a, b in zip(run["history"], ref.history):
+            for t in TRAIN_TASKS:
+                assert a[f"n/{t}"] == b[f"n/{t}"]
+                assert a[f"loss/{t}"] == pytest.approx(b[f"loss/{t}"], abs=1e-4)
+            assert a["load/1"] == pytest.approx(b["load/1"], abs=1e-6)
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert run["num_expert_params"] == 4
+        # after 20 steps the experts, put together, are the single-process experts
+        ref_experts = ref.model.moe_blocks()[1].experts.weights()
+        for got, want in zip(run["experts"][1], ref_experts):
+            assert torch.allclose(got, want.detach(), atol=1e-4)

@@ -223,7 +223,9 @@ class ExpertParallelMoE(MoE):
         r, d = x_recv.shape
         local = self.num_local_experts
         if r == 0:
-            return x_recv.new_zeros(0, d) + 0 * sum(w.sum() for w in self.experts.weights())  # joins backward
+            # nothing to run here, but this rank must still join both backward exchanges: keep
+            # the received (empty) rows and the expert weights in the graph
+            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weights()))
         expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
         expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
         order = torch.argsort(expert, stable=True)
