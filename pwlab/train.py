@@ -164,9 +164,7 @@ class Trainer:
         """One step with the trainer's own global-RNG stream (dropout) swapped in."""
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.torch_rng)
-            rec = self._one_step_inner()
-            self.torch_rng = torch.get_rng_state()    # only reached when the step completed
-        return rec
+            return self._one_step_inner()
 
     def _one_step_inner(self) -> dict:
         """Compute, then apply and record as one unit; on any exception nothing is applied."""
@@ -188,7 +186,7 @@ class Trainer:
                 with _interrupts_deferred():
                     self.optimizer.zero_grad(set_to_none=True)
                     rec = {"step": self.step_count, "skipped": True, "nonfinite": bad}
-                    self.history.append(rec)
+                    self._commit(rec)
                     committed = True
                 return rec
             self.optimizer.zero_grad(set_to_none=True)
@@ -198,15 +196,19 @@ class Trainer:
             with _interrupts_deferred():     # the update and its record land together
                 self.optimizer.step()
                 self.step_count += 1
-                rec = self._record(out, batches, float(grad_norm), time.perf_counter() - t0)
-                self.history.append(rec)
+                self._commit(self._record(out, batches, float(grad_norm), time.perf_counter() - t0))
                 committed = True
-            return rec
+            return self.history[-1]
         except BaseException:
             if not committed:
                 # nothing was applied: put the sampler and generators back, so the step can be redone
                 self._restore(snap)
             raise
+
+    def _commit(self, rec: dict) -> None:
+        # the step's dropout draws are now spent: keep the stream where it is
+        self.torch_rng = torch.get_rng_state()
+        self.history.append(rec)
 
     def _record(self, out: ModelOutput, batches, grad_norm: float, seconds: float) -> dict:
         rec = {"step": self.step_count, "loss": float(out.loss.detach()), "task_loss": float(out.task_loss.detach()),

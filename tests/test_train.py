@@ -238,6 +238,29 @@ def test_interrupt_inside_a_step_applies_nothing(task_list, monkeypatch):
     assert _strip(tr.history) == _strip(full.history)
 
 
+def test_ctrl_c_during_the_update_lands_after_the_step_is_whole(task_list, monkeypatch):
+    import signal
+    full = Trainer(task_list, _cfg())
+    full.step(4)
+    tr = Trainer(task_list, _cfg())
+    tr.step(1)
+    real_step = tr.optimizer.step
+
+    def step_with_ctrl_c(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C arrives in the middle of the update
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(tr.optimizer, "step", step_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(3, progress=False)
+    # the update finished, was recorded, and then the interrupt was delivered
+    assert tr.step_count == 2 and [r["step"] for r in tr.history] == [1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    tr.step(2)
+    assert _strip(tr.history) == _strip(full.history)
+
+
 def test_callbacks_observe_copies(task_list):
     seen = []
 
