@@ -115,6 +115,21 @@ def test_dense_baseline_matches_active_flops_per_token():
     assert config.dense_baseline(sparse.with_model(router="switch")).model.ffn_hidden == m.d_hidden
 
 
+def test_dense_baseline_model_differs_from_the_sparse_one_only_by_the_router(task_list):
+    from pwlab.flops import model_flops
+    torch.manual_seed(0)
+    sparse = PathwaysModel(task_list, config.tiny().model)
+    dense = PathwaysModel(task_list, config.dense_baseline().model)
+    tokens = 1000
+    fs, fd = model_flops(sparse, tokens), model_flops(dense, tokens)
+    m = config.tiny().model
+    router = len(m.moe_layer_indices()) * linear_flops(tokens, m.d_model, m.num_experts).forward
+    assert fs.forward - fd.forward == router
+    # ... while the sparse model holds more parameters (E experts instead of k)
+    count = lambda mod: sum(p.numel() for p in mod.parameters())
+    assert count(sparse) > count(dense)
+
+
 def test_dense_model_has_no_moe_stats(task_list):
     torch.manual_seed(0)
     model = PathwaysModel(task_list, config.dense_baseline().model)
