@@ -244,3 +244,9 @@ def expert_traces(root) -> int:
 def button(root, label: str):
     """The widget button labelled ``label`` (by its text: an icon font's glyph is not part of it)."""
     return root.locator("button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).first
+
+
+def status_text(root) -> str:
+    """Text of the app's status line (an ipywidgets HTML widget)."""
+    html = root.locator(".widget-html-content")
+    return " ".join(html.all_inner_texts())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, loss_points, open_notebook,
-                  plot_data, readout, run_all, save, saved_outputs, shoot, slider_named, wait_until)
+                  plot_data, readout, run_all, save, saved_outputs, shoot, slider_named, status_text, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -91,6 +91,8 @@ def test_routing_playground(lab_page):
     n1 = wait_until(lambda: (n := loss_points(app)) > n0 and n, "Step to add points to the loss trace", page=page)
     step.click()
     wait_until(lambda: loss_points(app) > n1, "a second Step to add more points", page=page)
+    # The status line is written last by a redraw: once it says "step 2", the redraw is complete.
+    wait_until(lambda: re.search(r"\bstep 2\b", status_text(app)), "the status to read step 2", page=page)
     shoot(app, f"playground-{Path(rel).stem}-after-steps")
 
     experts = slider_named(app, "experts")
@@ -101,5 +103,7 @@ def test_routing_playground(lab_page):
     step.click()
     e = int(readout(experts))
     wait_until(lambda: expert_traces(app) == e, f"the load figure to show {e} experts", page=page)
+    # Moving the experts slider rebuilt the model (Reset): one step since then.
+    wait_until(lambda: re.search(r"\bstep 1\b", status_text(app)), "the status to read step 1", page=page)
     shoot(app, f"playground-{Path(rel).stem}")
     assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
