@@ -149,3 +149,9 @@ def train_curve(rank: int, world: int, config: dict, task_names: list[str], step
     for i, layer in trainer.model.moe_blocks().items():
         experts[i] = [w.clone() for w in layer.gather_experts()]
     return {"history": trainer.history, "experts": experts, "num_expert_params": len(expert_parameters(trainer.model))}
+
+
+def suite(rank: int, world: int, scenarios: list[dict], config: dict, task_names: list[str], steps: int) -> dict:
+    """The layer scenarios, then a training run, in one set of processes (start-up is the slow part)."""
+    return {"equivalence": equivalence(rank, world, scenarios),
+            "training": train_curve(rank, world, config, task_names, steps)}

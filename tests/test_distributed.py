@@ -36,6 +36,23 @@ SCENARIOS = [
 ]
 
 
+TRAIN_TASKS = ["mmoe_a", "mmoe_b"]     # synthetic: no data set to load in every process
+TRAIN_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def single_process_curve():
+    from pwlab import config, tasks
+    from pwlab.train import Trainer
+
+    # no auxiliary losses: they are per rank (one GShard group each) by design; dropless as tiny is
+    cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
+    cfg = cfg.with_train(batch_size=16)
+    trainer = Trainer(tasks.load(TRAIN_TASKS), cfg)
+    trainer.step(TRAIN_STEPS)
+    return cfg, trainer
+
+
 def _check_equivalence(results: list[dict], world: int) -> None:
     for sc in SCENARIOS:
         if sc["num_experts"] % world:
@@ -62,11 +79,24 @@ def _scenarios_for(world):
     return [sc for sc in SCENARIOS if sc["num_experts"] % world == 0]
 
 
+@pytest.fixture(scope="module")
+def suite_run(single_process_curve):
+    """world -> per-rank results of tests/_dist_worker.suite (layer scenarios + training), run once."""
+    cfg, _ = single_process_curve
+    cache = {}
+
+    def get(world):
+        if world not in cache:
+            cache[world] = run_local(worker.suite, world, _scenarios_for(world), cfg.to_dict(), TRAIN_TASKS,
+                                     TRAIN_STEPS, timeout=110)
+        return cache[world]
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
-def test_expert_parallel_equals_single_process(world):
-    results = run_local(worker.equivalence, world, _scenarios_for(world), timeout=90)
-    _check_equivalence(results, world)
+def test_expert_parallel_equals_single_process(world, suite_run):
+    _check_equivalence([r["equivalence"] for r in suite_run(world)], world)
 
 
 @pytest.mark.slow
@@ -173,32 +203,16 @@ def test_shard_batches_needs_an_example_per_rank():
         shard_batches(_batches([2, 1]), 0, 4)
 
 
-TRAIN_TASKS = ["wine", "mmoe_a"]
-
-
-@pytest.fixture(scope="module")
-def single_process_curve():
-    from pwlab import config, tasks
-    from pwlab.train import Trainer
-
-    # no auxiliary losses: they are per rank (one GShard group each) by design; dropless as tiny is
-    cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
-    cfg = cfg.with_train(batch_size=16)
-    trainer = Trainer(tasks.load(TRAIN_TASKS), cfg)
-    trainer.step(20)
-    return cfg, trainer
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
-def test_distributed_training_matches_single_process_loss_curve(world, single_process_curve):
-    cfg, ref = single_process_curve
-    runs = run_local(worker.train_curve, world, cfg.to_dict(), TRAIN_TASKS, 20, timeout=110)
+def test_distributed_training_matches_single_process_loss_curve(world, single_process_curve, suite_run):
+    _, ref = single_process_curve
+    runs = [r["training"] for r in suite_run(world)]
     ref_loss = [r["loss"] for r in ref.history]
-    assert len(ref_loss) == 20 and max(ref_loss) - min(ref_loss) > 1e-2     # the loss does move
+    assert len(ref_loss) == TRAIN_STEPS and max(ref_loss) - min(ref_loss) > 1e-2     # the loss does move
     for rank, run in enumerate(runs):
         loss = [r["loss"] for r in run["history"]]
-        assert len(loss) == 20
+        assert len(loss) == TRAIN_STEPS
         assert max(abs(a - b) for a, b in zip(loss, ref_loss)) < 1e-4, f"rank {rank}: {loss} vs {ref_loss}"
         for a, b in zip(run["history"], ref.history):
             for t in TRAIN_TASKS:
