@@ -45,7 +45,7 @@ def trained(tasks, cfg):
 
 
 def playground(tasks, cfg, **kw):
-    return RoutingPlayground(tasks, cfg, pathway_examples=4, **kw)
+    return RoutingPlayground(tasks, cfg, pathway_examples=4, batch_size=None, **kw)
 
 
 def _losses(history):

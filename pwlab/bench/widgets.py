@@ -8,7 +8,8 @@ Two JSON lines:
   ExpertAblation toggles and the SwatExplorer sparsity slider; per-app medians alongside.
 - ``steps_per_s``: RoutingPlayground training steps per second while playing (ticks of
   ``Trainer.step``, figures refreshed every ``refresh_s``), with the longest gap between two
-  refreshes and the training-only rate.
+  refreshes and the training-only rate, at the playground's default batch size (a knob;
+  ``--preset-batch`` adds the preset's own).
 
 The browser's rendering is not included (it runs in another process).
 """
@@ -54,9 +55,9 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
             "changes": len(every)}
 
 
-def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float) -> dict:
+def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, batch_size: int | None = 32) -> dict:
     from pwlab.widgets import RoutingPlayground
-    pg = RoutingPlayground(config=preset, seed=seed, refresh_s=refresh_s)
+    pg = RoutingPlayground(config=preset, seed=seed, refresh_s=refresh_s, batch_size=batch_size)
     pg.run(3)                                                  # warm-up
     start_steps, start_draws = pg.trainer.step_count, len(pg.clock.times)
     pg.clock.mark()
@@ -84,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=30, help="steps of the model the explorers show")
     p.add_argument("--seconds", type=float, default=6.0, help="playground run time")
     p.add_argument("--refresh", type=float, default=0.5, help="playground refresh interval (s)")
+    p.add_argument("--preset-batch", action="store_true", help="also run the playground at the preset's batch size")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    for line in (slider_to_figure(args.preset, args.seed, args.repeats, args.train_steps),
-                 playground_rate(args.preset, args.seed, args.seconds, args.refresh)):
+    lines = [slider_to_figure(args.preset, args.seed, args.repeats, args.train_steps),
+             playground_rate(args.preset, args.seed, args.seconds, args.refresh)]
+    if args.preset_batch:
+        # the same run at the preset's own batch size, for comparison with the playground's default
+        at = playground_rate(args.preset, args.seed, args.seconds, args.refresh, batch_size=None)
+        lines[1]["at_preset_batch_size"] = {k: at[k] for k in ("value", "batch_size", "max_refresh_interval_s",
+                                                                "training_only_steps_per_s")}
+    for line in lines:
         line["threads"] = args.threads
         print(json.dumps(line), flush=True)
     return 0

@@ -34,6 +34,8 @@ class RoutingPlayground:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
         seed: seeds the model, the sampler and the routing noise.
+        batch_size: examples per step (a knob too); the default 32 keeps a step quick, as a
+            playground wants; None takes the config's.
         steps_per_tick: training steps per tick.
         refresh_s: least time between two figure refreshes while playing.
         pathway_examples: test examples per task behind the live pathway heatmap.
@@ -42,8 +44,8 @@ class RoutingPlayground:
     ``.widget`` is the app to display.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, steps_per_tick: int = 1, refresh_s: float = 0.5,
-                 pathway_examples: int = 16, max_steps: int = 5000):
+    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, batch_size: int | None = 32,
+                 steps_per_tick: int = 1, refresh_s: float = 0.5, pathway_examples: int = 16, max_steps: int = 5000):
         from pwlab._checks import positive_int
         from pwlab.config import Config, preset
         from pwlab.routing import ROUTERS
@@ -79,6 +81,9 @@ class RoutingPlayground:
         self.z_loss = W.FloatSlider(value=zl, min=0.0, max=0.01, step=0.0005, readout_format=".4f",
                                     description="w z-loss", style=style, layout=lay)
         self.seed = W.IntText(value=seed, description="seed", style=style, layout=lay)
+        bs = int(batch_size or base.train.batch_size)
+        self.batch_size = W.Dropdown(options=sorted({8, 16, 32, 64, 128, 256, bs}), value=bs, description="batch size",
+                                     style=style, layout=lay)
         self.play_button = W.Button(description="Play", icon="play", button_style="success")
         self.pause_button = W.Button(description="Pause", icon="pause")
         self.step_button = W.Button(description="Step", icon="step-forward")
@@ -87,7 +92,7 @@ class RoutingPlayground:
         self.status = W.HTML()
         self.code = W.Output(layout=W.Layout(max_height="220px", overflow="auto"))
         self.controls = (self.router, self.top_k, self.num_experts, self.capacity, self.noise, self.load_balancing,
-                         self.z_loss, self.seed)
+                         self.z_loss, self.batch_size, self.seed)
         self._base = base
         self._build_trainer()
         self.curves = live_figure(viz.task_curves(self.trainer.history))
@@ -122,7 +127,7 @@ class RoutingPlayground:
         cfg = self._base.with_model(router=r, top_k=min(int(self.top_k.value), e), num_experts=e,
                                     capacity_factor=float(self.capacity.value) or None, router_kwargs=kw,
                                     aux_weights=aux)
-        return cfg.with_train(seed=int(self.seed.value))
+        return cfg.with_train(seed=int(self.seed.value), batch_size=int(self.batch_size.value))
 
     def code_snippet(self) -> str:
         """A runnable snippet that builds this configuration and trains it as far as the app has."""
@@ -134,9 +139,12 @@ class RoutingPlayground:
                      router_kwargs=m.router_kwargs, aux_weights=m.aux_weights)
         head = ("import pwlab.tasks as T\nfrom pwlab.config import Config, preset\nfrom pwlab.train import Trainer\n\n"
                 f"tasks = [T.get(name, seed=data_seed) for name, data_seed in {data!r}]\n")
-        if cfg.name in PRESETS and preset(cfg.name).with_model(**knobs).with_train(seed=t.seed).to_dict() == cfg.to_dict():
+        as_preset = cfg.name in PRESETS and preset(cfg.name).with_model(**knobs).with_train(
+            seed=t.seed, batch_size=t.batch_size).to_dict() == cfg.to_dict()
+        if as_preset:
             args = ",\n    ".join(f"{k}={v!r}" for k, v in knobs.items())
-            body = f"cfg = preset({cfg.name!r}).with_model(\n    {args},\n).with_train(seed={t.seed})\n"
+            body = (f"cfg = preset({cfg.name!r}).with_model(\n    {args},\n).with_train(seed={t.seed}, "
+                    f"batch_size={t.batch_size})\n")
         else:                                   # not a preset plus knobs: spell out every field
             body = f"cfg = Config.from_dict({cfg.to_dict()!r})\n"
         return head + body + f"trainer = Trainer(tasks, cfg)\ntrainer.step({max(self.trainer.step_count, 1)})\n"
@@ -170,7 +178,7 @@ class RoutingPlayground:
                 self.top_k.max = min(8, self.num_experts.value)
             finally:
                 self._quiet = False
-        if owner in (self.router, self.top_k, self.num_experts, self.seed):
+        if owner in (self.router, self.top_k, self.num_experts, self.seed, self.batch_size):
             self.reset()
         else:
             # nothing drawn changes until the next step, which uses the new value
