@@ -228,3 +228,12 @@ def test_swat_sliders_update_mask_flops_and_tradeoff(trained):
     res = sw.retrain()
     assert 0.0 <= res["accuracy"] <= 1.0 and res["weight_sparsity"] == 0.0
     assert list(sw.tradeoff.data[0].x) == [0.0]
+
+
+def test_live_pathway_map_equals_pathway_map(tasks, cfg):
+    from pwlab.pathways import pathway_map
+    pg = playground(tasks, cfg)
+    pg.run(2)
+    live, ref = pg._live_map(), pathway_map(pg.trainer.model, max_examples=4)
+    assert torch.equal(live.task_counts, ref.task_counts) and torch.equal(live.modality_counts, ref.modality_counts)
+    assert torch.equal(live.tokens, ref.tokens) and live.blocks == ref.blocks

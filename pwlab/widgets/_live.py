@@ -17,27 +17,37 @@ _ARRAYS = ("shapes", "annotations", "images")
 
 def live_figure(fig: go.Figure) -> go.FigureWidget:
     """The FigureWidget an app keeps and updates with :func:`sync`."""
-    return go.FigureWidget(fig)
+    widget = go.FigureWidget(fig)
+    widget._pwlab_last = (None, None)
+    return widget
 
 
 def sync(widget: go.FigureWidget, fig: go.Figure) -> go.FigureWidget:
-    """Make ``widget`` show ``fig``: data and layout updated in place within one batch."""
+    """Make ``widget`` show ``fig``: data and layout updated in place within one batch.
+
+    Only what differs from the last synced figure is sent (a live figure's layout rarely
+    changes between refreshes, and most traces of an explorer keep their data).
+    """
     new = fig.to_plotly_json()
     data, layout = new.get("data", []), dict(new.get("layout", {}))
+    layout.pop("template", None)            # the template never changes: keep it out of the diff
+    for key in _ARRAYS:
+        layout.setdefault(key, [])
+    old_data, old_layout = getattr(widget, "_pwlab_last", (None, None))
     with widget.batch_update():
         same = len(widget.data) == len(data) and all(t.type == d.get("type", "scatter")
                                                      for t, d in zip(widget.data, data))
         if same:
-            for trace, d in zip(widget.data, data):
-                trace.update({k: v for k, v in d.items() if k != "type"}, overwrite=True)
+            for i, (trace, d) in enumerate(zip(widget.data, data)):
+                if old_data is None or i >= len(old_data) or old_data[i] != d:
+                    trace.update({k: v for k, v in d.items() if k != "type"}, overwrite=True)
         else:
             widget.data = ()
             if data:
                 widget.add_traces(list(fig.data))
-        for key in _ARRAYS:
-            layout.setdefault(key, [])
-        layout.pop("template", None)            # the template never changes: keep it out of the diff
-        widget.layout.update(layout, overwrite=True)
+        if layout != old_layout:
+            widget.layout.update(layout, overwrite=True)
+    widget._pwlab_last = (data, layout)      # what the widget shows now, to diff the next figure against
     return widget
 
 
