@@ -48,8 +48,13 @@ def single_process_curve():
     # no auxiliary losses: they are per rank (one GShard group each) by design; dropless as tiny is
     cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
     cfg = cfg.with_train(batch_size=16)
-    trainer = Trainer(tasks.load(TRAIN_TASKS), cfg)
-    trainer.step(TRAIN_STEPS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # as each rank runs; tiny ops on a busy machine crawl with more
+    try:
+        trainer = Trainer(tasks.load(TRAIN_TASKS), cfg)
+        trainer.step(TRAIN_STEPS)
+    finally:
+        torch.set_num_threads(threads)
     return cfg, trainer
 
 

@@ -140,8 +140,12 @@ class ExpertParallelMoE(MoE):
         self.group, self.world_size, self.rank = group, world, dist.get_rank(group)
         self.num_local_experts = num_experts // world
         src = dist.get_global_rank(group, 0) if group is not None else 0
-        for t in self.router.state_dict().values():        # replicated router (detached views)
-            dist.broadcast(t, src, group=group)
+        nccl = dist.get_backend(group) == "nccl"            # NCCL moves only CUDA tensors
+        for t in self.router.state_dict().values():         # replicated router (detached views)
+            buf = t.cuda() if nccl and not t.is_cuda else t
+            dist.broadcast(buf, src, group=group)
+            if buf is not t:
+                t.copy_(buf)
         full = self.experts
         self.experts = ExpertBank(self.num_local_experts, d_model, d_hidden, activation)
         self._load_shard(full)

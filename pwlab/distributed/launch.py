@@ -43,6 +43,8 @@ def free_port() -> int:
 def _worker(rank, world_size, port, backend, pg_timeout, threads, fn, args, results):
     try:
         torch.set_num_threads(threads)
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,

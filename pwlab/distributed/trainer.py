@@ -58,7 +58,7 @@ class DistributedTrainer(Trainer):
         task_part = sum(share[t] * out.losses[t] for t in out.losses) / len(names)
         objective = task_part + out.aux_loss / self.world_size
         # every rank must take the same branch, or the next collective waits forever
-        finite = torch.tensor([float(bool(torch.isfinite(objective)))])
+        finite = torch.tensor([float(bool(torch.isfinite(objective)))], device=objective.device)
         dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self.group)
         if not bool(finite[0]):
             if not tc.skip_nonfinite:
@@ -83,7 +83,8 @@ class DistributedTrainer(Trainer):
         aux_names = sorted(k[4:] for k in rec if k.startswith("aux/"))
         per_task = [share.get(t, 0.0) * float(out.losses[t].detach()) if t in out.losses else 0.0 for t in names]
         vec = torch.tensor(per_task + [float(out.aux_loss.detach()) / self.world_size]
-                           + [rec[f"aux/{a}"] / self.world_size for a in aux_names], dtype=torch.float64)
+                           + [rec[f"aux/{a}"] / self.world_size for a in aux_names], dtype=torch.float64,
+                           device=out.loss.device)
         dist.all_reduce(vec, group=self.group)
         vals = vec.tolist()
         for k in [k for k in rec if k.startswith(("loss/", "n/"))]:
