@@ -97,3 +97,12 @@ class DistributedTrainer(Trainer):
             rec[f"n/{t}"] = len(b.y)
         for a, v in zip(aux_names, vals[len(names) + 1:]):
             rec[f"aux/{a}"] = v
+
+    def save(self, path) -> None:
+        """Not supported: each rank holds only its experts (gather them with ``gather_experts``)."""
+        raise NotImplementedError("DistributedTrainer cannot save checkpoints yet: each rank holds only its "
+                                  "experts; gather them with ExpertParallelMoE.gather_experts()")
+
+    def restore(self, path) -> None:
+        """Not supported (see :meth:`save`)."""
+        raise NotImplementedError("DistributedTrainer cannot restore checkpoints yet")
