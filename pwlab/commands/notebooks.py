@@ -54,6 +54,7 @@ CLAIM_CODE = "# CLAIM"
 MAX_BYTES = 2_000_000
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_PLACEHOLDER = "(an interactive widget: run this cell in JupyterLab to use it)"
 #: environment of the kernel that executes a notebook for storing
 EXECUTION_ENV = {"TQDM_DISABLE": "1", "PLOTLY_RENDERER": "plotly_mimetype", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
@@ -139,7 +140,7 @@ def clean_outputs(nb):
     """Remove saved widget state and keep outputs small, in place; returns ``nb``.
 
     A plotly bundle keeps its JSON and drops any HTML (which would embed plotly.js); a widget
-    view keeps only its text fallback (its state is not saved, so the view could not render).
+    view becomes a one-line text note (its state is not saved, so the view could not render).
     """
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
@@ -151,9 +152,9 @@ def clean_outputs(nb):
                 continue
             if PLOTLY_MIME in data:
                 data.pop("text/html", None)
-            if WIDGET_MIME in data:
+            if WIDGET_MIME in data:    # its repr ("VBox(children=...") tells a reader nothing
                 data.pop(WIDGET_MIME)
-                data.setdefault("text/plain", "(an interactive widget: run the notebook to use it)")
+                data["text/plain"] = WIDGET_PLACEHOLDER
     return nb
 
 
