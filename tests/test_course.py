@@ -120,6 +120,18 @@ def test_problems_lists_breaches():
     assert nbt.problems(nbt.clean_outputs(_notebook()), size_bytes=1000) == []
 
 
+def test_new_skeleton_follows_the_conventions(tmp_path):
+    path = tmp_path / "07_some_topic.ipynb"
+    assert course.main(["new", str(path)]) == 0
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.cells[0].source.startswith("# 07 · Some topic")
+    # only "not run" remains once executed: every other convention holds from the start
+    assert {p.split(": ", 1)[1] for p in nbt.problems(nb)} == {"code cell not run"}
+    assert course.main(["new", str(path)]) == 1                  # never overwrites
+    with pytest.raises(ValueError, match="path"):
+        nbt.skeleton(tmp_path / "topic.ipynb")
+
+
 @pytest.mark.slow
 def test_execute_and_store_runs_and_stores_plotly_json(tmp_path):
     nb = _notebook()
@@ -135,6 +147,16 @@ def test_execute_and_store_runs_and_stores_plotly_json(tmp_path):
     assert last[0].text == "1\n"
     assert list(last[1].data) == [nbt.PLOTLY_MIME] or set(last[1].data) == {nbt.PLOTLY_MIME, "text/plain"}
     assert "widgets" not in stored.metadata and nbt.problems(stored, path.stat().st_size) == []
+
+
+@pytest.mark.slow
+def test_skeleton_runs_and_its_student_version_fails_only_at_the_exercise(tmp_path):
+    nb = nbt.skeleton(tmp_path / "07_x.ipynb")
+    _, _, _, _, errors = nbt.execute(nb, cwd=tmp_path)
+    assert errors == [] and nbt.problems(nb) == []
+    exercise = [i for i, c in enumerate(nb.cells) if nbt.is_exercise(c)]
+    _, _, _, _, errors = nbt.execute(nbt.student_version(nb), cwd=tmp_path, allow_errors=True)
+    assert [(i, e) for i, e, _ in errors] == [(exercise[0], "NotImplementedError")]
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@
                                                 outputs cleared, widget state removed
     pwlab course execute notebooks/NN_x.ipynb   run top to bottom in a fresh kernel, store with outputs
                                                 (plotly JSON, no widget state), report run time and slowest cells
+    pwlab course new notebooks/NN_name.ipynb     a skeleton notebook that follows the conventions
     pwlab course check notebooks/               the notebook conventions, checked on stored notebooks
     pwlab course conventions                    print the conventions a notebook follows
 
@@ -61,6 +62,16 @@ def _check(args) -> int:
     return 1 if bad else 0
 
 
+def _new(args) -> int:
+    path = Path(args.path)
+    if path.exists():
+        print(f"{path} exists; not overwritten", file=sys.stderr)
+        return 1
+    nbt.write(nbt.skeleton(path), path)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pwlab course", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--budget", type=float, default=60.0, help="warn and fail above this run time (default 60 s)")
     e.add_argument("--allow-errors", action="store_true", help="store even when cells fail")
     e.set_defaults(func=_execute)
+    n = sub.add_parser("new", help="write a skeleton notebook that follows the conventions")
+    n.add_argument("path", help="notebooks/NN_short_name.ipynb")
+    n.set_defaults(func=_new)
     c = sub.add_parser("check", help="check stored notebooks against the conventions")
     c.add_argument("notebooks", nargs="+", help="notebooks or folders")
     c.set_defaults(func=_check)

@@ -28,7 +28,8 @@ mechanical ones):
    so that the stored notebook carries them.
 8. Widgets end a notebook; their state is not saved (the stored output keeps only the
    widget's text fallback).
-9. Run time ≤ 60 s on 2 CPU cores (aim for 30 s). Store the notebook with outputs with
+9. Start a new notebook with ``pwlab course new notebooks/NN_name.ipynb`` (a skeleton with
+   each kind of cell above). Run time ≤ 60 s on 2 CPU cores (aim for 30 s). Store the notebook with outputs with
    ``pwlab course execute notebooks/NN_name.ipynb``: it runs it top to bottom in a fresh
    kernel (``TQDM_DISABLE=1``, ``PLOTLY_RENDERER=plotly_mimetype``), strips widget state,
    writes it back and reports the run time and the slowest cells. The file must stay well
@@ -133,6 +134,43 @@ def make_student_notebooks(src: Path, out: Path) -> list[Path]:
         write(student_version(read(f)), target)
         written.append(target)
     return written
+
+
+# -- a new notebook ------------------------------------------------------------------------
+_SKELETON = [
+    ("markdown", "# {number} · {title}\n\nWhat this notebook shows, in two lines, for a student."),
+    ("code", "import torch\nimport plotly.graph_objects as go\nfrom IPython.display import SVG\n\n"
+             "import pwlab\nfrom pwlab.exercises import check_capacity   # the check_* of your exercises\n\n"
+             "_ = torch.manual_seed(0)"),
+    ("markdown", "## A section\n\nProse in our own words. Show a diagram with "
+                 "`SVG(filename=\"../assets/diagrams/NAME.svg\")`."),
+    ("code", "# NBVAL_CHECK_OUTPUT\nprint(f\"a seeded number: {torch.rand(()).item():.3f}\")"),
+    ("markdown", "## Exercise 1 · a title\n\nWhat to write, and what a right answer satisfies."),
+    ("code", "# NBVAL_CHECK_OUTPUT\nimport math\n\n\ndef capacity(num_tokens, num_experts, top_k, capacity_factor, convention):\n"
+             "    ### BEGIN SOLUTION\n    per_token = top_k if convention == \"k_tokens\" else 1\n"
+             "    return math.ceil(capacity_factor * per_token * num_tokens / num_experts)\n    ### END SOLUTION\n\n\n"
+             "check_capacity(capacity)   # replace by your exercise and its check_* in pwlab.exercises"),
+    ("markdown", "**Claim.** The headline claim, stated so that a cell can check it."),
+    ("code", "# CLAIM: the headline claim\nassert True, \"replace with the check of the claim\""),
+    ("markdown", "## The papers and us\n\n| | the papers say | we measure here |\n|---|---|---|\n"
+                 "| a result | the paper's number (see PAPERS.md) | ours, or why it does not reproduce in miniature |"),
+]
+
+
+def skeleton(path):
+    """A new notebook following the conventions, with placeholder cells (title from the file name)."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    name = Path(path).stem
+    if not name_ok(Path(path).with_suffix(".ipynb")):
+        raise ValueError(f"path must be named NN_short_name.ipynb, got {Path(path).name!r}")
+    number, title = name[:2], name[3:].replace("_", " ").capitalize()
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for kind, src in _SKELETON:
+        src = src.format(number=number, title=title) if kind == "markdown" else src
+        nb.cells.append(new_markdown_cell(src) if kind == "markdown" else new_code_cell(src))
+    return nb
 
 
 # -- storing outputs ----------------------------------------------------------------------
