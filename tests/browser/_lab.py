@@ -250,3 +250,13 @@ def status_text(root) -> str:
     """Text of the app's status line (an ipywidgets HTML widget)."""
     html = root.locator(".widget-html-content")
     return " ".join(html.all_inner_texts())
+
+
+# plotly's FigureWidget is an anywidget whose front end imports a ~5 MB module (plotly.js) per
+# figure and gives up after 2 s ("[anywidget] Failed to initialize model."): on a machine whose
+# CPUs are saturated a page load can lose that race, and a person would reload the page.
+ANYWIDGET_TIMEOUT = "[anywidget] Failed to initialize model"
+
+
+def lost_anywidget_race(page) -> bool:
+    return any(ANYWIDGET_TIMEOUT in e for e in page.js_errors)
