@@ -96,7 +96,8 @@ def sparsify_activation(x: Tensor, threshold: Tensor | None, structured: bool = 
 
 
 def _masked(w: Tensor, mask: Tensor | None) -> Tensor:
-    return w if mask is None else w * mask.to(w.dtype)
+    # one pass over w (a multiply by a float copy of the mask would be two)
+    return w if mask is None else torch.where(mask, w, w.new_zeros(()))
 
 
 class SwatLinearFunction(torch.autograd.Function):
