@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of init, sampling and routing noise (default 0)")
     p.add_argument("--router", default=None, help="router name (default: the preset's)")
     p.add_argument("--eval-examples", type=int, default=None, help="test examples per task (default: all)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the preset's matrices are too small to gain from more, "
+                        "and spare threads spin and slow every step down when the cores are shared)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -78,37 +81,46 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.steps is not None and args.steps < 0:
             raise ValueError(f"--steps must be >= 0, got {args.steps}")
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         trainer, out = _build(args)
     except ValueError as e:
         print(f"pwlab train: {e}", file=sys.stderr)
         return 2
+    import torch
+
     from pwlab import tasks as registry
     from pwlab.pathways import pathway_map
     from pwlab.viz.report import report_html
 
-    out.mkdir(parents=True, exist_ok=True)
-    steps = trainer.config.train.steps if args.steps is None else args.steps
-    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
-        trainer.fit(steps, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after step {trainer.step_count}; saving what is done", file=sys.stderr)
-    seconds = time.perf_counter() - t0
-    results = trainer.evaluate(max_examples=args.eval_examples)
-    chance = {t.name: registry.chance(t) for t in trainer.tasks}
-    metric = {t.name: t.metric for t in trainer.tasks}
-    print(f"trained {trainer.config.name} to step {trainer.step_count} ({steps} steps in {seconds:.1f} s)")
-    print(f"{'task':<15}{'metric':<10}{'result':>8}{'chance':>8}")
-    for name, v in results.items():
-        print(f"{name:<15}{metric[name]:<10}{v:8.3f}{chance[name]:8.3f}")
-    trainer.save(out / "checkpoint.pt")
-    pmap = pathway_map(trainer.model, trainer.tasks, max_examples=256)
-    notes = [f"preset {trainer.config.name}, router {trainer.config.model.router}, seed {trainer.config.train.seed}, "
-             f"{trainer.step_count} steps; {steps} in this run took {seconds:.1f} s"]
-    html = report_html(trainer.history, title=f"pwlab train: {trainer.config.name}", pmap=pmap,
-                       results=results, chance=chance, metric=metric, notes=notes)
-    _write_text(out / "report.html", html)
-    print(f"wrote {out / 'checkpoint.pt'} and {out / 'report.html'}")
+        out.mkdir(parents=True, exist_ok=True)
+        steps = trainer.config.train.steps if args.steps is None else args.steps
+        t0 = time.perf_counter()
+        try:
+            trainer.fit(steps, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted after step {trainer.step_count}; saving what is done", file=sys.stderr)
+        seconds = time.perf_counter() - t0
+        results = trainer.evaluate(max_examples=args.eval_examples)
+        chance = {t.name: registry.chance(t) for t in trainer.tasks}
+        metric = {t.name: t.metric for t in trainer.tasks}
+        print(f"trained {trainer.config.name} to step {trainer.step_count} ({steps} steps in {seconds:.1f} s)")
+        print(f"{'task':<15}{'metric':<10}{'result':>8}{'chance':>8}")
+        for name, v in results.items():
+            print(f"{name:<15}{metric[name]:<10}{v:8.3f}{chance[name]:8.3f}")
+        trainer.save(out / "checkpoint.pt")
+        pmap = pathway_map(trainer.model, trainer.tasks, max_examples=256)
+        notes = [f"preset {trainer.config.name}, router {trainer.config.model.router}, seed {trainer.config.train.seed}, "
+                 f"{trainer.step_count} steps; {steps} in this run took {seconds:.1f} s"]
+        html = report_html(trainer.history, title=f"pwlab train: {trainer.config.name}", pmap=pmap,
+                           results=results, chance=chance, metric=metric, notes=notes)
+        _write_text(out / "report.html", html)
+        print(f"wrote {out / 'checkpoint.pt'} and {out / 'report.html'}")
+    finally:
+        torch.set_num_threads(threads)       # main() may run inside a larger process (tests, notebooks)
     return 0
 
 
