@@ -128,3 +128,18 @@ def test_report_renders_offline_in_headless_chromium(tmp_path, capsys):
             browser.close()
     assert plots == 6 and not errors
     assert all(u.startswith("file:") for u in requests)
+
+
+def test_nproc_hands_the_run_to_torch_distributed(monkeypatch):
+    import subprocess
+
+    from pwlab.commands import train as cmd
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda c, env=None: seen.update(cmd=c, env=env) or 0)
+    assert cmd.main(["--preset", "tiny", "--steps", "7", "--nproc", "3", "--seed", "2"]) == 0
+    c = seen["cmd"]
+    assert c[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    assert c[5:7] == ["-m", "pwlab.distributed.train"]
+    assert c[c.index("--steps") + 1] == "7" and c[c.index("--seed") + 1] == "2"
+    assert cmd.main(["--nproc", "2", "--out", "somewhere"]) == 2       # no checkpoint on that path
+    assert cmd.main(["--nproc", "0"]) == 2

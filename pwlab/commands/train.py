@@ -2,6 +2,11 @@
 
     pwlab train --preset tiny --tasks all --steps 300 --out runs/tiny
     pwlab train --resume runs/tiny --steps 200          # 200 more steps, same configuration
+    pwlab train --preset tiny --steps 300 --nproc 4     # expert parallel over 4 local processes
+
+With ``--nproc N`` (N > 1) the run is handed to ``torch.distributed.run`` with
+:mod:`pwlab.distributed.train` (experts sharded over N gloo processes, the rest data
+parallel); that path prints JSON results and writes no checkpoint.
 
 Writes ``OUT/checkpoint.pt`` (see :mod:`pwlab.checkpoint`) and ``OUT/report.html`` (one
 self-contained file: plotly.js embedded, opens without a server or internet).
@@ -30,7 +35,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default 1: the preset's matrices are too small to gain from more, "
                         "and spare threads spin and slow every step down when the cores are shared)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="local processes for expert parallelism (default 1; > 1 runs under torch.distributed.run)")
     return p
+
+
+def _distributed(args) -> int:
+    """Re-run as ``python -m torch.distributed.run --nproc_per_node=N -m pwlab.distributed.train ...``."""
+    import subprocess
+    if args.resume or args.out:
+        print("pwlab train: --nproc > 1 writes no checkpoint: drop --out/--resume", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "pwlab.distributed.train"]
+    for flag in ("preset", "tasks", "steps", "seed", "router", "eval_examples"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.no_progress:
+        cmd.append("--no-progress")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    return subprocess.call(cmd, env=env)
 
 
 def _task_names(spec: str) -> list[str] | str:
@@ -78,6 +103,11 @@ def _write_text(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.nproc < 1:
+        print(f"pwlab train: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    if args.nproc > 1:
+        return _distributed(args)
     try:
         if args.steps is not None and args.steps < 0:
             raise ValueError(f"--steps must be >= 0, got {args.steps}")
