@@ -1,16 +1,51 @@
 """Pathways Lab: sparse activation, many tasks, many senses and SWAT, in a small PyTorch core.
 
-The table of contents (explicit re-exports; nothing here imports plotly or ipywidgets).
+The table of contents (explicit re-exports; nothing here imports plotly or ipywidgets —
+figures live in :mod:`pwlab.viz`, apps in :mod:`pwlab.widgets`, multi-process code in
+:mod:`pwlab.distributed`, the measured claims in :mod:`pwlab.experiments`).
+
+    routing     Routing, Router and every router (TopK, NoisyTopK, Switch, GShardTop2,
+                ExpertChoice, HashRouter, TaskRouter)
+    moe         MoE (route → capacity → dispatch → experts → combine), MoEStats; SoftMoE
+    losses      load balancing, z-loss, CV², LIMoE entropies
+    swat        SwatLinear, SwatConv2d, swatify
+    flops       analytic FLOP counts
+    tasks       the offline task suite and multi-task sampling
+    senses      encoders from image, audio, text and tables into one token space
+    config      Config and the presets tiny(), small(), dense_baseline()
+    model       PathwaysModel, ModelOutput
+    train       Trainer
+    pathways    pathway maps, mutual information, ablation, subnetwork extraction
 """
+from pwlab import flops, losses, senses, tasks
+from pwlab.config import PRESETS, Config, ModelConfig, TrainConfig, dense_baseline, preset, small, tiny
 from pwlab.experts import ExpertBank
+from pwlab.model import ModelOutput, PathwaysModel
 from pwlab.moe import MoE, MoEStats
+from pwlab.pathways import (ExampleRouting, PathwayMap, disable_experts, extract_subnetwork, mutual_information,
+                            pathway_map, route_example, top_pathway)
 from pwlab.routing import (ROUTERS, ExpertChoice, GShardTop2, HashRouter, NoisyTopK, Router, Routing, Switch,
                            TaskRouter, TopK, make_router)
+from pwlab.senses import MODALITIES, Senses, Tokens
+from pwlab.soft_moe import SoftMoE
+from pwlab.swat import SwatConv2d, SwatExpertBank, SwatLinear, swatify
+from pwlab.tasks import MultiTaskSampler, Task, TaskBatch
+from pwlab.train import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExpertBank", "MoE", "MoEStats",
-    "ROUTERS", "Router", "Routing", "TopK", "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice", "HashRouter",
-    "TaskRouter", "make_router",
+    # sparse activation
+    "Routing", "Router", "ROUTERS", "make_router", "TopK", "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice",
+    "HashRouter", "TaskRouter", "ExpertBank", "MoE", "MoEStats", "SoftMoE", "losses",
+    # SWAT and FLOPs
+    "SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "flops",
+    # tasks and senses
+    "tasks", "Task", "TaskBatch", "MultiTaskSampler", "senses", "Senses", "Tokens", "MODALITIES",
+    # one model, many tasks
+    "Config", "ModelConfig", "TrainConfig", "PRESETS", "preset", "tiny", "small", "dense_baseline",
+    "PathwaysModel", "ModelOutput", "Trainer", "NonFiniteLossError",
+    # pathways
+    "PathwayMap", "ExampleRouting", "pathway_map", "mutual_information", "top_pathway", "disable_experts",
+    "extract_subnetwork", "route_example",
 ]

@@ -7,6 +7,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# The test models are small: a second intra-op thread only spins (and, on shared cores, makes
+# every op wait for a time slice). Tests that need more threads set them themselves.
+torch.set_num_threads(1)
+
 settings.register_profile("pwlab", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "pwlab"))
