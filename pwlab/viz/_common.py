@@ -71,7 +71,8 @@ def figure(data: list[dict], layout: dict) -> go.Figure:
 
 
 def grid(rows: int, cols: int, *, titles: Sequence[str] | None = None, hspace: float = 0.08, vspace: float = 0.12,
-         row_heights: Sequence[float] | None = None, shared_x: bool = False) -> tuple[dict, list[list[tuple[str, str]]]]:
+         row_heights: Sequence[float] | None = None,
+         shared_x: bool = False) -> tuple[dict, list[list[tuple[str, str]]]]:
     """Axes of a rows × cols grid: a layout dict and ``axes[r][c] = ("x2", "y2")`` for the traces.
 
     Row 0 is the top row; ``titles`` (row-major) go above each cell; ``shared_x`` ties every
@@ -112,7 +113,7 @@ def axis_key(ref: str) -> str:
 
 def empty_figure(note: str, title: str | None = None, height: int = 300) -> go.Figure:
     """A figure with no data and ``note`` written in its middle (what every viz returns for no input)."""
-    return figure([], dict(title=dict(text=title) if title else None, height=height, template="plotly_white",
+    return figure([], dict(title=dict(text=title) if title else None, height=height,
                            xaxis=dict(visible=False), yaxis=dict(visible=False),
                            annotations=[dict(text=note, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                                              font=dict(size=14, color="grey"))]))

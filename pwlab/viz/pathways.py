@@ -127,7 +127,8 @@ def expert_heatmaps(pmap, by: str = "task", *, highlight: str | None = None) -> 
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     mi = pmap.mutual_information(by)
     sym = "T" if by == "task" else "M"
-    layout, axes = grid(1, nb, hspace=0.08, titles=[f"block {b}: I(E;{sym}) = {m:.2f} bits" for b, m in zip(pmap.blocks, mi)])
+    titles = [f"block {b}: I(E;{sym}) = {m:.2f} bits" for b, m in zip(pmap.blocks, mi)]
+    layout, axes = grid(1, nb, hspace=0.08, titles=titles)
     data, experts = [], [f"expert {e}" for e in range(ne)]
     for li in range(nb):
         z = share[li].round(4).tolist()

@@ -37,7 +37,8 @@ def weight_mask(weight, mask=None, *, name: str = "layer", max_cells: int = 4096
     crop = "" if shown_w.shape == w.shape else f", top-left {shown_w.shape[0]}×{shown_w.shape[1]} shown"
     title = f"Weight mask: {name} {w.shape[0]}×{w.shape[1]}, {density:.0%} kept{crop}"
     return figure([heat], dict(title=dict(text=title), height=380, plot_bgcolor="white",
-                               margin=dict(l=10, r=10, t=50, b=10), xaxis=dict(title=dict(text="input"), showgrid=False),
+                               margin=dict(l=10, r=10, t=50, b=10),
+                               xaxis=dict(title=dict(text="input"), showgrid=False),
                                yaxis=dict(title=dict(text="output"), autorange="reversed", showgrid=False)))
 
 

@@ -77,7 +77,7 @@ def apps(seed: int = 0):
                                                    ("example", ex.example.value)],
            [[ex.sankey], [ex.heatmap], [ex.tokens]])
     ab = ExpertAblation(tr)
-    ab.set_disabled({b: [0] for b in ab.toggles})
+    ab.set_disabled({b: [0, 1] for b in ab.toggles})
     yield ("expert_ablation", "ExpertAblation", [("experts off", ab.disabled())], [[ab.bars]])
     sw = SwatExplorer(trainer=tr, retrain_steps=20)
     for ws, acts in ((0.0, 0.0), (0.5, 0.5), (0.8, 0.5), (0.9, 0.9), (0.7, 0.3)):

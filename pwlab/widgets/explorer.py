@@ -45,7 +45,8 @@ class PathwayExplorer:
         if not self.model.moe_blocks():
             raise ValueError("trainer must hold a model with at least one MoE block")
         self.pmap = pathway_map(self.model, max_examples=max_examples)
-        self.senses = [s for s in self.pmap.modalities if int(self.pmap.modality_counts[:, :, self.pmap.modalities.index(s)].sum())]
+        used = self.pmap.modality_counts.sum((0, 1))                      # (M,) assignments per sense
+        self.senses = [s for s, n in zip(self.pmap.modalities, used.tolist()) if n]
         names = list(self.model.task_names)
         self.mode = W.ToggleButtons(options=list(MODES), value="task", description="show")
         self.choice = W.Dropdown(options=names, value=names[0], description="task")

@@ -19,7 +19,7 @@ import time
 import ipywidgets as W
 
 from pwlab import viz
-from pwlab.widgets._common import load_tasks, running_loop
+from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
 from pwlab.widgets._live import Clock, live_figure, sync
 
 #: router → its noise knob (the others have none)
@@ -70,8 +70,10 @@ class RoutingPlayground:
         style = dict(description_width="130px")
         lay = W.Layout(width="330px")
         self.router = W.Dropdown(options=list(ROUTERS), value=m.router, description="router", style=style, layout=lay)
-        self.top_k = W.IntSlider(value=m.top_k, min=1, max=min(8, m.num_experts), description="top_k", style=style, layout=lay)
-        self.num_experts = W.IntSlider(value=m.num_experts, min=2, max=16, description="experts", style=style, layout=lay)
+        self.top_k = W.IntSlider(value=m.top_k, min=1, max=min(8, m.num_experts), description="top_k", style=style,
+                                 layout=lay)
+        self.num_experts = W.IntSlider(value=m.num_experts, min=2, max=16, description="experts", style=style,
+                                       layout=lay)
         self.capacity = W.FloatSlider(value=m.capacity_factor or 0.0, min=0.0, max=4.0, step=0.25, style=style,
                                       description="capacity (0=∞)", layout=lay)
         self.noise = W.FloatSlider(value=float(m.router_kwargs.get(NOISE_KNOB.get(m.router, ""), 0.0)), min=0.0,
@@ -278,40 +280,8 @@ class RoutingPlayground:
         self._update_status()
 
     def _live_map(self):
-        """The pathway map of ``pathway_examples`` test examples per task, in one forward pass.
-
-        :func:`pwlab.pathways.pathway_map` runs one forward per task; one pass over all tasks
-        halves the cost of a live refresh. The counts are the same under token-choice routing
-        without capacity; with capacity or expert choice the tasks' tokens compete for slots
-        together, as they do in a training step.
-        """
-        import torch
-
-        from pwlab.pathways import PathwayMap
-        from pwlab.senses import MODALITIES
-        from pwlab.tasks.base import TaskBatch
-        model, n = self.trainer.model, self.pathway_examples
-        batches = [TaskBatch(task=t.name, task_index=model.task_index[t.name], sense=t.sense, x=t.x_test[:n],
-                             y=t.y_test[:n]) for t in model.tasks]
-        blocks = tuple(model.moe_blocks())
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(batches)
-        finally:
-            model.train(was_training)
-        e = max(m.num_experts for m in model.moe_blocks().values())
-        k, m = len(model.task_names), len(MODALITIES)
-        task_counts = torch.zeros(len(blocks), e, k, dtype=torch.long)
-        mod_counts = torch.zeros(len(blocks), e, m, dtype=torch.long)
-        for li, b in enumerate(blocks):
-            r = out.moe_stats[b].routing
-            ex, tok = r.expert.cpu(), r.token.cpu()
-            task_counts[li] = torch.bincount(ex * k + out.token_task.cpu()[tok], minlength=e * k).view(e, k)
-            mod_counts[li] = torch.bincount(ex * m + out.token_modality.cpu()[tok], minlength=e * m).view(e, m)
-        tokens = torch.bincount(out.token_task.cpu(), minlength=k)
-        return PathwayMap(task_counts, mod_counts, blocks, tuple(model.task_names), MODALITIES, tokens)
+        """The pathway map of ``pathway_examples`` test examples per task (see :func:`live_pathway_map`)."""
+        return live_pathway_map(self.trainer.model, self.pathway_examples)
 
     def _update_status(self) -> None:
         h = [r for r in self.trainer.history if "loss" in r][-20:]

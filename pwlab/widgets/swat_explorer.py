@@ -49,7 +49,9 @@ class SwatExplorer:
                  max_examples: int = 128, trainer=None):
         from pwlab.widgets.explorer import trained_trainer
         self.seed, self.retrain_steps, self.max_examples = int(seed), int(retrain_steps), int(max_examples)
-        self.trainer = trainer if trainer is not None else trained_trainer(tasks, config, seed=seed, steps=pretrain_steps)
+        if trainer is None:
+            trainer = trained_trainer(tasks, config, seed=seed, steps=pretrain_steps)
+        self.trainer = trainer
         self.tasks = load_tasks(self.trainer.tasks)
         self.base = self.trainer.model
         self.layers = _layers(self.base)
@@ -148,4 +150,5 @@ class SwatExplorer:
         flops = self._step_flops(self._swatified())
         self.flops.value = (f"training FLOPs per step: <b>{flops:.3g}</b> "
                             f"(dense {self.dense_flops:.3g}, ×{flops / max(self.dense_flops, 1):.2f})")
-        sync(self.tradeoff, viz.sparsity_tradeoff(self.results, current=len(self.results) - 1 if self.results else None))
+        current = len(self.results) - 1 if self.results else None
+        sync(self.tradeoff, viz.sparsity_tradeoff(self.results, current=current))
