@@ -44,7 +44,8 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
 
     per_app = {
         "explorer_example": _timed(lambda v: setattr(ex.example, "value", v), [(i % 40) + 1 for i in range(repeats)]),
-        "explorer_task": _timed(lambda v: setattr(ex.choice, "value", v), [names[(i + 1) % len(names)] for i in range(repeats)]),
+        "explorer_task": _timed(lambda v: setattr(ex.choice, "value", v),
+                                [names[(i + 1) % len(names)] for i in range(repeats)]),
         "ablation_toggle": _timed(toggle, range(repeats)),
         "swat_sparsity": _timed(lambda v: setattr(sw.weight_sparsity, "value", v),
                                 [round(0.05 * ((i % 18) + 1), 2) for i in range(repeats)]),
