@@ -27,7 +27,7 @@ MULTI = ("token", "dense", "task")
 
 def configs(seed: int, batch: int) -> dict:
     from pwlab.config import dense_baseline, tiny
-    base = tiny().with_train(seed=seed, batch_size=batch, sampling="uniform")
+    base = tiny().with_train(seed=seed, lr=common.TRAIN["lr"], batch_size=batch, sampling="uniform")
     return {"token": base, "dense": dense_baseline(base),
             "task": base.with_model(router="task", router_kwargs={"mode": "learned"})}
 

@@ -24,7 +24,7 @@ MAX_EXPERT_FRACTION = 0.25
 def config(seed: int):
     from pwlab.config import tiny
     return tiny().with_model(router="task", router_kwargs={"mode": "learned"}, top_k=2,
-                             num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed)
+                             num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed, **common.TRAIN)
 
 
 def expert_parameters(model) -> int:
