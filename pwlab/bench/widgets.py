@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    # one torch thread: the tiny model's matmuls are too small to split, and on a 2-core machine
+    # the other core is left to the browser (and, here, to whoever else shares the machine)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
     p.add_argument("--repeats", type=int, default=15, help="value changes per control")
     p.add_argument("--train-steps", type=int, default=30, help="steps of the model the explorers show")
     p.add_argument("--seconds", type=float, default=6.0, help="playground run time")

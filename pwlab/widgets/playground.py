@@ -209,15 +209,16 @@ class RoutingPlayground:
     def tick(self, force_redraw: bool = False) -> list[dict]:
         """One tick: ``steps_per_tick`` steps, then a refresh if the next one would come too late.
 
-        The figures refresh when waiting one more tick (plus the refresh itself) would leave
+        The figures refresh when waiting one more tick (plus the refresh itself) could leave
         more than ``refresh_s`` between two refreshes: the gap stays under ``refresh_s`` as
-        long as ticks take about as long as the last one.
+        long as a tick and a refresh take less than 1.5 times the last ones.
         """
         t0 = time.perf_counter()
         recs = self.trainer.step(self.steps_per_tick)
         now = time.perf_counter()
         self._tick_s = now - t0
-        if force_redraw or now - self._last_draw + self._tick_s + self._draw_s >= self.refresh_s:
+        # half again the last durations as a margin: ticks and refreshes vary from one to the next
+        if force_redraw or now - self._last_draw + 1.5 * (self._tick_s + self._draw_s) >= self.refresh_s:
             self.redraw()
         return recs
 
