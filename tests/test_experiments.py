@@ -185,12 +185,14 @@ def test_each_experiment_returns_plain_numbers_and_a_row(name, few_steps):
         assert s["n"] == 2 and s["min"] <= s["mean"] <= s["max"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(few_steps):
     from pwlab.experiments import ablation
     a, b = ablation.run(seed=3, quick=True), ablation.run(seed=3, quick=True)
     assert a == b
 
 
+@pytest.mark.slow
 def test_task_subnetwork_expert_fraction_is_counted_from_the_banks(few_steps):
     from pwlab.experiments import task_subnetworks
     r = task_subnetworks.run(seed=0, quick=True)
