@@ -74,9 +74,12 @@ def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
     line_widths = [0.5] * len(labels)
     if experts:
         for li, b in enumerate(blocks):
-            for e in experts.get(b, ()):
-                if 0 <= int(e) < ne:
-                    line_widths[ns + li * ne + int(e)] = 4.0
+            chosen = {int(e) for e in experts.get(b, ()) if 0 <= int(e) < ne}
+            for e in range(ne):
+                if e in chosen:
+                    line_widths[ns + li * ne + e] = 4.0
+                else:                       # fade the experts off the route
+                    node_colors[ns + li * ne + e] = rgba(expert_color(e), 0.25)
 
     def node(li: int, e: int) -> int:
         return ns + li * ne + e

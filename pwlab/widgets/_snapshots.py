@@ -1,4 +1,4 @@
-"""PNG pictures of each app for the docs: ``python -m pwlab.widgets._snapshots [OUT_DIR]``.
+"""PNG pictures of each app for the docs: ``python -m pwlab.widgets._snapshots [OUT_DIR [APP ...]]``.
 
 Each app is built from its seed and driven a little; its figures go into one standalone HTML
 page (plotly.js inlined, so no network) headed by the values of its controls, and headless
@@ -62,38 +62,51 @@ def screenshot(doc: str, height: int, out: Path) -> Path:
     return out
 
 
-def apps(seed: int = 0):
-    """(name, title, controls, figure rows) of every app, each built from ``seed`` and driven a little."""
+def apps(seed: int = 0, only: set[str] | frozenset = frozenset()):
+    """(name, title, controls, figure rows) of every app (or those in ``only``), built from ``seed``."""
     from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
-    pg = RoutingPlayground(seed=seed)
+    if not only or "routing_playground" in only:
+        yield _playground(RoutingPlayground(seed=seed))
+    if only and not only & {"pathway_explorer", "expert_ablation", "swat_explorer"}:
+        return
+    tr = trained_trainer(seed=seed, steps=150)
+    if not only or "pathway_explorer" in only:
+        ex = PathwayExplorer(tr)
+        ex.select(mode="example", choice="digits", example=3)
+        yield ("pathway_explorer", "PathwayExplorer", [("show", ex.mode.value), ("task", ex.choice.value),
+                                                       ("example", ex.example.value)],
+               [[ex.sankey], [ex.heatmap], [ex.tokens]])
+    if not only or "expert_ablation" in only:
+        ab = ExpertAblation(tr)
+        ab.set_disabled({b: [0, 1] for b in ab.toggles})
+        yield ("expert_ablation", "ExpertAblation", [("experts off", ab.disabled())], [[ab.bars]])
+    if not only or "swat_explorer" in only:
+        yield _swat(SwatExplorer(trainer=tr, retrain_steps=20))
+
+
+def _playground(pg):
     pg.capacity.value = 1.25
     pg.run(80)
-    yield ("routing_playground", "RoutingPlayground", [(w.description, w.value) for w in pg.controls]
-           + [("step", pg.trainer.step_count)], [[pg.curves], [pg.load], [pg.pathways]])
-    tr = trained_trainer(seed=seed, steps=150)
-    ex = PathwayExplorer(tr)
-    ex.select(mode="example", choice="digits", example=3)
-    yield ("pathway_explorer", "PathwayExplorer", [("show", ex.mode.value), ("task", ex.choice.value),
-                                                   ("example", ex.example.value)],
-           [[ex.sankey], [ex.heatmap], [ex.tokens]])
-    ab = ExpertAblation(tr)
-    ab.set_disabled({b: [0, 1] for b in ab.toggles})
-    yield ("expert_ablation", "ExpertAblation", [("experts off", ab.disabled())], [[ab.bars]])
-    sw = SwatExplorer(trainer=tr, retrain_steps=20)
+    controls = [(w.description, w.value) for w in pg.controls] + [("step", pg.trainer.step_count)]
+    return "routing_playground", "RoutingPlayground", controls, [[pg.curves], [pg.load], [pg.pathways]]
+
+
+def _swat(sw):
     for ws, acts in ((0.0, 0.0), (0.5, 0.5), (0.8, 0.5), (0.9, 0.9), (0.7, 0.3)):
         sw.weight_sparsity.value, sw.act_sparsity.value = ws, acts
         sw.retrain()
-    yield ("swat_explorer", "SwatExplorer", [("weight sparsity", sw.weight_sparsity.value),
-                                             ("act. sparsity", sw.act_sparsity.value), ("layer", sw.layer.value),
-                                             ("FLOPs", sw.flops.value.replace("<b>", "").replace("</b>", ""))],
-           [[sw.mask, sw.tradeoff]])
+    return ("swat_explorer", "SwatExplorer", [("weight sparsity", sw.weight_sparsity.value),
+                                              ("act. sparsity", sw.act_sparsity.value), ("layer", sw.layer.value),
+                                              ("FLOPs", sw.flops.value.replace("<b>", "").replace("</b>", ""))],
+            [[sw.mask, sw.tradeoff]])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out_dir = Path(argv[0] if argv else "assets/apps")
+    only = set(argv[1:])                    # app names to redo (default: all)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, title, controls, rows in apps():
+    for name, title, controls, rows in apps(only=only):
         doc, height = page(title, controls, rows)
         path = screenshot(doc, height, out_dir / f"{name}.png")
         print(path, path.stat().st_size, "bytes")
