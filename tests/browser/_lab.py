@@ -81,6 +81,26 @@ def run_all(page) -> float:
     return time.monotonic() - t0
 
 
+def wait_kernel_settled(page, quiet_s: float = 3.0, timeout_s: float = 120.0) -> None:
+    """Wait until the kernel has stayed idle for ``quiet_s``.
+
+    The widget manager sends a slider's latest value only once the kernel has handled the
+    previous one, so a drag can leave updates in flight after the first redraw arrives; a
+    click sent meanwhile would be handled before them.
+    """
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if page.evaluate(_STATUS_IDLE):
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                return
+        else:
+            quiet_since = None
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the kernel did not settle within {timeout_s:.0f} s")
+
+
 def save(page) -> None:
     """Save the notebook (Ctrl+S in command mode) and wait until the tab is clean."""
     page.locator(".jp-Notebook").first.press("Escape")

@@ -55,9 +55,12 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{rep.when}", rep)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Playwright's Chromium type, bound to Debian's browser; skip (or fail in CI) without it."""
+    """Playwright's Chromium type, bound to Debian's browser; skip (or fail in CI) without it.
+
+    Module-scoped, so Playwright's sync driver never outlives the browser tests' modules and
+    the rest of the run (nbval, unit tests) shares nothing with it."""
     problem = None
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         problem = f"headless Chromium not found at {CHROMIUM}: {ENABLE}"
@@ -151,7 +154,7 @@ def lab_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(chromium, lab_root, tmp_path_factory):
     """JupyterLab as ``pwlab lab --no-browser`` starts it (set-up checks included)."""
     home = tmp_path_factory.mktemp("jupyter-home")
@@ -186,7 +189,7 @@ def page(chromium, request, tmp_path):
     """A fresh Chromium (own --user-data-dir) page; screenshot in test-artifacts/ on failure."""
     ctx = chromium.launch_persistent_context(
         str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-        viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
+        viewport={"width": 1400, "height": 1700}, device_scale_factor=1)
     pg = ctx.pages[0] if ctx.pages else ctx.new_page()
     pg.set_default_timeout(90_000)
     pg.js_errors = []

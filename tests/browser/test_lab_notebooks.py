@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, loss_points, open_notebook,
-                  plot_data, readout, run_all, save, saved_outputs, shoot, slider_named, status_text, wait_until)
+from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, loss_points,
+                  open_notebook, plot_data, readout, run_all, save, saved_outputs, shoot, slider_named,
+                  status_text, wait_kernel_settled, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -30,8 +31,8 @@ def _open_and_run(lab, page, workspace, rel: str, **expect) -> dict:
 
 def _shoot_outputs(page, prefix: str) -> None:
     """One screenshot per widget/plot output (on demand)."""
-    outs = page.locator(".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output").filter(
-        has=page.locator(".jupyter-widgets, .js-plotly-plot"))
+    top = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"
+    outs = page.locator(f"{top}:has(.jupyter-widgets, .js-plotly-plot), {top}.js-plotly-plot")
     for i in range(outs.count()):
         shoot(outs.nth(i), f"{prefix}-output{i}")
 
@@ -100,6 +101,7 @@ def test_routing_playground(lab_page):
     drag_slider(page, experts, 0.45)
     wait_until(lambda: readout(experts) != was, "the experts slider to move", page=page)
     wait_until(lambda: plot_data(app) != before, "the plots to change after moving the slider", page=page)
+    wait_kernel_settled(page)
     step.click()
     e = int(readout(experts))
     wait_until(lambda: expert_traces(app) == e, f"the load figure to show {e} experts", page=page)

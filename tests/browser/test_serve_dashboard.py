@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from _lab import (button, loss_points, lost_anywidget_race, plot_data, readout, rendered, shoot, slider_named,
-                  status_text, wait_until, drag_slider)
+from _lab import (button, drag_slider, expert_traces, loss_points, lost_anywidget_race, plot_data, readout,
+                  rendered, shoot, slider_named, status_text, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -57,9 +57,10 @@ def test_dashboard_slider_updates_figure(serve, page):
     assert not js, f"JavaScript errors on the page: {js[:5]}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Voila 0.5 with plotly 7's anywidget FigureWidget: only the first FigureWidget of a page "
-    "receives the kernel's updates (the same notebook works in JupyterLab)"))
+@pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
+    "intermittent under Voila 0.5 with plotly 7's anywidget FigureWidget: after Step the kernel "
+    "answers (status line) but a figure sometimes receives no update; the same app passes in "
+    "JupyterLab (test_routing_playground)"))
 def test_dashboard_playground_steps(serve, page):
     """The RoutingPlayground as a dashboard: it renders, Step trains and the plots follow."""
     server = serve("fixtures/playground.ipynb")
@@ -71,3 +72,9 @@ def test_dashboard_playground_steps(serve, page):
     button(app, "Step").click()
     wait_until(lambda: re.search(r"\bstep 1\b", status_text(app)), "the status to read step 1", page=page)
     wait_until(lambda: loss_points(app) > n0, "Step to add points to the loss trace", timeout_s=30, page=page)
+    # The second FigureWidget of the page: one line per expert once a step has run.
+    wait_until(lambda: expert_traces(app) == 4, "the load figure to show the 4 experts", timeout_s=30, page=page)
+    button(app, "Step").click()
+    wait_until(lambda: re.search(r"\bstep 2\b", status_text(app)), "the status to read step 2", page=page)
+    shoot(page, "dashboard-playground-after-steps")
+    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
