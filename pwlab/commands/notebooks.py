@@ -8,7 +8,9 @@ mechanical ones):
    torch, numpy, plotly (``plotly.express as px`` for ``imshow``, ``plotly.graph_objects as
    go`` otherwise: ``px.line``/``px.bar`` need pandas, which we do not depend on).
 2. Seed everything: ``torch.manual_seed(0)`` in the import cell and an explicit
-   ``torch.Generator().manual_seed(...)`` for every random router or sampler.
+   ``torch.Generator().manual_seed(...)`` for every random router or sampler. Notebooks whose
+   layers are small call ``torch.set_num_threads(1)`` there too: two threads synchronising
+   after every small op cost 10× or more CPU time on a busy machine, for the same results.
 3. A markdown cell starting with ``**Claim.**`` states the headline claim; a code cell
    starting with ``# CLAIM`` asserts it (``assert ..., "message"``), so the notebook fails the
    day the claim stops holding. If an effect does not reproduce in miniature, the notebook
@@ -26,14 +28,16 @@ mechanical ones):
    (``application/vnd.plotly.v1+json``), never as HTML with plotly.js. Diagrams are SVG files
    in ``assets/diagrams/``, shown with ``IPython.display.SVG(filename="../assets/diagrams/…")``
    so that the stored notebook carries them.
-8. Widgets end a notebook; their state is not saved (the stored output keeps only the
-   widget's text fallback).
+8. Widgets end a notebook; their state is not saved (the stored output is a one-line note
+   saying to run the cell).
 9. Start a new notebook with ``pwlab course new notebooks/NN_name.ipynb`` (a skeleton with
-   each kind of cell above). Run time ≤ 60 s on 2 CPU cores (aim for 30 s). Store the notebook with outputs with
-   ``pwlab course execute notebooks/NN_name.ipynb``: it runs it top to bottom in a fresh
-   kernel (``TQDM_DISABLE=1``, ``PLOTLY_RENDERER=plotly_mimetype``), strips widget state,
-   writes it back and reports the run time and the slowest cells. The file must stay well
-   under 2 MB.
+   each kind of cell above, which runs). Run time ≤ 60 s on 2 CPU cores (aim for 30 s).
+   Store it with outputs with ``pwlab course execute notebooks/NN_name.ipynb``: it runs it
+   top to bottom in a fresh kernel (``TQDM_DISABLE=1``, ``PLOTLY_RENDERER=plotly_mimetype``),
+   strips widget state, writes it back and reports the wall time, the kernel's CPU time (a
+   steadier measure on a busy machine) and the slowest cells. ``pwlab course check`` then
+   checks the stored file (claim cells, exercises, errors, unrun cells, size under 2 MB,
+   widget state, plotly HTML, cells reading what only an exercise defines).
 """
 from __future__ import annotations
 
