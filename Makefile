@@ -23,7 +23,7 @@ lab: setup
 	$(BIN)/pwlab lab --port $(PORT)
 
 test: setup
-	$(BIN)/python -m pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg tests notebooks
+	$(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg tests notebooks
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow and not browser" -x -q
