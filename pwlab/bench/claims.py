@@ -87,7 +87,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['number']} | {r['title']} | {r['reference']} | {r['measured']} | "
-                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | {r['time_s']:.0f}s ({r['cpu_s']:.0f}s) |")
+                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | "
+                     f"{r['time_s']:.0f}s ({r['cpu_s']:.0f}s) |")
     return "\n".join(lines)
 
 
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     p.add_argument("--quick", action="store_true", help="smaller step counts, one seed (unless --seeds)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, or 1 with --quick)")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=names(), help="only these claims: " + ", ".join(names()))
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=names(),
+                   help="only these claims: " + ", ".join(names()))
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     args = p.parse_args(argv)

@@ -24,7 +24,8 @@ MAX_OTHER_DROP = 5.0
 
 def config(seed: int):
     from pwlab.config import tiny
-    return tiny().with_model(num_experts=NUM_EXPERTS, top_k=TOP_K, moe_layers="all").with_train(seed=seed, **common.TRAIN)
+    return (tiny().with_model(num_experts=NUM_EXPERTS, top_k=TOP_K, moe_layers="all")
+            .with_train(seed=seed, **common.TRAIN))
 
 
 def run(seed: int = 0, quick: bool = False) -> dict:

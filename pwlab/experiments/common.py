@@ -29,12 +29,14 @@ TRAIN = {"batch_size": 128, "lr": 5e-3}
 
 
 @torch.no_grad()
-def validation_loss(model, tasks: Sequence, max_examples: int = VAL_EXAMPLES, split: str = "test") -> float:
+def validation_loss(model, tasks: Sequence, max_examples: int | None = None, split: str = "test") -> float:
     """Mean over ``tasks`` of the task's mean loss (cross-entropy or MSE) on ``split``.
 
     Uses the first ``max_examples`` examples of each task's split, in eval mode (the mode
-    is restored). Aux losses are not included: this is the quality the papers compare.
+    is restored; ``max_examples`` defaults to :data:`VAL_EXAMPLES`). Aux losses are not
+    included: this is the quality the papers compare.
     """
+    max_examples = VAL_EXAMPLES if max_examples is None else max_examples
     from pwlab.tasks import batches
     was_training = model.training
     model.eval()
@@ -57,11 +59,14 @@ def validation_loss(model, tasks: Sequence, max_examples: int = VAL_EXAMPLES, sp
         model.train(was_training)
 
 
-def train_curve(trainer, steps: int, eval_every: int, max_examples: int = VAL_EXAMPLES) -> tuple[list[int], list[float]]:
+def train_curve(trainer, steps: int, eval_every: int,
+                max_examples: int | None = None) -> tuple[list[int], list[float]]:
     """Train ``steps`` steps, recording the validation loss at step 0 and every ``eval_every``.
 
     Returns (steps, losses), two lists of equal length; the last entry is at ``steps``.
+    ``max_examples`` defaults to :data:`VAL_EXAMPLES`.
     """
+    max_examples = VAL_EXAMPLES if max_examples is None else max_examples
     if eval_every < 1 or steps < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got steps={steps}, eval_every={eval_every}")
     xs, ys = [trainer.step_count], [validation_loss(trainer.model, trainer.tasks, max_examples)]

@@ -27,7 +27,8 @@ VARIANTS = ("plain", "entropy")
 def config(seed: int, regularised: bool):
     from pwlab.config import tiny
     aux = {"entropy_local": ENTROPY_WEIGHT, "entropy_global": ENTROPY_WEIGHT} if regularised else {}
-    return tiny().with_model(num_experts=NUM_EXPERTS, moe_layers="all", aux_weights=aux).with_train(seed=seed, **common.TRAIN)
+    return (tiny().with_model(num_experts=NUM_EXPERTS, moe_layers="all", aux_weights=aux)
+            .with_train(seed=seed, **common.TRAIN))
 
 
 def run(seed: int = 0, quick: bool = False) -> dict:

@@ -26,7 +26,8 @@ STEPS = {"quick": 200, "full": 400}
 def configs(seed: int):
     """The sparse config and its dense twin, matched in active FLOPs per token."""
     from pwlab.config import dense_baseline, tiny
-    sparse = tiny().with_model(router="switch", num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed, **common.TRAIN)
+    sparse = (tiny().with_model(router="switch", num_experts=NUM_EXPERTS, moe_layers="all")
+              .with_train(seed=seed, **common.TRAIN))
     return sparse, dense_baseline(sparse)
 
 
