@@ -20,18 +20,9 @@ from __future__ import annotations
 import torch
 
 from pwlab.exercises import ExerciseError, Passed, _close, _diagnose, _number
+from pwlab.exercises_pathways import _tensor
 
 __all__ = ["check_swat_step", "check_swat_flops", "check_swat_moe_flops", "check_a2a_bytes"]
-
-
-def _tensor(name: str, value, shape: tuple[int, ...], case: str) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value).detach().double()
-    except (TypeError, ValueError, RuntimeError):
-        raise ExerciseError(f"{case}: {name} should be a tensor, got {type(value).__name__}") from None
-    if tuple(t.shape) != shape:
-        raise ExerciseError(f"{case}: {name} should have shape {shape}, got {tuple(t.shape)}")
-    return t
 
 
 # -- 07 SWAT ------------------------------------------------------------------------------
