@@ -109,23 +109,29 @@ def test_report_renders_offline_in_headless_chromium(tmp_path, capsys):
     sync_api = pytest.importorskip("playwright.sync_api")
     assert main(["--tasks", "wine,digits", "--steps", "3", "--out", str(tmp_path), "--no-progress"]) == 0
     capsys.readouterr()
-    requests = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            # no network at all: every request that is not the file itself is refused
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                       else route.abort())
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((tmp_path / "report.html").as_uri())
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6",
-                                   timeout=60_000)
-            plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
-        finally:
-            browser.close()
+    requests, errors = [], []
+
+    def render() -> int:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.on("request", lambda r: requests.append(r.url))
+                # no network at all: every request that is not the file itself is refused
+                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                           else route.abort())
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto((tmp_path / "report.html").as_uri())
+                page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6",
+                                       timeout=60_000)
+                return page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+            finally:
+                browser.close()
+
+    # Playwright's sync API refuses to run where an event loop is running; a fresh thread has none
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        plots = pool.submit(render).result()
     assert plots == 6 and not errors
     assert all(u.startswith("file:") for u in requests)
 

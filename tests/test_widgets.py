@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import random
 
@@ -143,7 +144,9 @@ def test_play_ticks_on_the_event_loop_and_handles_events_between_ticks(tasks, cf
             await asyncio.sleep(0)
         return stopped
 
-    stopped = asyncio.run(main())
+    # a fresh thread has no event loop of its own, whatever earlier tests left in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stopped = pool.submit(asyncio.run, main()).result()
     assert 0 < seen[0] < stopped == pg.trainer.step_count
     assert pg.trainer.model.moe_blocks()[1].capacity_factor == 1.0
     assert not pg.playing
