@@ -269,9 +269,18 @@ def model_flops(model: nn.Module, tokens: int | None = None, *, example_input=No
     out: list = []
     _walk(model, "", rows, tokens, out)
     if tokens is None:
-        x = example_input[0] if isinstance(example_input, tuple) else example_input
-        tokens = int(x.shape[0])
+        tokens = _examples(example_input[0] if isinstance(example_input, tuple) else example_input)
     return ModelFlops(layers=out, tokens=tokens)
+
+
+def _examples(x) -> int:
+    """Examples in a batch: a tensor's first dimension, or the sum over a list of task batches
+    (what :class:`~pwlab.model.PathwaysModel` takes)."""
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    if isinstance(x, (list, tuple)) and x and all(hasattr(b, "x") for b in x):
+        return sum(int(b.x.shape[0]) for b in x)
+    raise ValueError("cannot tell the number of examples of example_input: pass tokens= as well")
 
 
 def train_flops(model: nn.Module, tokens_per_step: int, steps: int) -> int:

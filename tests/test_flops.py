@@ -98,3 +98,19 @@ def test_missing_tokens_is_a_value_error():
         flops.model_flops(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="tokens"):
         flops.linear_flops(-1, 2, 2)
+
+
+def test_model_flops_takes_a_list_of_task_batches():
+    """PathwaysModel's input is a list of TaskBatch: the examples are counted over all of them."""
+    import pwlab.tasks as T
+    from pwlab.config import tiny
+    from pwlab.model import PathwaysModel
+    from pwlab.tasks.base import TaskBatch
+    from pwlab.flops import model_flops
+    tasks = [T.get("wine"), T.get("digits")]
+    model = PathwaysModel(tasks, tiny().model)
+    batches = [TaskBatch(task=t.name, task_index=i, sense=t.sense, x=t.x_train[:5], y=t.y_train[:5])
+               for i, t in enumerate(tasks)]
+    f = model_flops(model, example_input=(batches,))
+    assert f.tokens == 10
+    assert f.training > 0 and f.forward > 0
