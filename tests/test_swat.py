@@ -300,3 +300,14 @@ def test_fixed_mask_false_re_masks_every_step_with_the_cached_threshold():
     assert layer._wthr["weight_mask"] is thr
     assert torch.equal(layer.weight_mask, layer.weight.detach().abs() > thr)
     assert layer._plans == {}                                    # CSR kernels need a fixed mask
+
+
+def test_bracketed_kth_smallest_is_exact():
+    """The fast threshold equals torch.kthvalue on large tensors, ties and skew included."""
+    from pwlab.swat.functions import _kth_smallest
+    g = torch.Generator().manual_seed(3)
+    for x in (torch.randn(300_000, generator=g).abs(), torch.randint(0, 40, (300_000,), generator=g).float(),
+              torch.rand(300_000, generator=g) ** 4):
+        for frac in (0.001, 0.5, 0.8, 0.9, 0.99, 0.99999):
+            k = max(1, round(frac * x.numel()))
+            assert _kth_smallest(x, k) == x.kthvalue(k).values
