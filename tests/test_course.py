@@ -8,6 +8,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from pwlab.commands import course
+from pwlab.commands import notebook_checks as checks
 from pwlab.commands import notebooks as nbt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,10 +115,10 @@ def test_problems_lists_breaches():
     nb = _notebook()
     nb.cells[3].source = "assert True"              # no '# CLAIM' cell any more
     nb.cells[1].outputs.append(new_output("error", ename="ValueError", evalue="x", traceback=[]))
-    found = "\n".join(nbt.problems(nb, size_bytes=3_000_000))
+    found = "\n".join(checks.problems(nb, size_bytes=3_000_000))
     for words in ("widget state", "MB", "asserts the claim", "stored error ValueError"):
         assert words in found
-    assert nbt.problems(nbt.clean_outputs(_notebook()), size_bytes=1000) == []
+    assert checks.problems(nbt.clean_outputs(_notebook()), size_bytes=1000) == []
 
 
 def test_new_skeleton_follows_the_conventions(tmp_path):
@@ -126,7 +127,7 @@ def test_new_skeleton_follows_the_conventions(tmp_path):
     nb = nbformat.read(str(path), as_version=4)
     assert nb.cells[0].source.startswith("# 07 · Some topic")
     # only "not run" remains once executed: every other convention holds from the start
-    assert {p.split(": ", 1)[1] for p in nbt.problems(nb)} == {"code cell not run"}
+    assert {p.split(": ", 1)[1] for p in checks.problems(nb)} == {"code cell not run"}
     assert course.main(["new", str(path)]) == 1                  # never overwrites
     with pytest.raises(ValueError, match="path"):
         nbt.skeleton(tmp_path / "topic.ipynb")
@@ -146,14 +147,14 @@ def test_execute_and_store_runs_and_stores_plotly_json(tmp_path):
     last = stored.cells[-1].outputs
     assert last[0].text == "1\n"
     assert list(last[1].data) == [nbt.PLOTLY_MIME] or set(last[1].data) == {nbt.PLOTLY_MIME, "text/plain"}
-    assert "widgets" not in stored.metadata and nbt.problems(stored, path.stat().st_size) == []
+    assert "widgets" not in stored.metadata and checks.problems(stored, path.stat().st_size) == []
 
 
 @pytest.mark.slow
 def test_skeleton_runs_and_its_student_version_fails_only_at_the_exercise(tmp_path):
     nb = nbt.skeleton(tmp_path / "07_x.ipynb")
     _, _, _, _, errors = nbt.execute(nb, cwd=tmp_path)
-    assert errors == [] and nbt.problems(nb) == []
+    assert errors == [] and checks.problems(nb) == []
     exercise = [i for i, c in enumerate(nb.cells) if nbt.is_exercise(c)]
     _, _, _, _, errors = nbt.execute(nbt.student_version(nb), cwd=tmp_path, allow_errors=True)
     assert [(i, e) for i, e, _ in errors] == [(exercise[0], "NotImplementedError")]
@@ -173,9 +174,9 @@ def test_exercise_leaks_found():
     nb = _notebook()
     nb.cells.append(new_code_cell("print(square(4))"))                 # reads the exercise's function
     nb.cells.append(new_code_cell("def helper():\n    return y"))     # y: a local of the solution, not top level
-    assert nbt.exercise_leaks(nb) == ["cell 4: uses 'square', defined only in exercise cell 2"]
+    assert checks.exercise_leaks(nb) == ["cell 4: uses 'square', defined only in exercise cell 2"]
     nb.cells.insert(1, new_code_cell("def square(x):\n    return x ** 2"))   # defined elsewhere too: fine
-    assert nbt.exercise_leaks(nb) == []
+    assert checks.exercise_leaks(nb) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -185,7 +186,7 @@ def test_real_student_notebook_uses_nothing_from_exercises(path):
     student notebook would say the same at the cost of running every notebook twice in ``make test``;
     the synthetic and skeleton notebooks above are executed."""
     nb = nbt.read(path)
-    assert nbt.exercise_leaks(nb) == []
+    assert checks.exercise_leaks(nb) == []
     for cell in nbt.student_version(nb).cells:
         if cell.cell_type == "code" and STUB in cell.source:
             assert "check_" in cell.source.split(STUB)[-1], "the stub must be reached by the cell's check_* call"

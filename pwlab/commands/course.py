@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pwlab.commands import notebook_checks as checks
 from pwlab.commands import notebooks as nbt
 
 
@@ -54,7 +55,7 @@ def _execute(args) -> int:
 def _check(args) -> int:
     bad = 0
     for path in _notebooks(args.notebooks):
-        found = nbt.problems(nbt.read(path), path.stat().st_size)
+        found = checks.problems(nbt.read(path), path.stat().st_size)
         if not nbt.name_ok(path):
             found.append("name is not NN_short_name.ipynb")
         print(f"{path}: " + ("ok" if not found else "\n    " + "\n    ".join(found)))

@@ -1,4 +1,5 @@
-"""Notebook tooling behind ``pwlab course``: execute and store, student versions, checks.
+"""Notebook tooling behind ``pwlab course``: execute and store, student versions (checks of a
+stored notebook: :mod:`pwlab.commands.notebook_checks`).
 
 Conventions every notebook in ``notebooks/`` follows (``pwlab course check`` tests the
 mechanical ones):
@@ -301,93 +302,6 @@ def execute_and_store(path, out=None, *, timeout: int = 600, allow_errors: bool 
     target = Path(out) if out else path
     write(nb, target)
     return RunReport(target, seconds, cpu_seconds, cell_seconds, errors, target.stat().st_size)
-
-
-# -- checks -------------------------------------------------------------------------------
-def problems(nb, size_bytes: int | None = None) -> list[str]:
-    """Mechanical convention breaches of a stored notebook (an empty list when it is fine)."""
-    out = []
-    if "widgets" in nb.metadata:
-        out.append("saved widget state in the notebook metadata")
-    if size_bytes is not None and size_bytes >= MAX_BYTES:
-        out.append(f"file is {size_bytes / 1e6:.1f} MB (limit {MAX_BYTES / 1e6:.0f} MB)")
-    cells = nb.cells
-    if not any(c.cell_type == "markdown" and CLAIM_MARKDOWN in c.source for c in cells):
-        out.append(f"no markdown cell states the claim ({CLAIM_MARKDOWN!r})")
-    if not any(c.cell_type == "code" and c.source.lstrip().startswith(CLAIM_CODE) for c in cells):
-        out.append(f"no code cell asserts the claim (a cell starting with {CLAIM_CODE!r})")
-    out += exercise_leaks(nb)
-    n_ex = sum(is_exercise(c) for c in cells)
-    if not 1 <= n_ex <= 3:
-        out.append(f"{n_ex} exercise cells (want 1 to 3)")
-    for i, c in enumerate(cells):
-        if c.cell_type != "code":
-            continue
-        try:
-            strip_solutions(c.source)
-        except ValueError as e:
-            out.append(f"cell {i}: {e}")
-        if is_exercise(c) and "check_" not in c.source.split(END_SOLUTION)[-1]:
-            out.append(f"cell {i}: exercise without a check_* call after its solution")
-        if c.source.strip() and c.execution_count is None:
-            out.append(f"cell {i}: code cell not run")
-        for o in c.get("outputs", []):
-            if o.get("output_type") == "error":
-                out.append(f"cell {i}: stored error {o.get('ename')}")
-            data = o.get("data", {})
-            if PLOTLY_MIME in data and "text/html" in data:
-                out.append(f"cell {i}: plotly figure stored with HTML")
-            if WIDGET_MIME in data:
-                out.append(f"cell {i}: widget view stored without its state")
-            if any("plotly.js" in str(v)[:200000] and "text/html" == k for k, v in data.items()):
-                out.append(f"cell {i}: HTML output embeds plotly.js")
-    return out
-
-
-def _bound_and_loaded(source: str) -> tuple[set[str], set[str]]:
-    """Top-level names a cell binds, and every name it reads (IPython magics make it unparsable: empty)."""
-    import ast
-
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set(), set()
-    bound: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        else:
-            bound |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return bound, loaded
-
-
-def exercise_leaks(nb) -> list[str]:
-    """Later cells that read a name only an exercise cell defines (the student version would fail there).
-
-    Static and conservative: a name bound in an exercise cell counts as unavailable to the cells
-    after it unless a non-exercise cell binds it too.
-    """
-    cells = [c for c in nb.cells if c.cell_type == "code"]
-    elsewhere: set[str] = set()
-    for c in cells:
-        if not is_exercise(c):
-            elsewhere |= _bound_and_loaded(c.source)[0]
-    only_exercise: dict[str, int] = {}
-    out = []
-    for i, c in enumerate(nb.cells):
-        if c.cell_type != "code":
-            continue
-        bound, loaded = _bound_and_loaded(c.source)
-        if is_exercise(c):
-            for name in bound - elsewhere:
-                only_exercise.setdefault(name, i)
-        else:
-            for name in sorted(loaded & set(only_exercise)):
-                out.append(f"cell {i}: uses {name!r}, defined only in exercise cell {only_exercise[name]}")
-    return out
 
 
 def convention_text() -> str:
