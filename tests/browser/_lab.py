@@ -280,3 +280,20 @@ ANYWIDGET_TIMEOUT = "[anywidget] Failed to initialize model"
 
 def lost_anywidget_race(page) -> bool:
     return any(ANYWIDGET_TIMEOUT in e for e in page.js_errors)
+
+
+def fixture_slider_drives_bars(page):
+    """On fixtures/widgets_demo.ipynb: dragging ``top_k`` to 8 redraws the bars as ``[1]*8``.
+
+    The kernel's callback sets y = [1]*k + [0]*(8-k), so the drawn data says which k arrived.
+    Returns the app's output element for further checks.
+    """
+    app = page.locator(".jp-OutputArea-output").filter(has=button(page, "Step")).first
+    slider = slider_named(app, "top_k")
+    before = plot_data(app)
+    drag_slider(page, slider, 1.0)
+    wait_until(lambda: readout(slider) == "8", "the top_k slider to read 8", page=page)
+    expected = '[["bar","load",[0,1,2,3,4,5,6,7],[1,1,1,1,1,1,1,1],null]]'
+    wait_until(lambda: plot_data(app)[0] == expected, "the bar plot to show top_k = 8", page=page)
+    assert plot_data(app)[0] != before[0]
+    return app

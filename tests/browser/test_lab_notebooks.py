@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, loss_points,
+from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, fixture_slider_drives_bars, loss_points,
                   open_notebook, plot_data, readout, run_all, save, saved_outputs, shoot, slider_named,
                   status_text, wait_kernel_settled, wait_until)
 
@@ -51,15 +51,7 @@ def test_harness_on_fixture_notebook(lab_page):
     lab, page, workspace = lab_page
     got = _open_and_run(lab, page, workspace, "fixtures/widgets_demo.ipynb", min_plots=3, min_sliders=1)
     assert got["widget_views"] == 1 and got["plotly_outputs"] == 1
-    app = page.locator(".jp-OutputArea-output").filter(has=button(page, "Step")).first
-    slider = slider_named(app, "top_k")
-    before = plot_data(app)
-    drag_slider(page, slider, 1.0)
-    wait_until(lambda: readout(slider) == "8", "the top_k slider to read 8", page=page)
-    # The kernel's on_k callback sets y = [1]*k + [0]*(8-k): the drawn bars must say k = 8.
-    expected = '[["bar","load",[0,1,2,3,4,5,6,7],[1,1,1,1,1,1,1,1],null]]'
-    wait_until(lambda: plot_data(app)[0] == expected, "the bar plot to show top_k = 8", page=page)
-    assert plot_data(app)[0] != before[0]
+    app = fixture_slider_drives_bars(page)
     n = loss_points(app)
     button(app, "Step").click()
     wait_until(lambda: loss_points(app) == n + 1, "one more point on the loss trace", page=page)

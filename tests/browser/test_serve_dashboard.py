@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from _lab import (button, drag_slider, expert_traces, loss_points, lost_anywidget_race, plot_data, readout,
-                  rendered, shoot, slider_named, status_text, wait_until)
+from _lab import (button, expert_traces, fixture_slider_drives_bars, loss_points, lost_anywidget_race, rendered, shoot,
+                  status_text, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -43,15 +43,7 @@ def test_dashboard_slider_updates_figure(serve, page):
     server = serve("fixtures/widgets_demo.ipynb")
     got = _open(page, server.url, plots=3)
     _assert_dashboard(page, got, sliders=1)
-    app = page.locator(".jp-OutputArea-output").filter(has=button(page, "Step")).first
-    slider = slider_named(app, "top_k")
-    before = plot_data(app)
-    drag_slider(page, slider, 1.0)
-    wait_until(lambda: readout(slider) == "8", "the top_k slider to read 8", page=page)
-    # The kernel's callback sets y = [1]*k + [0]*(8-k): the drawn bars must say k = 8.
-    expected = '[["bar","load",[0,1,2,3,4,5,6,7],[1,1,1,1,1,1,1,1],null]]'
-    wait_until(lambda: plot_data(app)[0] == expected, "the bar plot to show top_k = 8", page=page)
-    assert plot_data(app)[0] != before[0]
+    fixture_slider_drives_bars(page)
     shoot(page, "dashboard-fixture")
     js = [e for e in page.js_errors if "setData is not a function" not in e]
     assert not js, f"JavaScript errors on the page: {js[:5]}"
