@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, fixture_slider_drives_bars, loss_points,
-                  open_notebook, plot_data, readout, run_all, save, saved_outputs, shoot, slider_named,
+from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, fixture_slider_drives_bars,
+                  loss_points, open_notebook, plot_data, readout, run_all, save, saved_outputs, shoot, slider_named,
                   status_text, wait_kernel_settled, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
