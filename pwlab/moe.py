@@ -28,10 +28,11 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from pwlab import _checks, losses
+from pwlab import _checks, fused, losses
 from pwlab.dispatch import apply_capacity, dispatch_fast, dispatch_loop, slot_positions, sort_by_priority  # noqa: F401
 from pwlab.experts import ExpertBank
 from pwlab.routing.base import Router, Routing
+from pwlab.routing.topk import TopK
 
 CAPACITY_CONVENTIONS = ("k_tokens", "tokens")
 DROP_POLICIES = ("position", "probability")
@@ -142,7 +143,6 @@ class MoE(nn.Module):
         self.aux_weights = weights
         self.num_groups = num_groups
         if router is None:
-            from pwlab.routing.topk import TopK
             router = TopK(k=2)
         if not isinstance(router, Router):
             raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
@@ -152,6 +152,9 @@ class MoE(nn.Module):
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool), persistent=False)
         self._all_enabled = True
+        #: take the one-node path of :mod:`pwlab.fused` when the configuration allows it
+        #: (False forces the general path; tests compare the two)
+        self.fused = True
 
     @property
     def top_k(self) -> int:
@@ -187,6 +190,8 @@ class MoE(nn.Module):
         """Args: x (..., D); mask (...) bool, True for real tokens (padding is not routed);
         task / token_ids / groups (...) per token ids. Returns y (..., D) and :class:`MoEStats`."""
         _checks.last_dim("x", x, self.d_model)
+        if x.dim() == 2 and mask is None and task is None and token_ids is None and self._fusable(x):
+            return self._forward_fused(x, groups)   # checks x itself, on the way
         _checks.finite_tensor("x", x)           # once here; the router trusts its caller
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.d_model)
@@ -212,6 +217,8 @@ class MoE(nn.Module):
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
+        if self._fusable(x):
+            return self._forward_fused(x, groups)
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
         position, counts = slot_positions(proposed, self.drop_policy)
         cap = self.capacity(x.shape[0])
@@ -235,6 +242,40 @@ class MoE(nn.Module):
                 y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
         return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
                            **self._aux(proposed, counts, groups))
+
+    def _fusable(self, x: Tensor) -> bool:
+        """Whether this call can take the one-node path of :mod:`pwlab.fused` (same maths, fewer ops)."""
+        r = self.router
+        return (self.fused and self._all_enabled and x.shape[0] > 0 and type(r) is TopK
+                and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
+                and type(self.experts) is ExpertBank and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
+
+    def _forward_fused(self, x: Tensor, groups: Tensor | None) -> tuple[Tensor, MoEStats]:
+        r, bank, n = self.router, self.experts, x.shape[0]
+        if groups is not None:
+            groups = torch.as_tensor(groups, device=x.device)
+            if groups.shape != (n,):
+                raise ValueError(f"groups must have shape {(n,)} (one id per token), got {tuple(groups.shape)}")
+        cap = self.capacity(n)
+        y, logits_t, probs_t, weight_t, lb, z, aux_loss, expert_t, kept, counts, kept_counts, finite = fused.topk_moe(
+            x, r.gate.weight, bank.w1, bank.b1, bank.w2, bank.b2, k=r.top_k, renormalize=r.renormalize,
+            capacity=cap, activation=bank.activation, w_lb=self.aux_weights["load_balancing"],
+            w_z=self.aux_weights["z_loss"])
+        if not finite:
+            # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
+            # look at instead of a pass over x (a finite x cannot overflow here in practice)
+            _checks.finite_tensor("x", x)
+        token, rank = fused.rank_major_layout(n, r.top_k, x.device)
+        proposed = Routing(token=token, expert=expert_t.view(-1), weight=weight_t.view(-1), rank=rank,
+                           probs=probs_t.t(), logits=logits_t.t())
+        aux = {"load_balancing": lb, "z_loss": z}
+        if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
+            entropies = losses.limoe_entropy_losses(proposed.probs, groups, self.num_groups)
+            aux.update(entropies)
+            for name, value in entropies.items():
+                aux_loss = aux_loss + self.aux_weights[name] * value
+        return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
+                           aux_losses=aux, aux_loss=aux_loss)
 
     def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}
