@@ -40,7 +40,8 @@ def magnitude_threshold(score: Tensor, sparsity: float) -> Tensor:
     drop = int(round(sparsity * score.numel()))
     if drop == 0:
         return score.new_tensor(-math.inf)
-    return _kth_smallest(score.detach().flatten(), drop)
+    flat = kernels.storage_flat(score.detach()) if score.dim() == 2 else score.detach().reshape(-1)
+    return _kth_smallest(flat, drop)                        # order-free: memory order, no copy
 
 
 _SAMPLE = 1 << 15
@@ -51,9 +52,10 @@ def _kth_smallest(flat: Tensor, k: int) -> Tensor:
 
     ``kthvalue`` over a 2048×2048 weight costs more than the layer's dense step, and SWAT needs
     it at every refresh. For large tensors we bracket the answer with two quantiles of a fixed
-    sample, count what lies below the bracket, and select inside the bracket only (about 1 %
-    of the entries); if the answer falls outside the bracket we fall back to the full select.
-    The sample uses its own seeded generator, so the global random stream is untouched.
+    sample (±5 standard errors), count what lies below the bracket (``count_nonzero``: a bool
+    ``sum`` is ~8x slower), and select inside the bracket only (a few % of the entries); if
+    the answer falls outside the bracket we fall back to the full select, so the result is
+    always exact. The sample uses its own seeded generator: the global random stream is untouched.
     """
     n = flat.numel()
     if n <= 4 * _SAMPLE:
@@ -61,11 +63,11 @@ def _kth_smallest(flat: Tensor, k: int) -> Tensor:
     gen = torch.Generator(device=flat.device).manual_seed(n)
     sample = flat[torch.randint(n, (_SAMPLE,), generator=gen, device=flat.device)]
     q = k / n
-    margin = 6 * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE
+    margin = 5 * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE
     lo_k = max(1, int(math.floor((q - margin) * _SAMPLE)))
     hi_k = min(_SAMPLE, int(math.ceil((q + margin) * _SAMPLE)))
     lo, hi = sample.kthvalue(lo_k).values, sample.kthvalue(hi_k).values
-    below = int((flat < lo).sum())
+    below = int(torch.count_nonzero(flat < lo))
     band = flat[(flat >= lo) & (flat <= hi)]
     r = k - below
     if 1 <= r <= band.numel():
@@ -126,25 +128,24 @@ def sparsify_activation(x: Tensor, threshold: Tensor | None, structured: bool = 
 
 
 def _masked(w: Tensor, mask: Tensor | None) -> Tensor:
-    # w · mask with the bool mask promoted inside one elementwise pass: measured ~3.5x faster
-    # than torch.where(mask, w, 0) on a 2048x2048 weight (weights are finite, so 0·w = 0)
+    # w · mask in one elementwise pass (weights are finite, so 0·w = 0). The layers pass the mask
+    # in w's dtype: on a 2048x2048 weight that is ~3x faster than promoting a bool mask in the
+    # multiply and ~5x faster than torch.where(mask, w, 0) (measured, 2 CPU threads)
     return w if mask is None else w * mask
 
 
 class SwatLinearFunction(torch.autograd.Function):
     """``x (N, in), weight (out, in), bias (out,) | None -> y (N, out)``.
 
-    ``wmask`` (out, in) bool or None; ``athr`` the activation threshold (None: keep all);
-    ``plan`` a :class:`kernels.SparsePlan` or None (dense kernels).
+    ``wmask`` (out, in) bool, or 0/1 in weight's dtype, or None; ``athr`` the activation
+    threshold (None: keep all); ``plan`` a :class:`kernels.SparsePlan` or None (dense kernels).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, wmask, athr, structured=False, plan=None):
         if plan is not None and plan.weight_sparse:
             w_csr, wt_csr = plan.weight_csr(weight)
-            y = kernels.csr_mm_t(w_csr, x)                                      # (N, out)
-            if bias is not None:
-                y = y + bias
+            y = kernels.csr_mm_t(w_csr, x, bias)                                # (N, out)
             ctx.wt_csr, w_s = wt_csr, None
         else:
             w_s = _masked(weight, wmask)
@@ -155,6 +156,7 @@ class SwatLinearFunction(torch.autograd.Function):
         else:
             x_saved = sparsify_activation(x, athr, structured, -1)
         ctx.has_bias = bias is not None
+        ctx.in_out = kernels.in_out_order(weight)          # grad_W is returned in W's memory order
         ctx.save_for_backward(x_saved, w_s)
         return y
 
@@ -165,10 +167,14 @@ class SwatLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = kernels.csr_mm_t(ctx.wt_csr, g) if ctx.wt_csr is not None else g.mm(w_s)
         if ctx.needs_input_grad[1]:
+            # grad_W = gᵀ·x_s = (x_sᵀ·g)ᵀ. The CSR kernel yields x_sᵀ·g (in, out) row-major: when W
+            # is stored in (in, out) order (SwatLinear does so on this path) its transpose view
+            # already has W's layout; otherwise a transposing copy (~2.5 ms at 2048², 2 threads)
             if x_saved.layout == torch.sparse_csr:
-                grad_w = torch.sparse.mm(x_saved, g).t().contiguous()           # (x_sᵀ·g)ᵀ = gᵀ·x_s
+                gwt = kernels.csr_mm(x_saved, g)
+                grad_w = gwt.t() if ctx.in_out else gwt.t().contiguous()
             else:
-                grad_w = g.t().mm(x_saved)
+                grad_w = x_saved.t().mm(g).t() if ctx.in_out else g.t().mm(x_saved)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None

@@ -27,12 +27,12 @@ MARGIN = 0.9             # sparse must be measured ≥ 10% faster, so a layer ne
 _CACHE: dict = {}
 
 
-def _csr_structure(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CSR ``crow, col`` of a bool ``mask (p, q)`` and the ``row`` of each kept entry."""
-    p = mask.shape[0]
-    idx = mask.nonzero()                                                         # (nnz, 2), row-major order
-    row, col = idx[:, 0].contiguous(), idx[:, 1].contiguous()
-    crow = torch.zeros(p + 1, dtype=torch.long, device=mask.device)
+def _csr_structure(flat: Tensor, p: int, q: int) -> tuple[Tensor, Tensor, Tensor]:
+    """CSR ``crow, col`` (int32) of the entries at sorted row-major flat indices ``flat`` of a
+    ``(p, q)`` matrix, and the ``row`` of each. int32 indices: the sparse BLAS takes them as is."""
+    row = flat.div(q, rounding_mode="floor")
+    col = (flat - row * q).to(torch.int32)
+    crow = torch.zeros(p + 1, dtype=torch.int32, device=flat.device)
     torch.cumsum(torch.bincount(row, minlength=p), 0, out=crow[1:])
     return crow, col, row
 
@@ -43,67 +43,119 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size) -> Tensor:
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-def csr_mm_t(a_csr: Tensor, x: Tensor) -> Tensor:
-    """``x @ aᵀ`` for ``a_csr (p, q)`` CSR and dense ``x (N, q)``: ``(a · xᵀ)ᵀ``, returns (N, p)."""
-    return torch.sparse.mm(a_csr, x.t().contiguous()).t().contiguous()
+def csr_mm(a_csr: Tensor, b: Tensor) -> Tensor:
+    """``a_csr (p, q) @ b (q, r) -> (p, r)`` contiguous. ``addmm`` with ``beta=0`` into an empty
+    result: ``torch.sparse.mm`` would zero-fill a result and then copy zeros over it as the
+    ``beta·self`` term (two extra passes over the output, 16 MB for a 2048² grad_W)."""
+    out = torch.empty(a_csr.shape[0], b.shape[1], dtype=b.dtype, device=b.device)
+    return torch.addmm(out, a_csr, b, beta=0, out=out)
+
+
+def csr_mm_t(a_csr: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ aᵀ (+ bias)`` for ``a_csr (p, q)`` CSR and dense ``x (N, q)``: ``(a · xᵀ)ᵀ``, returns
+    a contiguous (N, p); the transposing copy of the result also adds the bias (one pass)."""
+    yt = csr_mm(a_csr, x.t().contiguous())                                       # (p, N)
+    y = torch.empty(yt.shape[1], yt.shape[0], dtype=yt.dtype, device=yt.device)
+    return torch.add(yt.t(), bias, out=y) if bias is not None else y.copy_(yt.t())
 
 
 def act_csr_t(x: Tensor, threshold: Tensor | None) -> Tensor:
-    """CSR of the top-K sparsified activation, transposed: ``x (N, q) -> x_sᵀ (q, N)``."""
+    """CSR of the top-K sparsified activation, transposed: ``x (N, q) -> x_sᵀ (q, N)``.
+
+    A compare, one ``nonzero`` and a gather over the (N·q) entries; row counts come from
+    ``count_nonzero`` so no per-entry row index is materialised."""
     xt = x.detach().t().contiguous()                                             # (q, N)
     keep = xt.abs() > threshold if threshold is not None else torch.ones_like(xt, dtype=torch.bool)
-    crow, col, _ = _csr_structure(keep)
-    return _csr(crow, col, xt[keep], xt.shape)
+    flat = keep.view(-1).nonzero().squeeze(1)
+    crow = torch.zeros(xt.shape[0] + 1, dtype=torch.long, device=x.device)
+    torch.cumsum(torch.count_nonzero(keep, 1), 0, out=crow[1:])
+    return _csr(crow, flat.remainder(xt.shape[1]), xt.view(-1)[flat], xt.shape)
+
+
+def in_out_order(weight: Tensor) -> bool:
+    """Is the 2-D ``weight (out, in)`` stored in (in, out) memory order (its transpose contiguous)?"""
+    return weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous()
+
+
+def storage_flat(t: Tensor) -> Tensor:
+    """All entries of a 2-D ``t`` as a 1-D view in memory order (row-major, or (in, out) order)."""
+    return t.t().reshape(-1) if in_out_order(t) else t.reshape(-1)
 
 
 class SparsePlan:
     """Which SWAT matmuls of one linear layer run on CSR kernels, and the cached index sets.
 
-    Built at each top-K refresh from the layer's weight mask ``(out, in)``; between refreshes
-    :meth:`weight_csr` only gathers the current weight values into the cached structures.
+    Built at each top-K refresh from the kept weights' sorted flat indices ``kept`` into
+    ``W (out, in)``; between refreshes :meth:`weight_csr` only gathers the current weight values
+    into the cached structures (two ``take``s of nnz entries, no pass over the dense weight).
     """
 
-    def __init__(self, wmask: Tensor | None, weight_sparse: bool, act_sparse: bool):
-        self.weight_sparse = bool(weight_sparse and wmask is not None)
+    def __init__(self, kept: Tensor | None, shape: tuple[int, int], weight_sparse: bool, act_sparse: bool):
+        self.weight_sparse = bool(weight_sparse and kept is not None)
         self.act_sparse = bool(act_sparse)
         if self.weight_sparse:
-            out, inp = wmask.shape
-            crow, col, row = _csr_structure(wmask)
-            self._w = (crow, col, row * inp + col)                               # flat index into W
-            crow_t, col_t, row_t = _csr_structure(wmask.t().contiguous())        # Wᵀ[i, o] = W[o, i]
-            self._wt = (crow_t, col_t, col_t * inp + row_t)
+            out, inp = shape
+            crow, col, row = _csr_structure(kept, out, inp)
+            # Wᵀ's entries in its row-major order are W's sorted by column (stable: rows stay
+            # sorted within a column): one sort of nnz keys instead of a pass over a transposed mask
+            order = torch.sort(col, stable=True).indices
+            crow_t = torch.zeros(inp + 1, dtype=torch.int32, device=kept.device)
+            torch.cumsum(torch.bincount(col, minlength=inp), 0, out=crow_t[1:])
+            row_t = row[order]
+            self._w, self._wt = (crow, col), (crow_t, row_t.to(torch.int32))
+            # Gather the values in W's storage order (a streaming read of the dense weight), then
+            # permute the small nnz-long array for the other of W / Wᵀ: a gather in the other
+            # order would hop across the 16 MB weight (measured ~5x slower at 2048²).
+            # Row-major W: W's entries in order; (in, out)-ordered W: Wᵀ's entries in order.
+            self._order, self._inverse = order, torch.argsort(order)
+            self._where = {False: kept, True: col[order].long() * out + row_t}
             self._shape = (out, inp)
 
     def weight_csr(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """CSR of top-K(W) ``(out, in)`` and of its transpose ``(in, out)``, current values."""
-        w = weight.detach().flatten()
-        (crow, col, flat), (crow_t, col_t, flat_t) = self._w, self._wt
+        w = weight.detach()
+        if not w.is_contiguous() and not in_out_order(w):
+            w = w.contiguous()
+        in_out = in_out_order(w)
+        first = storage_flat(w).take(self._where[in_out])
+        vals, vals_t = (first[self._inverse], first) if in_out else (first, first[self._order])
+        (crow, col), (crow_t, col_t) = self._w, self._wt
         out, inp = self._shape
-        return _csr(crow, col, w[flat], (out, inp)), _csr(crow_t, col_t, w[flat_t], (inp, out))
+        return _csr(crow, col, vals, (out, inp)), _csr(crow_t, col_t, vals_t, (inp, out))
 
 
-def _faster(sparse_fn, dense_fn, repeats: int = 5) -> bool:
-    """Is ``sparse_fn`` faster than ``MARGIN ×`` ``dense_fn``? Alternating runs, best of each, so a
-    burst of load from other processes hits both alike."""
+def _best(fn, repeats: int = 1) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _faster(sparse_fn, dense_fn, sparse_extra: float = 0.0, dense_extra: float = 0.0, repeats: int = 5) -> bool:
+    """Is ``sparse_fn`` (+ ``sparse_extra`` seconds) faster than ``MARGIN ×`` (``dense_fn`` +
+    ``dense_extra``)? Alternating runs, best of each, so a burst of load from other processes
+    hits both alike."""
     sparse_fn(), dense_fn()
     ts, td = [], []
     for _ in range(repeats):
-        for fn, times in ((sparse_fn, ts), (dense_fn, td)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return min(ts) < MARGIN * min(td)
+        ts.append(_best(sparse_fn, 1))
+        td.append(_best(dense_fn, 1))
+    return min(ts) + sparse_extra < MARGIN * (min(td) + dense_extra)
 
 
 @torch.no_grad()
 def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_density: float,
-              dtype: torch.dtype = torch.float32) -> tuple[bool, bool]:
+              dtype: torch.dtype = torch.float32, topk_period: int = 10) -> tuple[bool, bool]:
     """Measured choice ``(weight_sparse, act_sparse)`` for a SWAT linear ``(rows, d_in) -> d_out``.
 
-    weight side: forward + grad_input (two matmuls with top-K(W)); activation side: grad_weight
-    (gᵀ·x_s), each including what the sparse path must build every step. Cached per key.
+    Each side is timed as the whole per-step work of its path, so the choice is by real cost:
+    weight side: forward + grad_input (two matmuls with top-K(W)) plus, for CSR, gathering the
+    weight values, and for dense, masking W; the per-refresh work (building the CSR index sets,
+    or converting the mask) is added divided by ``topk_period``. Activation side: grad_weight
+    (gᵀ·x_s) plus building x_s (CSR: compare, nonzero, gather; dense: a masking multiply).
+    Cached per key.
     """
-    key = (rows, d_in, d_out, round(weight_density, 3), round(act_density, 3), dtype, torch.get_num_threads())
+    key = (rows, d_in, d_out, round(weight_density, 3), round(act_density, 3), dtype, torch.get_num_threads(),
+           topk_period)
     if key in _CACHE:
         return _CACHE[key]
     choice = (False, False)
@@ -114,20 +166,26 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
         g = torch.randn(rows, d_out, generator=gen, dtype=dtype)
         w_sparse = a_sparse = False
         if weight_density <= MAX_DENSITY:
-            mask = w.abs() > w.abs().flatten().kthvalue(max(1, round((1 - weight_density) * w.numel()))).values
-            plan = SparsePlan(mask, True, False)
+            score = w.abs()
+            mask = score > score.flatten().kthvalue(max(1, round((1 - weight_density) * w.numel()))).values
+            kept = mask.view(-1).nonzero().squeeze(1)
+            build = min(_best(lambda: SparsePlan(kept, (d_out, d_in), True, False), 1) for _ in range(3))
+            convert = min(_best(lambda: mask.to(dtype), 1) for _ in range(3))
+            plan, maskf = SparsePlan(kept, (d_out, d_in), True, False), mask.to(dtype)
 
             def dense_w():
-                ws = w * mask
+                ws = w * maskf
                 return x @ ws.t(), g @ ws
 
             def sparse_w():
                 a, at = plan.weight_csr(w)
                 return csr_mm_t(a, x), csr_mm_t(at, g)
-            w_sparse = _faster(sparse_w, dense_w)
+            w_sparse = _faster(sparse_w, dense_w, build / topk_period, convert / topk_period)
         if act_density <= MAX_DENSITY:
             thr = x.abs().flatten().kthvalue(max(1, round((1 - act_density) * x.numel()))).values
-            a_sparse = _faster(lambda: torch.sparse.mm(act_csr_t(x, thr), g).t().contiguous(),
+            # the CSR result is grad_Wᵀ row-major = grad_W in (in, out) order, which is how a
+            # layer on this path stores W (SwatLinear), so no transposing copy follows it
+            a_sparse = _faster(lambda: csr_mm(act_csr_t(x, thr), g),
                                lambda: g.t() @ (x * (x.abs() > thr)))
         choice = (w_sparse, a_sparse)
     _CACHE[key] = choice
