@@ -42,6 +42,18 @@ def _expert_ids(e: int, device: torch.device) -> Tensor:
     return torch.arange(e, device=device)
 
 
+def _top_k(probs_t: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``probs_t.topk(k, 0)``; for k ≤ 2 by repeated max, which PyTorch's CPU runs several
+    times faster than its top-k over a short dimension once N is in the thousands."""
+    if k > 2:
+        return probs_t.topk(k, 0)
+    p1, e1 = probs_t.max(0)
+    if k == 1:
+        return p1.unsqueeze(0), e1.unsqueeze(0)
+    p2, e2 = probs_t.scatter(0, e1.unsqueeze(0), -1.0).max(0)
+    return torch.stack((p1, p2)), torch.stack((e1, e2))
+
+
 class _TopKMoE(torch.autograd.Function):
     """Forward of the top-k MoE layer; see :func:`topk_moe` for the arguments and outputs."""
 
@@ -53,78 +65,86 @@ class _TopKMoE(torch.autograd.Function):
         # router, in the (E, N) layout
         logits_t = F.linear(wg, x)                                            # (E, N) = wg·xᵀ
         probs_t = logits_t.softmax(0)
-        top_p, expert_t = probs_t.topk(k, 0)                                  # (k, N) rank-major
+        top_p, expert_t = _top_k(probs_t, k)                                  # (k, N) rank-major
         renorm = renormalize and k > 1
         top_sum = top_p.sum(0, keepdim=True) if renorm else None
         weight_t = top_p / top_sum if renorm else top_p
         expert = expert_t.view(-1, 1)                                         # (A, 1) priority order
         # 1-based queue position of every assignment in its expert: a running count per expert
-        queue = (expert == _expert_ids(e, x.device)).cumsum(0)                # (A, E)
-        counts = queue[-1]                                                    # (E,) proposed
+        queue = (expert == _expert_ids(e, x.device)).cumsum(0, dtype=torch.int32)    # (A, E)
+        counts = queue[-1].long()                                             # (E,) proposed
         position = queue.gather(1, expert).view(-1)
         kept_counts = counts.clamp(max=capacity) if capacity is not None else counts
         slots = int(kept_counts.max())                                        # C: buffer rows per expert
         total = e * slots
         kept = position <= slots
-        # buffer row 1 + expert·C + position − 1; row 0 is the trash row of dropped assignments
-        slot = torch.add(position, expert.view(-1), alpha=slots).mul_(kept)
+        # buffer row 1 + expert·C + position − 1; row 0 is a zero row, where dropped assignments read
+        slot = torch.add(position, expert.view(-1), alpha=slots).mul_(kept).long()
         token, _ = rank_major_layout(n, k, x.device)
         slot_token = torch.zeros(total + 1, dtype=torch.long, device=x.device).index_put_((slot,), token)[1:]
-        slot_weight = x.new_zeros(total + 1).index_put_((slot,), weight_t.view(-1))[1:]
         # experts
         buf = x.index_select(0, slot_token).view(e, slots, d)                # (E, C, D)
         pre = torch.baddbmm(b1.unsqueeze(1), buf, w1)                         # (E, C, H)
         h = ACTIVATIONS[activation](pre)
-        out = torch.baddbmm(b2.unsqueeze(1), h, w2).view(total, d)           # (E·C, D)
-        y = x.new_zeros(n, d).index_add_(0, slot_token, out * slot_weight.unsqueeze(1))
+        out = _with_zero_row(x, total, d)
+        torch.baddbmm(b2.unsqueeze(1), h, w2, out=out[1:].view(e, slots, d))  # (1 + E·C, D)
+        # combine: every token gathers its k rows (a gather is cheaper than a scatter-add)
+        mine = out.index_select(0, slot).view(k, n, d)                        # (k, N, D)
+        y = mine[0] * weight_t[0].unsqueeze(1)
+        for j in range(1, k):
+            y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
         # auxiliary losses: Switch load balancing and the router z-loss. logsumexp from the
         # top choice's own probability: lse = l_top − log p_top, exact and safe as p_top ≥ 1/E.
         lse = logits_t.gather(0, expert_t[:1]).sub_(top_p[:1].log()).view(-1)   # (N,)
         z = lse.dot(lse) / n
-        lb = torch.dot(counts.to(x.dtype).mul_(e / (k * n * n)), probs_t.sum(1))
+        lb_grad = counts.to(x.dtype).mul_(e / (k * n * n))                    # ∂lb/∂p[e, n] = E·count_e / (A·N)
+        lb = torch.dot(lb_grad, probs_t.sum(1))
         aux = torch.add(lb * w_lb, z, alpha=w_z)
 
         side += [expert_t, kept, counts, kept_counts, math.isfinite(z)]
-        ctx.save_for_backward(x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, counts, slot,
-                              slot_token, slot_weight, buf, pre, h, out)
+        ctx.save_for_backward(x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, lb_grad, slot,
+                              slot_token, buf, pre, h, mine)
         ctx.sizes = (k, renorm, activation, w_lb, w_z)
         return y, logits_t, probs_t, weight_t, lb, z, aux
 
     @staticmethod
     def backward(ctx, gy, g_logits_t, g_probs_t, g_weight_t, g_lb, g_z, g_aux):
-        (x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, counts, slot,
-         slot_token, slot_weight, buf, pre, h, out) = ctx.saved_tensors
+        (x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, lb_grad, slot,
+         slot_token, buf, pre, h, mine) = ctx.saved_tensors
         k, renorm, activation, w_lb, w_z = ctx.sizes
         n, d = x.shape
         e, slots = buf.shape[0], buf.shape[1]
         total = e * slots
         g_x = g_w1 = g_b1 = g_w2 = g_b2 = None
-        g_sw = x.new_zeros(total + 1)                                         # row 0, the trash, stays 0
+        g_w = g_weight_t
         if gy is not None:
             gy = gy.contiguous()
-            g_slot = gy.index_select(0, slot_token)                           # (E·C, D)
-            torch.linalg.vecdot(g_slot, out, out=g_sw[1:])                   # ∂/∂ slot weight
-            g_out = g_slot.mul_(slot_weight.unsqueeze(1)).view(e, slots, d)
+            g_mine = torch.linalg.vecdot(mine, gy)                            # (k, N): ∂/∂ combine weight
+            g_w = g_mine if g_w is None else g_w.add(g_mine)
+            # ∂/∂ expert output rows: weight · gy of the row's token; empty rows get weight 0
+            slot_weight = x.new_zeros(total + 1).index_put_((slot,), weight_t.reshape(-1))[1:]
+            g_out = gy.index_select(0, slot_token).mul_(slot_weight.unsqueeze(1)).view(e, slots, d)
             g_w2 = torch.bmm(h.transpose(1, 2), g_out)
             g_b2 = g_out.sum(1)
             g_pre = _act_backward(activation, torch.bmm(g_out, w2.transpose(1, 2)), pre)
             g_w1 = torch.bmm(buf.transpose(1, 2), g_pre)
             g_b1 = g_pre.sum(1)
             if ctx.needs_input_grad[0]:
-                g_x = x.new_zeros(n, d).index_add_(0, slot_token, torch.bmm(g_pre, w1.transpose(1, 2)).view(total, d))
+                g_buf = _with_zero_row(x, total, d)
+                torch.bmm(g_pre, w1.transpose(1, 2), out=g_buf[1:].view(e, slots, d))
+                g_rows = g_buf.index_select(0, slot).view(k, n, d)           # each token gathers its k rows
+                g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
+                for j in range(2, k):
+                    g_x.add_(g_rows[j])
         # router: combine weights → top-k probabilities → all probabilities → logits
-        g_w = g_sw[slot].view(k, n)
-        if g_weight_t is not None:
-            g_w = g_w + g_weight_t
-        if renorm:                                                            # w = p / Σp
-            g_top = (g_w - (g_w * weight_t).sum(0, keepdim=True)).div_(top_sum)
-        else:
-            g_top = g_w
-        g_p = g_probs_t.clone() if g_probs_t is not None else probs_t.new_zeros(probs_t.shape)
-        g_p.scatter_add_(0, expert_t, g_top)
         lb_scale = _scale(g_lb, g_aux, w_lb)
-        if lb_scale:                                                          # ∂lb/∂p[e, n] = E·count_e / (A·N)
-            g_p.add_(counts.unsqueeze(1), alpha=lb_scale * e / (k * n * n))
+        g_p = (lb_grad * lb_scale).unsqueeze(1).expand(e, n).clone()          # (E, N)
+        if g_probs_t is not None:
+            g_p.add_(g_probs_t)
+        if g_w is not None:
+            if renorm:                                                        # w = p / Σp
+                g_w = (g_w - (g_w * weight_t).sum(0, keepdim=True)).div_(top_sum)
+            g_p.scatter_add_(0, expert_t, g_w)
         g_logits = torch._softmax_backward_data(g_p, probs_t, 0, probs_t.dtype)
         z_scale = _scale(g_z, g_aux, w_z)
         if z_scale:                                                           # ∂z/∂l[e, n] = 2·lse_n·p[e, n] / N
@@ -135,6 +155,13 @@ class _TopKMoE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_x = torch.mm(g_logits.t(), wg) if g_x is None else g_x.addmm_(g_logits.t(), wg)
         return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None
+
+
+def _with_zero_row(like: Tensor, rows: int, d: int) -> Tensor:
+    """An uninitialised (1 + rows, d) buffer whose row 0 is zero (what dropped assignments read)."""
+    buf = like.new_empty(rows + 1, d)
+    buf[0].zero_()
+    return buf
 
 
 def _scale(g_own: Tensor | None, g_aux: Tensor | None, weight: float) -> float:
