@@ -47,19 +47,44 @@ def magnitude_threshold(score: Tensor, sparsity: float) -> Tensor:
 _SAMPLE = 1 << 15
 
 
+def magnitude_topk(score: Tensor, sparsity: float) -> tuple[Tensor, Tensor]:
+    """``(t, kept)``: the threshold of :func:`magnitude_threshold` and the sorted indices, in
+    ``score``'s storage order (see :func:`kernels.storage_flat`), of the kept entries
+    ``score > t`` of a 2-D ``score`` (what the CSR index sets are built from). Found together:
+    at sparsity ≥ 0.5 on large tensors the search below already holds every entry above its
+    bracket, so ``kept`` costs no second pass over ``score``."""
+    flat = kernels.storage_flat(score.detach())
+    drop = int(round(sparsity * flat.numel()))
+    if drop == 0:
+        return score.new_tensor(-math.inf), torch.arange(flat.numel(), device=flat.device)
+    t, tail = _select(flat, drop, want_tail=True)
+    if tail is None:
+        return t, (flat > t).nonzero().squeeze(1)
+    idx, vals = tail
+    return t, idx[vals > t]
+
+
 def _kth_smallest(flat: Tensor, k: int) -> Tensor:
-    """The exact k-th smallest entry (1-based) of ``flat``, as ``flat.kthvalue(k).values``.
+    """The exact k-th smallest entry (1-based) of ``flat``, as ``flat.kthvalue(k).values``."""
+    return _select(flat, k)[0]
+
+
+def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``(k-th smallest entry of flat, tail)``.
 
     ``kthvalue`` over a 2048×2048 weight costs more than the layer's dense step, and SWAT needs
     it at every refresh. For large tensors we bracket the answer with two quantiles of a fixed
     sample (±5 standard errors), count what lies below the bracket (``count_nonzero``: a bool
-    ``sum`` is ~8x slower), and select inside the bracket only (a few % of the entries); if
-    the answer falls outside the bracket we fall back to the full select, so the result is
-    always exact. The sample uses its own seeded generator: the global random stream is untouched.
+    ``sum`` is ~8x slower) and select inside the bracket only (a few % of the entries). With
+    ``want_tail`` and k ≥ n/2 we instead gather every entry from the bracket's bottom up (one
+    ``nonzero``, ~11 % of the entries at 90 % sparsity) and return it as ``tail`` = (indices,
+    values); else ``tail`` is None. If the answer falls outside the bracket we fall back to the
+    full select, so the result is always exact. The sample uses its own seeded generator, so the
+    global random stream is untouched.
     """
     n = flat.numel()
     if n <= 4 * _SAMPLE:
-        return flat.kthvalue(k).values
+        return flat.kthvalue(k).values, None
     gen = torch.Generator(device=flat.device).manual_seed(n)
     sample = flat[torch.randint(n, (_SAMPLE,), generator=gen, device=flat.device)]
     q = k / n
@@ -67,12 +92,18 @@ def _kth_smallest(flat: Tensor, k: int) -> Tensor:
     lo_k = max(1, int(math.floor((q - margin) * _SAMPLE)))
     hi_k = min(_SAMPLE, int(math.ceil((q + margin) * _SAMPLE)))
     lo, hi = sample.kthvalue(lo_k).values, sample.kthvalue(hi_k).values
-    below = int(torch.count_nonzero(flat < lo))
-    band = flat[(flat >= lo) & (flat <= hi)]
+    tail = None
+    if want_tail and q >= 0.5:
+        idx = (flat >= lo).nonzero().squeeze(1)
+        vals = flat.index_select(0, idx)
+        band, below, tail = vals[vals <= hi], n - vals.numel(), (idx, vals)
+    else:
+        below = int(torch.count_nonzero(flat < lo))
+        band = flat[(flat >= lo) & (flat <= hi)]
     r = k - below
     if 1 <= r <= band.numel():
-        return band.kthvalue(r).values
-    return flat.kthvalue(k).values
+        return band.kthvalue(r).values, tail
+    return flat.kthvalue(k).values, None
 
 
 def channel_scores(x: Tensor, dim: int) -> Tensor:
@@ -124,7 +155,8 @@ def sparsify_activation(x: Tensor, threshold: Tensor | None, structured: bool = 
         shape = [1] * x.dim()
         shape[channel_dim] = -1
         return x * keep.view(shape).to(x.dtype)
-    return x * (x.abs() > threshold).to(x.dtype)
+    # hardshrink is exactly "x where |x| > t, else 0", in one pass (3x fewer than abs, gt, mul)
+    return F.hardshrink(x, max(float(threshold), 0.0))
 
 
 def _masked(w: Tensor, mask: Tensor | None) -> Tensor:
@@ -143,16 +175,18 @@ class SwatLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, wmask, athr, structured=False, plan=None):
+        # xᵀ (in, N) contiguous, shared by the CSR forward and the activation's CSR
+        xt = x.detach().t().contiguous() if plan is not None else None
         if plan is not None and plan.weight_sparse:
             w_csr, wt_csr = plan.weight_csr(weight)
-            y = kernels.csr_mm_t(w_csr, x, bias)                                # (N, out)
+            y = kernels.csr_mm_t(w_csr, x, bias, xt)                            # (N, out)
             ctx.wt_csr, w_s = wt_csr, None
         else:
             w_s = _masked(weight, wmask)
             y = F.linear(x, w_s, bias)
             ctx.wt_csr = None
         if plan is not None and plan.act_sparse:
-            x_saved = kernels.act_csr_t(x, athr)                                # CSR of x_sᵀ (in, N)
+            x_saved = kernels.act_csr_t(x, athr, xt)                            # CSR of x_sᵀ (in, N)
         else:
             x_saved = sparsify_activation(x, athr, structured, -1)
         ctx.has_bias = bias is not None

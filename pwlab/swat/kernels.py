@@ -20,6 +20,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 MIN_ELEMENTS = 1 << 16   # smaller weight matrices: dense always (calibration noise > any gain)
 MAX_DENSITY = 0.5        # above this density CSR never wins on CPU
@@ -51,25 +52,28 @@ def csr_mm(a_csr: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(out, a_csr, b, beta=0, out=out)
 
 
-def csr_mm_t(a_csr: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+def csr_mm_t(a_csr: Tensor, x: Tensor, bias: Tensor | None = None, xt: Tensor | None = None) -> Tensor:
     """``x @ aᵀ (+ bias)`` for ``a_csr (p, q)`` CSR and dense ``x (N, q)``: ``(a · xᵀ)ᵀ``, returns
-    a contiguous (N, p); the transposing copy of the result also adds the bias (one pass)."""
-    yt = csr_mm(a_csr, x.t().contiguous())                                       # (p, N)
+    a contiguous (N, p); the transposing copy of the result also adds the bias (one pass).
+    ``xt``: ``x.t().contiguous()`` when the caller has it already."""
+    yt = csr_mm(a_csr, x.t().contiguous() if xt is None else xt)                 # (p, N)
     y = torch.empty(yt.shape[1], yt.shape[0], dtype=yt.dtype, device=yt.device)
     return torch.add(yt.t(), bias, out=y) if bias is not None else y.copy_(yt.t())
 
 
-def act_csr_t(x: Tensor, threshold: Tensor | None) -> Tensor:
+def act_csr_t(x: Tensor, threshold: Tensor | None, xt: Tensor | None = None) -> Tensor:
     """CSR of the top-K sparsified activation, transposed: ``x (N, q) -> x_sᵀ (q, N)``.
 
-    A compare, one ``nonzero`` and a gather over the (N·q) entries; row counts come from
-    ``count_nonzero`` so no per-entry row index is materialised."""
-    xt = x.detach().t().contiguous()                                             # (q, N)
-    keep = xt.abs() > threshold if threshold is not None else torch.ones_like(xt, dtype=torch.bool)
-    flat = keep.view(-1).nonzero().squeeze(1)
+    ``hardshrink`` (x where |x| > t, else 0) is the sparsification in one pass; then one
+    ``nonzero`` and a gather over the (N·q) entries; row counts come from ``count_nonzero`` so
+    no per-entry row index is materialised. (An entry exactly 0 is dropped either way.)
+    ``xt``: ``x.t().contiguous()`` when the caller has it already."""
+    xt = x.detach().t().contiguous() if xt is None else xt                       # (q, N)
+    xs = xt if threshold is None else F.hardshrink(xt, max(float(threshold), 0.0))
+    flat = xs.view(-1).nonzero().squeeze(1)
     crow = torch.zeros(xt.shape[0] + 1, dtype=torch.long, device=x.device)
-    torch.cumsum(torch.count_nonzero(keep, 1), 0, out=crow[1:])
-    return _csr(crow, flat.remainder(xt.shape[1]), xt.view(-1)[flat], xt.shape)
+    torch.cumsum(torch.count_nonzero(xs, 1), 0, out=crow[1:])
+    return _csr(crow, flat.remainder(xt.shape[1]), xs.view(-1)[flat], xt.shape)
 
 
 def in_out_order(weight: Tensor) -> bool:
@@ -85,43 +89,42 @@ def storage_flat(t: Tensor) -> Tensor:
 class SparsePlan:
     """Which SWAT matmuls of one linear layer run on CSR kernels, and the cached index sets.
 
-    Built at each top-K refresh from the kept weights' sorted flat indices ``kept`` into
-    ``W (out, in)``; between refreshes :meth:`weight_csr` only gathers the current weight values
-    into the cached structures (two ``take``s of nnz entries, no pass over the dense weight).
+    Built at each top-K refresh from ``kept``, the sorted indices of the kept weights in W's
+    *storage* (row-major W, or (in, out)-ordered W as :class:`SwatLinear` stores it on the CSR
+    grad_W path). Kept indices in storage order are the CSR entries, in order, of the matrix
+    stored that way (W, or Wᵀ); the other one's entries are the same sorted by column (a stable
+    sort of nnz keys). Between refreshes :meth:`weight_csr` only gathers the current values: a
+    streaming ``index_select`` from the dense weight in storage order, then a permutation of
+    that small nnz-long array (a gather in the other order would hop across the whole weight).
     """
 
-    def __init__(self, kept: Tensor | None, shape: tuple[int, int], weight_sparse: bool, act_sparse: bool):
+    def __init__(self, kept: Tensor | None, shape: tuple[int, int], weight_sparse: bool, act_sparse: bool,
+                 in_out: bool = False):
         self.weight_sparse = bool(weight_sparse and kept is not None)
         self.act_sparse = bool(act_sparse)
+        self.in_out = bool(in_out)
         if self.weight_sparse:
             out, inp = shape
-            crow, col, row = _csr_structure(kept, out, inp)
-            # Wᵀ's entries in its row-major order are W's sorted by column (stable: rows stay
-            # sorted within a column): one sort of nnz keys instead of a pass over a transposed mask
-            order = torch.sort(col, stable=True).indices
-            crow_t = torch.zeros(inp + 1, dtype=torch.int32, device=kept.device)
-            torch.cumsum(torch.bincount(col, minlength=inp), 0, out=crow_t[1:])
-            row_t = row[order]
-            self._w, self._wt = (crow, col), (crow_t, row_t.to(torch.int32))
-            # Gather the values in W's storage order (a streaming read of the dense weight), then
-            # permute the small nnz-long array for the other of W / Wᵀ: a gather in the other
-            # order would hop across the 16 MB weight (measured ~5x slower at 2048²).
-            # Row-major W: W's entries in order; (in, out)-ordered W: Wᵀ's entries in order.
-            self._order, self._inverse = order, torch.argsort(order)
-            self._where = {False: kept, True: col[order].long() * out + row_t}
-            self._shape = (out, inp)
+            p, q = (inp, out) if in_out else (out, inp)                         # the stored matrix
+            crow, col, row = _csr_structure(kept, p, q)
+            order = torch.sort(col, stable=True).indices                        # rows stay sorted per column
+            crow_o = torch.zeros(q + 1, dtype=torch.int32, device=kept.device)
+            torch.cumsum(torch.bincount(col, minlength=q), 0, out=crow_o[1:])
+            stored = (crow, col, (p, q))
+            other = (crow_o, row.index_select(0, order).to(torch.int32), (q, p))
+            self._w, self._wt = (other, stored) if in_out else (stored, other)
+            self._kept, self._order = kept, order
 
     def weight_csr(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """CSR of top-K(W) ``(out, in)`` and of its transpose ``(in, out)``, current values."""
         w = weight.detach()
-        if not w.is_contiguous() and not in_out_order(w):
-            w = w.contiguous()
-        in_out = in_out_order(w)
-        first = storage_flat(w).take(self._where[in_out])
-        vals, vals_t = (first[self._inverse], first) if in_out else (first, first[self._order])
-        (crow, col), (crow_t, col_t) = self._w, self._wt
-        out, inp = self._shape
-        return _csr(crow, col, vals, (out, inp)), _csr(crow_t, col_t, vals_t, (inp, out))
+        if in_out_order(w) != self.in_out:
+            w = w.t().contiguous().t() if self.in_out else w.contiguous()
+        first = storage_flat(w).index_select(0, self._kept)                     # index_select: ~2x faster
+        second = first.index_select(0, self._order)                             # than [] or take (measured)
+        vals, vals_t = (second, first) if self.in_out else (first, second)
+        (crow, col, size), (crow_t, col_t, size_t) = self._w, self._wt
+        return _csr(crow, col, vals, size), _csr(crow_t, col_t, vals_t, size_t)
 
 
 def _best(fn, repeats: int = 1) -> float:
@@ -169,8 +172,8 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
             score = w.abs()
             mask = score > score.flatten().kthvalue(max(1, round((1 - weight_density) * w.numel()))).values
             kept = mask.view(-1).nonzero().squeeze(1)
-            build = min(_best(lambda: SparsePlan(kept, (d_out, d_in), True, False), 1) for _ in range(3))
-            convert = min(_best(lambda: mask.to(dtype), 1) for _ in range(3))
+            build = min(_best(lambda: SparsePlan(kept, (d_out, d_in), True, False)) for _ in range(3))
+            convert = min(_best(lambda: mask.to(dtype)) for _ in range(3))
             plan, maskf = SparsePlan(kept, (d_out, d_in), True, False), mask.to(dtype)
 
             def dense_w():
@@ -186,7 +189,7 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
             # the CSR result is grad_Wᵀ row-major = grad_W in (in, out) order, which is how a
             # layer on this path stores W (SwatLinear), so no transposing copy follows it
             a_sparse = _faster(lambda: csr_mm(act_csr_t(x, thr), g),
-                               lambda: g.t() @ (x * (x.abs() > thr)))
+                               lambda: g.t() @ F.hardshrink(x, float(thr)))
         choice = (w_sparse, a_sparse)
     _CACHE[key] = choice
     return choice

@@ -23,8 +23,8 @@ from pwlab import _checks
 from pwlab.experts import ACTIVATIONS, ExpertBank
 from pwlab.swat import kernels
 from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
-                                  check_sparsity, magnitude_threshold, weight_mask, weight_scores,
-                                  weight_threshold)
+                                  check_sparsity, magnitude_threshold, magnitude_topk, weight_mask,
+                                  weight_scores, weight_threshold)
 
 KERNELS = ("auto", "dense", "sparse")
 
@@ -68,11 +68,20 @@ class _SwatState:
                 self._wthr[name] = weight_threshold(w, self.weight_sparsity, True)
                 return weight_mask(w, self.weight_sparsity, True, self._wthr[name])
             score = weight_scores(w)                                 # |w|, computed once per refresh
-            self._wthr[name] = magnitude_threshold(score, self.weight_sparsity)
+            if self._csr_candidate(w):                               # the CSR index set comes for free
+                self._wthr[name], self._kept[name] = magnitude_topk(score, self.weight_sparsity)
+            else:
+                self._wthr[name] = magnitude_threshold(score, self.weight_sparsity)
             return score > self._wthr[name]
         if self.fixed_mask or self.weight_sparsity == 0:
             return getattr(self, name)
         return weight_mask(w, self.weight_sparsity, self.structured, self._wthr[name])
+
+    def _csr_candidate(self, w: Tensor) -> bool:
+        """Could this weight go to the CSR kernels (so its kept index set will be needed)?"""
+        return (getattr(self, "kernel", "dense") != "dense" and self.fixed_mask and w.dim() == 2
+                and (self.kernel == "sparse" or (1 - self.weight_sparsity <= kernels.MAX_DENSITY
+                                                 and w.numel() >= kernels.MIN_ELEMENTS)))
 
     def _dense_mask(self, name: str, w: Tensor) -> Tensor | None:
         """The current mask as 0/1 in ``w``'s dtype (what the masked dense kernels multiply by),
@@ -86,12 +95,12 @@ class _SwatState:
         return cached[1]
 
     def _kept_index(self, name: str) -> Tensor | None:
-        """Sorted flat indices of the kept weights, once per mask."""
+        """Sorted indices of the kept weights in the weight's storage order, once per mask."""
         mask = getattr(self, name)
         if mask is None:
             return None
         if self._kept.get(name) is None:
-            self._kept[name] = mask.reshape(-1).nonzero().squeeze(1)
+            self._kept[name] = kernels.storage_flat(mask).nonzero().squeeze(1)
         return self._kept[name]
 
     def refresh_topk(self) -> None:
@@ -161,7 +170,8 @@ class SwatLinear(nn.Linear, _SwatState):
             if a_sp:
                 self._store_in_out_order()
             kept = self._kept_index("weight_mask") if w_sp else None
-            self._plans[rows] = (kernels.SparsePlan(kept, tuple(self.weight.shape), w_sp, a_sp)
+            self._plans[rows] = (kernels.SparsePlan(kept, tuple(self.weight.shape), w_sp, a_sp,
+                                                    kernels.in_out_order(self.weight))
                                  if (w_sp or a_sp) else None)
         return self._plans[rows]
 
@@ -182,6 +192,7 @@ class SwatLinear(nn.Linear, _SwatState):
             if self.weight_mask is not None:
                 self.weight_mask = self.weight_mask.t().contiguous().t()
         self._fmask.clear()
+        self._kept.clear()                           # storage order changed: index anew
         if current:                                  # a new storage is not an optimizer step
             self._seen_version = (self.weight._version,)
 
