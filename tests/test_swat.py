@@ -313,3 +313,95 @@ def test_bracketed_kth_smallest_is_exact():
         for frac in (0.001, 0.5, 0.8, 0.9, 0.99, 0.99999):
             k = max(1, round(frac * x.numel()))
             assert _kth_smallest(x, k) == x.kthvalue(k).values
+
+
+def test_magnitude_topk_threshold_and_kept_set_are_exact_in_either_storage_order():
+    """The kept index set found with the threshold equals a naive top-K, in W's storage order."""
+    from pwlab.swat import kernels
+    from pwlab.swat.functions import magnitude_topk
+    g = torch.Generator().manual_seed(5)
+    for score in (torch.rand(512, 600, generator=g),                                  # bracketed search
+                  torch.randint(0, 50, (400, 500), generator=g).float(),             # ties
+                  torch.rand(30, 20, generator=g)):                                   # small: kthvalue
+        for stored in (score, score.t().contiguous().t()):                            # row-major, (in, out)
+            for s in (0.3, 0.5, 0.9, 0.99):
+                t, kept = magnitude_topk(stored, s)
+                assert t == score.flatten().kthvalue(round(s * score.numel())).values
+                naive = (kernels.storage_flat(stored) > t).nonzero().squeeze(1)
+                assert torch.equal(kept, naive)
+
+
+@pytest.mark.parametrize("in_out", [False, True])
+def test_sparse_plan_reused_structure_equals_masked_weight_as_values_change(in_out):
+    """Index sets built once, values gathered each step: both CSRs equal the masked dense W."""
+    from pwlab.swat import kernels
+    w = torch.randn(40, 30)
+    mask = weight_mask(w, 0.8)
+    stored = lambda t: t.t().contiguous().t() if in_out else t
+    plan = kernels.SparsePlan(kernels.storage_flat(stored(mask)).nonzero().squeeze(1), (40, 30), True, False, in_out)
+    for _ in range(3):                                          # the weight moves; the kept set does not
+        a, at = plan.weight_csr(stored(w))
+        assert torch.equal(a.to_dense(), w * mask) and torch.equal(at.to_dense(), (w * mask).t())
+        w = w + torch.randn(40, 30)
+
+
+def test_activation_csr_and_sparsify_match_naive_top_k():
+    from pwlab.swat import kernels, sparsify_activation
+    x = torch.randn(16, 24)
+    thr = x.abs().flatten().kthvalue(300).values
+    naive = x * (x.abs() > thr)
+    assert torch.equal(sparsify_activation(x, thr), naive)
+    xs = kernels.act_csr_t(x, thr)
+    assert xs.layout == torch.sparse_csr and xs._nnz() == 16 * 24 - 300
+    assert torch.equal(xs.to_dense(), naive.t())
+
+
+def _train(layer, steps, seed=0):
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        x = torch.randn(32, layer.in_features, generator=gen, requires_grad=True)
+        y = layer(x)
+        y.backward(torch.randn(y.shape, generator=gen))
+        out.append((y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone(), layer.weight_mask.clone()))
+        opt.step()
+        opt.zero_grad()
+    return out
+
+
+def test_csr_path_with_reused_index_sets_equals_plain_masked_path_over_refreshes():
+    """Training steps across three refreshes: CSR kernels (index sets reused between refreshes,
+    W re-stored in (in, out) order) give the values and gradients of the masked dense path, whose
+    masks are a naive top-K of the weights at each refresh."""
+    torch.manual_seed(7)
+    dense = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.8, topk_period=3, kernel="dense")
+    sparse = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.8, topk_period=3, kernel="sparse")
+    sparse.load_state_dict(dense.state_dict())
+    w_ref = dense.weight.detach().clone()
+    runs_d, runs_s = _train(dense, 8), _train(sparse, 8)
+    assert sparse._plans[32].weight_sparse and sparse._plans[32].act_sparse
+    for step, (d, s) in enumerate(zip(runs_d, runs_s)):
+        for u, v in zip(d, s):
+            torch.testing.assert_close(u, v)
+        if step % 3 == 0:                                       # a refresh: the naive top-K of W now
+            naive = w_ref.abs() > w_ref.abs().flatten().kthvalue(round(0.9 * w_ref.numel())).values
+            assert torch.equal(d[4], naive)
+        else:
+            assert torch.equal(d[4], runs_d[step - 1][4])       # kept set fixed between refreshes
+        w_ref -= 0.05 * d[2]
+    torch.testing.assert_close(sparse.weight, dense.weight)
+
+
+def test_in_out_storage_keeps_the_parameter_and_its_values_and_avoids_a_gradient_copy():
+    from pwlab.swat import kernels
+    layer = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.9, kernel="sparse")
+    weight, before = layer.weight, layer.weight.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)           # holds the Parameter from before
+    layer(torch.randn(32, 64)).sum().backward()
+    assert layer.weight is weight and kernels.in_out_order(weight) and torch.equal(weight, before)
+    assert weight.grad.stride() == weight.stride()              # accumulated as is: no transposing copy
+    opt.step()
+    assert not torch.equal(layer.weight, before)
+    assert layer.state_dict()["weight"].shape == (48, 64)
+    assert layer.step == 1                                       # the re-store is not counted as a step

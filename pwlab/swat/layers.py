@@ -78,7 +78,12 @@ class _SwatState:
         return weight_mask(w, self.weight_sparsity, self.structured, self._wthr[name])
 
     def _csr_candidate(self, w: Tensor) -> bool:
-        """Could this weight go to the CSR kernels (so its kept index set will be needed)?"""
+        """Will this weight likely go to the CSR kernels (so its kept index set is wanted)? The
+        plans of the last period tell (a refresh rebuilds them with the same choice); before
+        any, whether the crossover would try CSR at all."""
+        plans = getattr(self, "_plans", None)
+        if plans:
+            return any(p is not None and p.weight_sparse for p in plans.values())
         return (getattr(self, "kernel", "dense") != "dense" and self.fixed_mask and w.dim() == 2
                 and (self.kernel == "sparse" or (1 - self.weight_sparsity <= kernels.MAX_DENSITY
                                                  and w.numel() >= kernels.MIN_ELEMENTS)))
