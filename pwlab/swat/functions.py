@@ -97,9 +97,10 @@ def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tupl
         idx = (flat >= lo).nonzero().squeeze(1)
         vals = flat.index_select(0, idx)
         band, below, tail = vals[vals <= hi], n - vals.numel(), (idx, vals)
-    else:
-        below = int(torch.count_nonzero(flat < lo))
-        band = flat[(flat >= lo) & (flat <= hi)]
+    else:                                              # 3 passes over flat, and one compaction
+        above = flat >= lo
+        below = n - int(torch.count_nonzero(above))
+        band = flat[above.logical_and_(flat <= hi)]
     r = k - below
     if 1 <= r <= band.numel():
         return band.kthvalue(r).values, tail
