@@ -18,6 +18,24 @@ def test_bench_swat_quick_prints_one_json_row_per_setting(capsys):
     assert {"layer", "batch", "sparsity", "swat_over_dense_time"} <= set(row)
     assert row["layer"] == "256x256" and row["batch"] == 32 and row["sparsity"] == 0.9
     assert row["swat_over_dense_time"] > 0 and row["weight_kernel"] in ("csr", "dense")
+    assert {"swat_refresh_ms", "swat_ms_between_refreshes", "topk_period"} <= set(row)
+
+
+def test_bench_swat_windows_each_hold_exactly_one_refresh_at_their_first_step():
+    """The refresh cost is inside the timed windows: one refresh per topk_period steps, first."""
+    import torch
+
+    from pwlab.swat import SwatLinear
+    layer = SwatLinear(32, 32, weight_sparsity=0.5, act_sparsity=0.5, topk_period=3, kernel="dense")
+    x, g = torch.randn(8, 32), torch.randn(8, 32)
+    swat._window(layer, x, g, 3)                                # warm-up window: steps 1-3
+    for first in (4, 7):
+        thresholds = []
+        for _ in range(3):
+            swat._window(layer, x, g, 1)
+            thresholds.append(layer.act_threshold)
+        assert layer._refreshed_at == first and layer.step == first + 2
+        assert thresholds[1] is thresholds[0] and thresholds[2] is thresholds[0]
 
 
 @pytest.mark.slow
