@@ -74,7 +74,7 @@ def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tupl
 
     ``kthvalue`` over a 2048×2048 weight costs more than the layer's dense step, and SWAT needs
     it at every refresh. For large tensors we bracket the answer with two quantiles of a fixed
-    sample (±5 standard errors), count what lies below the bracket (``count_nonzero``: a bool
+    sample (±4 standard errors), count what lies below the bracket (``count_nonzero``: a bool
     ``sum`` is ~8x slower) and select inside the bracket only (a few % of the entries). With
     ``want_tail`` and k ≥ n/2 we instead gather every entry from the bracket's bottom up (one
     ``nonzero``, ~11 % of the entries at 90 % sparsity) and return it as ``tail`` = (indices,
@@ -88,7 +88,7 @@ def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tupl
     gen = torch.Generator(device=flat.device).manual_seed(n)
     sample = flat[torch.randint(n, (_SAMPLE,), generator=gen, device=flat.device)]
     q = k / n
-    margin = 5 * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE
+    margin = 4 * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE      # outside: p ≈ 3e-5 per side
     lo_k = max(1, int(math.floor((q - margin) * _SAMPLE)))
     hi_k = min(_SAMPLE, int(math.ceil((q + margin) * _SAMPLE)))
     lo, hi = sample.kthvalue(lo_k).values, sample.kthvalue(hi_k).values

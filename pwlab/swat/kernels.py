@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 MIN_ELEMENTS = 1 << 16   # smaller weight matrices: dense always (calibration noise > any gain)
 MAX_DENSITY = 0.5        # above this density CSR never wins on CPU
-MARGIN = 0.95            # sparse must be measured ≥ 5% faster than the masked dense path it replaces
+MARGIN = 0.9             # sparse must be measured ≥ 10% faster than the masked dense path it replaces:
+                         # near parity the calibration is noisier than the difference (measured at 80%)
 _CACHE: dict = {}
 
 
@@ -133,7 +134,7 @@ def _best(fn, repeats: int = 1) -> float:
     return time.perf_counter() - start
 
 
-def _faster(sparse_fn, dense_fn, sparse_extra: float = 0.0, dense_extra: float = 0.0, repeats: int = 5) -> bool:
+def _faster(sparse_fn, dense_fn, sparse_extra: float = 0.0, dense_extra: float = 0.0, repeats: int = 7) -> bool:
     """Is ``sparse_fn`` (+ ``sparse_extra`` seconds) faster than ``MARGIN ×`` (``dense_fn`` +
     ``dense_extra``)? Alternating runs, best of each, so a burst of load from other processes
     hits both alike."""
