@@ -58,7 +58,7 @@ class _TopKMoE(torch.autograd.Function):
     """Forward of the top-k MoE layer; see :func:`topk_moe` for the arguments and outputs."""
 
     @staticmethod
-    def forward(ctx, x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, w_lb, w_z, side):
+    def forward(ctx, x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, w_lb, w_z, enabled, side):
         ctx.set_materialize_grads(False)
         n, d = x.shape
         e = wg.shape[0]
@@ -75,9 +75,13 @@ class _TopKMoE(torch.autograd.Function):
         counts = queue[-1].long()                                             # (E,) proposed
         position = queue.gather(1, expert).view(-1)
         kept_counts = counts.clamp(max=capacity) if capacity is not None else counts
-        slots = int(kept_counts.max())                                        # C: buffer rows per expert
-        total = e * slots
+        if enabled is not None:                                               # ablation: switched-off experts
+            kept_counts = kept_counts * enabled                               # compute nothing; the others
+        slots = int(kept_counts.max())                                        # keep their queue positions
+        total = e * slots                                                     # C: buffer rows per expert
         kept = position <= slots
+        if enabled is not None:
+            kept &= enabled[expert.view(-1)]
         # buffer row 1 + expert·C + position − 1; row 0 is a zero row, where dropped assignments read
         slot = torch.add(position, expert.view(-1), alpha=slots).mul_(kept).long()
         token, _ = rank_major_layout(n, k, x.device)
@@ -154,7 +158,7 @@ class _TopKMoE(torch.autograd.Function):
         g_wg = torch.mm(g_logits, x) if ctx.needs_input_grad[1] else None
         if ctx.needs_input_grad[0]:
             g_x = torch.mm(g_logits.t(), wg) if g_x is None else g_x.addmm_(g_logits.t(), wg)
-        return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None
+        return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None, None
 
 
 def _with_zero_row(like: Tensor, rows: int, d: int) -> Tensor:
@@ -170,11 +174,14 @@ def _scale(g_own: Tensor | None, g_aux: Tensor | None, weight: float) -> float:
 
 
 def topk_moe(x: Tensor, wg: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *, k: int,
-             renormalize: bool, capacity: int | None, activation: str, w_lb: float, w_z: float):
+             renormalize: bool, capacity: int | None, activation: str, w_lb: float, w_z: float,
+             enabled: Tensor | None = None):
     """The top-k MoE layer on ``x (N, D)``, N ≥ 1.
 
     Args: the gate weight ``wg (E, D)``; the expert bank ``w1 (E, D, H), b1 (E, H), w2 (E, H, D),
-    b2 (E, D)``; ``capacity`` C or None (dropless); the weights of the load-balancing and z-losses.
+    b2 (E, D)``; ``capacity`` C or None (dropless); the weights of the load-balancing and z-losses;
+    ``enabled (E,)`` bool, or None when every expert is on (assignments to an expert switched off
+    are dropped, as in :meth:`pwlab.moe.MoE.disabled`).
 
     Returns ``(y (N, D), logits (E, N), probs (E, N), weight (k, N), load_balancing, z_loss,
     aux_loss, expert (k, N), kept (A,), counts (E,), kept_counts (E,), finite)``: the router
@@ -182,5 +189,6 @@ def topk_moe(x: Tensor, wg: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tens
     (bool) whether the z-loss is finite, which it is unless x holds NaN or Inf.
     """
     side: list = []     # outputs without gradient travel outside autograd (cheaper than outputs)
-    outs = _TopKMoE.apply(x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, float(w_lb), float(w_z), side)
+    outs = _TopKMoE.apply(x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, float(w_lb), float(w_z),
+                          enabled, side)
     return (*outs, *side)

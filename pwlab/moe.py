@@ -16,7 +16,12 @@ the token.
 Dispatch. ``dispatch="fast"`` sorts the kept assignments by expert into a padded
 (E, C, D) buffer and runs every expert at once with two batched matmuls;
 ``dispatch="loop"`` is the plain reference, one expert at a time (as transformers' Mixtral).
-Tests tie them together, values and gradients.
+Tests tie them together, values and gradients. The most common configuration — a
+:class:`~pwlab.routing.TopK` router (softmax, then top-k), position priority, the plain expert
+bank, fast dispatch — runs as a single autograd node
+(:mod:`pwlab.fused`): the same maths with a third of the operations; set ``layer.fused = False``
+to force the general path. Its routing comes back rank-major (all first choices, then all
+second choices); ``token`` and ``rank`` say which assignment is which, as for every router.
 """
 from __future__ import annotations
 
@@ -246,7 +251,7 @@ class MoE(nn.Module):
     def _fusable(self, x: Tensor) -> bool:
         """Whether this call can take the one-node path of :mod:`pwlab.fused` (same maths, fewer ops)."""
         r = self.router
-        return (self.fused and self._all_enabled and x.shape[0] > 0 and type(r) is TopK
+        return (self.fused and x.shape[0] > 0 and type(r) is TopK
                 and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
                 and type(self.experts) is ExpertBank and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
 
@@ -260,7 +265,7 @@ class MoE(nn.Module):
         y, logits_t, probs_t, weight_t, lb, z, aux_loss, expert_t, kept, counts, kept_counts, finite = fused.topk_moe(
             x, r.gate.weight, bank.w1, bank.b1, bank.w2, bank.b2, k=r.top_k, renormalize=r.renormalize,
             capacity=cap, activation=bank.activation, w_lb=self.aux_weights["load_balancing"],
-            w_z=self.aux_weights["z_loss"])
+            w_z=self.aux_weights["z_loss"], enabled=None if self._all_enabled else self.enabled)
         if not finite:
             # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
             # look at instead of a pass over x (a finite x cannot overflow here in practice)

@@ -1,0 +1,140 @@
+"""The one-node top-k MoE path (pwlab.fused) against the general path, gradcheck and by hand."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pwlab import fused
+from pwlab.moe import MoE
+from pwlab.routing import NoisyTopK, TopK
+
+D, H, E = 8, 12, 5
+
+
+def _twins(**kw):
+    """The same layer twice, in float64: one may take the fused path, one is forced onto the general one."""
+    fast = MoE(D, H, E, TopK(k=kw.pop("k", 2), renormalize=kw.pop("renormalize", True)), **kw).double()
+    general = MoE(D, H, E, TopK(k=fast.top_k, renormalize=fast.router.renormalize), **kw).double()
+    general.load_state_dict(fast.state_dict())
+    general.fused = False
+    return fast, general
+
+
+def _loss(y, s):
+    """Every output the layer hands back takes part, so every branch of the backward is exercised."""
+    return ((y ** 2).sum() + s.aux_loss + 0.3 * s.aux_losses["load_balancing"] + 0.7 * s.aux_losses["z_loss"]
+            + (s.proposed.probs ** 3).sum() + s.proposed.logits.sin().sum() + (s.proposed.weight ** 2).sum())
+
+
+@pytest.mark.parametrize("k,cf,renormalize,activation", [
+    (2, 1.0, True, "gelu"), (1, None, True, "relu"), (2, 0.5, False, "silu"), (3, 1.25, True, "gelu"),
+    (2, 0.25, True, "gelu"), (4, None, True, "silu"),
+])
+def test_fused_equals_general_path(k, cf, renormalize, activation):
+    """Values, every gradient, counts, kept mask and losses agree (float64, 1e-12)."""
+    torch.manual_seed(k * 10 + int(renormalize))
+    fast, general = _twins(k=k, renormalize=renormalize, capacity_factor=cf, activation=activation)
+    x = torch.randn(37, D, dtype=torch.float64)
+    results = []
+    for layer in (fast, general):
+        xi = x.clone().requires_grad_()
+        y, s = layer(xi)
+        _loss(y, s).backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in layer.named_parameters()}, s))
+    (y1, gx1, gp1, s1), (y2, gx2, gp2, s2) = results
+    assert torch.allclose(y1, y2, atol=1e-12)
+    assert torch.allclose(gx1, gx2, atol=1e-12)
+    for name in gp1:
+        assert torch.allclose(gp1[name], gp2[name], atol=1e-12), name
+    assert torch.equal(s1.counts, s2.counts) and torch.equal(s1.proposed_counts, s2.proposed_counts)
+    for name in ("load_balancing", "z_loss"):
+        assert torch.allclose(s1.aux_losses[name], s2.aux_losses[name], atol=1e-12)
+    # the same assignments, whatever their order: the fused routing is rank-major
+    def kept_set(s):
+        r = s.routing
+        return sorted(zip(r.token.tolist(), r.expert.tolist(), r.rank.tolist(), [round(w, 9) for w in r.weight.tolist()]))
+    assert kept_set(s1) == kept_set(s2)
+    assert float(s1.dropped_fraction) == pytest.approx(float(s2.dropped_fraction))
+
+
+def test_fused_path_is_taken_only_where_it_applies(monkeypatch):
+    calls = []
+    real = fused.topk_moe
+    monkeypatch.setattr(fused, "topk_moe", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(10, D)
+    MoE(D, H, E, TopK(k=2))(x)
+    assert len(calls) == 1
+    layer = MoE(D, H, E, TopK(k=2))
+    for variant in (MoE(D, H, E, TopK(k=2), drop_policy="probability"), MoE(D, H, E, TopK(k=2), dispatch="loop"),
+                    MoE(D, H, E, TopK(k=2, order="topk_softmax")), MoE(D, H, E, NoisyTopK(k=2))):
+        variant(x)
+    layer(x[:0])                                               # an empty batch
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("cf", [None, 0.5, 1.0])
+def test_fused_ablation_equals_general_ablation(cf):
+    fast, general = _twins(k=2, capacity_factor=cf)
+    x = torch.randn(40, D, dtype=torch.float64)
+    outs = []
+    for layer in (fast, general):
+        xi = x.clone().requires_grad_()
+        with layer.disabled([1, 3]):
+            y, s = layer(xi)
+        _loss(y, s).backward()
+        outs.append((y.detach(), xi.grad, s))
+    (y1, g1, s1), (y2, g2, s2) = outs
+    assert torch.allclose(y1, y2, atol=1e-12) and torch.allclose(g1, g2, atol=1e-12)
+    assert torch.equal(s1.counts, s2.counts) and s1.counts[[1, 3]].sum() == 0
+    assert float(s1.dropped_fraction) == pytest.approx(float(s2.dropped_fraction))
+
+
+def test_rank_major_layout_names_its_assignments():
+    layer = MoE(D, H, E, TopK(k=3), capacity_factor=None)
+    x = torch.randn(6, D)
+    _, s = layer(x)
+    r = s.proposed
+    assert r.token.tolist() == list(range(6)) * 3
+    assert r.rank.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    ref = layer.router(x)                                      # the router alone: token-major
+    assert torch.equal(r.expert.view(3, 6).t(), ref.expert.view(6, 3))
+    assert torch.allclose(r.weight.view(3, 6).t(), ref.weight.view(6, 3))
+
+
+def test_gradcheck():
+    """The hand-written backward against finite differences, for every differentiable input."""
+    torch.manual_seed(3)
+    n, d, h, e, k = 9, 4, 5, 3, 2
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+              for shape in ((e, d), (e, d, h), (e, h), (e, h, d), (e, d))]
+
+    def run(x, wg, w1, b1, w2, b2):
+        y, logits, probs, weight, lb, z, aux, *_ = fused.topk_moe(
+            x, wg, w1, b1, w2, b2, k=k, renormalize=True, capacity=5, activation="gelu", w_lb=0.3, w_z=0.2)
+        return y, logits, probs, weight, lb, z, aux
+
+    assert torch.autograd.gradcheck(run, (x, *params), atol=1e-6)
+
+
+def test_position_priority_and_capacity_by_hand():
+    """4 tokens, all with expert 0 first and expert 1 second; C = 3 by hand."""
+    layer = MoE(2, 3, 3, TopK(k=2), capacity_factor=1.0, capacity_convention="tokens")   # C = ceil(4/3) = 2
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(torch.tensor([[3.0, 0.0], [2.0, 0.0], [0.0, 0.0]]))
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    _, s = layer(x)
+    assert s.capacity == 2
+    # expert 0 keeps the first choices of tokens 0 and 1; expert 1 the second choices of 0 and 1
+    kept = sorted(zip(s.routing.token.tolist(), s.routing.expert.tolist()))
+    assert kept == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert s.proposed_counts.tolist() == [4, 4, 0] and s.counts.tolist() == [2, 2, 0]
+
+
+def test_non_finite_input_is_an_error():
+    layer = MoE(D, H, E, TopK(k=2))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(5, D)
+        x[3, 2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            layer(x)
