@@ -102,6 +102,24 @@ class MoEStats:
         return losses.router_entropy(self.proposed.probs.detach())
 
 
+class _FusedStats(MoEStats):
+    """:class:`MoEStats` of the fused path, whose ``proposed`` routing is assembled on first read
+    from the fused node's rank-major tensors (most training steps never read it)."""
+
+    def __init__(self, raw: tuple[Tensor, Tensor, Tensor, Tensor], **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_raw", raw)
+
+    @cached_property
+    def proposed(self) -> Routing:
+        expert_t, weight_t, probs_t, logits_t = self._raw
+        k, n = expert_t.shape
+        token, rank = fused.rank_major_layout(n, k, expert_t.device)
+        return Routing(token=token, expert=expert_t.reshape(-1), weight=weight_t.reshape(-1), rank=rank,
+                       probs=probs_t.t(), logits=logits_t.t())
+
+
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
                     convention: str = "k_tokens") -> int | None:
     """Slots per expert for ``num_tokens`` tokens, or None (dropless)."""
@@ -270,17 +288,15 @@ class MoE(nn.Module):
             # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
             # look at instead of a pass over x (a finite x cannot overflow here in practice)
             _checks.finite_tensor("x", x)
-        token, rank = fused.rank_major_layout(n, r.top_k, x.device)
-        proposed = Routing(token=token, expert=expert_t.view(-1), weight=weight_t.view(-1), rank=rank,
-                           probs=probs_t.t(), logits=logits_t.t())
+        raw = (expert_t, weight_t, probs_t, logits_t)
         aux = {"load_balancing": lb, "z_loss": z}
         if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
-            entropies = losses.limoe_entropy_losses(proposed.probs, groups, self.num_groups)
+            entropies = losses.limoe_entropy_losses(probs_t.t(), groups, self.num_groups)
             aux.update(entropies)
             for name, value in entropies.items():
                 aux_loss = aux_loss + self.aux_weights[name] * value
-        return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
-                           aux_losses=aux, aux_loss=aux_loss)
+        return y, _FusedStats(raw, counts=kept_counts, proposed_counts=counts, capacity=cap, kept=kept,
+                              aux_losses=aux, aux_loss=aux_loss)
 
     def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}
