@@ -405,3 +405,12 @@ def test_in_out_storage_keeps_the_parameter_and_its_values_and_avoids_a_gradient
     assert not torch.equal(layer.weight, before)
     assert layer.state_dict()["weight"].shape == (48, 64)
     assert layer.step == 1                                       # the re-store is not counted as a step
+
+
+def test_no_grad_forward_on_the_csr_path_equals_the_masked_reference():
+    layer = SwatLinear(64, 48, weight_sparsity=0.9, act_sparsity=0.9, kernel="sparse")
+    layer(torch.randn(32, 64)).sum().backward()                 # masks, plan, (in, out) storage
+    x = torch.randn(32, 64)
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, x @ (layer.weight * layer.weight_mask).t() + layer.bias)

@@ -177,7 +177,8 @@ class SwatLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, wmask, athr, structured=False, plan=None):
         # xᵀ (in, N) contiguous, shared by the CSR forward and the activation's CSR
-        xt = x.detach().t().contiguous() if plan is not None else None
+        csr_x = plan is not None and (plan.weight_sparse or (plan.act_sparse and ctx.needs_input_grad[1]))
+        xt = x.detach().t().contiguous() if csr_x else None
         if plan is not None and plan.weight_sparse:
             w_csr, wt_csr = plan.weight_csr(weight)
             y = kernels.csr_mm_t(w_csr, x, bias, xt)                            # (N, out)
@@ -186,7 +187,9 @@ class SwatLinearFunction(torch.autograd.Function):
             w_s = _masked(weight, wmask)
             y = F.linear(x, w_s, bias)
             ctx.wt_csr = None
-        if plan is not None and plan.act_sparse:
+        if not ctx.needs_input_grad[1]:
+            x_saved = None                                                      # no grad_W: keep nothing
+        elif plan is not None and plan.act_sparse:
             x_saved = kernels.act_csr_t(x, athr, xt)                            # CSR of x_sᵀ (in, N)
         else:
             x_saved = sparsify_activation(x, athr, structured, -1)

@@ -7,11 +7,17 @@ far slower still). So SWAT layers refresh their *kept weight index set* together
 threshold, every ``topk_period`` steps, and build the CSR index structures (``crow``, ``col``
 for W and for Wᵀ) once per refresh; each step only gathers the current weight values into
 them. The activation's CSR must be built every step (the activation is new each step), but
-from a cached threshold it is a compare, a ``nonzero`` and a gather.
+from a cached threshold it is one ``hardshrink``, a ``nonzero`` and a gather.
+
+Per-step copies are avoided where they cost: the matmuls run as ``addmm(beta=0)`` into an
+empty result (``torch.sparse.mm`` zero-fills and then copies zeros over its result), and the
+grad_W kernel's output (grad_Wᵀ row-major) is handed over as is when W is stored in (in, out)
+order, which :class:`~pwlab.swat.layers.SwatLinear` arranges on that path.
 
 Which kernel a layer uses is decided per shape and sparsity by :func:`crossover`: a small
-calibration (dense vs sparse, same shapes, median of a few repeats) run once per key and
-cached, so a layer switches to sparse kernels only where they measured faster here.
+calibration (each path's whole per-step work, its refresh amortized over ``topk_period``,
+alternating runs, best of 7) run once per key and cached, so a layer switches to sparse
+kernels only where they measured faster here.
 """
 from __future__ import annotations
 
