@@ -44,7 +44,8 @@ def magnitude_threshold(score: Tensor, sparsity: float) -> Tensor:
     return _kth_smallest(flat, drop)                        # order-free: memory order, no copy
 
 
-_SAMPLE = 1 << 15
+_SAMPLE = 1 << 15       # largest bracketing sample
+_DIRECT = 1 << 16       # up to this many entries kthvalue itself is as fast
 
 
 def magnitude_topk(score: Tensor, sparsity: float) -> tuple[Tensor, Tensor]:
@@ -83,14 +84,15 @@ def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tupl
     global random stream is untouched.
     """
     n = flat.numel()
-    if n <= 4 * _SAMPLE:
+    if n <= _DIRECT:
         return flat.kthvalue(k).values, None
+    size = min(_SAMPLE, n >> 5)                        # 1/32 of the entries, at most 2^15
     gen = torch.Generator(device=flat.device).manual_seed(n)
-    sample = flat[torch.randint(n, (_SAMPLE,), generator=gen, device=flat.device)]
+    sample = flat[torch.randint(n, (size,), generator=gen, device=flat.device)]
     q = k / n
-    margin = 4 * math.sqrt(q * (1 - q) / _SAMPLE) + 2 / _SAMPLE      # outside: p ≈ 3e-5 per side
-    lo_k = max(1, int(math.floor((q - margin) * _SAMPLE)))
-    hi_k = min(_SAMPLE, int(math.ceil((q + margin) * _SAMPLE)))
+    margin = 4 * math.sqrt(q * (1 - q) / size) + 2 / size            # outside: p ≈ 3e-5 per side
+    lo_k = max(1, int(math.floor((q - margin) * size)))
+    hi_k = min(size, int(math.ceil((q + margin) * size)))
     lo, hi = sample.kthvalue(lo_k).values, sample.kthvalue(hi_k).values
     tail = None
     if want_tail and q >= 0.5:
