@@ -12,7 +12,7 @@ The *kept weight index set* is therefore fixed between refreshes (values still c
 step), which is what lets the CSR kernels reuse their index structures (see ``kernels.py``).
 The original code instead caches only the threshold and re-masks every step; with
 ``topk_period`` ≤ 20 the kept sets differ little (accuracy effect measured in
-``pwlab bench swat-accuracy --compare-refresh``).
+``pwlab bench swat-accuracy --compare-refresh``, quoted in ``docs/swat.md``).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class _SwatState:
         self.kernel = _checks.one_of("kernel", kernel, KERNELS)
         self.fixed_mask = bool(fixed_mask)
         self._wthr: dict = {}
-        self._kept: dict = {}                  # name -> sorted flat indices of the kept weights (CSR plans)
+        self._kept: dict = {}                  # name -> kept weights' sorted indices in storage order
         self._fmask: dict = {}                 # name -> (bool mask, the same as 0/1 in the weight's dtype)
         self.step = 0
         self._seen_version = None
@@ -187,7 +187,8 @@ class SwatLinear(nn.Linear, _SwatState):
         with W stored the same way autograd accumulates it as is, saving a transposing copy of
         the dense-shaped gradient every step (~2.5 ms at 2048², ~8 % of a dense step on 2 CPU
         threads). ``.data`` is swapped, so the Parameter object (and an optimizer's hold on it)
-        stays the same; the masks follow so masking stays a same-layout multiply.
+        stays the same; the masks follow so masking stays a same-layout multiply. (A weight tied
+        to another module is re-stored for it too: values and shape are unchanged.)
         """
         if kernels.in_out_order(self.weight) or self.weight.dim() != 2 or min(self.weight.shape) < 2:
             return
