@@ -414,3 +414,21 @@ def test_no_grad_forward_on_the_csr_path_equals_the_masked_reference():
     with torch.no_grad():
         y = layer(x)
     torch.testing.assert_close(y, x @ (layer.weight * layer.weight_mask).t() + layer.bias)
+
+
+def test_csr_matmuls_equal_dense_references():
+    from pwlab.swat import kernels
+    a = torch.randn(12, 9) * (torch.rand(12, 9) > 0.7)
+    a_csr, b, x, bias = a.to_sparse_csr(), torch.randn(9, 5), torch.randn(6, 9), torch.randn(12)
+    torch.testing.assert_close(kernels.csr_mm(a_csr, b), a @ b)
+    torch.testing.assert_close(kernels.csr_mm_t(a_csr, x, bias), x @ a.t() + bias)
+    y = kernels.csr_mm_t(a_csr, x)
+    assert y.is_contiguous() and y.shape == (6, 12)
+    torch.testing.assert_close(y, x @ a.t())
+
+
+def test_crossover_counts_each_paths_extra_per_step_cost():
+    """Equal kernels: the per-refresh work amortized over topk_period decides."""
+    from pwlab.swat import kernels
+    assert not kernels._faster(lambda: None, lambda: None, sparse_extra=1.0)
+    assert kernels._faster(lambda: None, lambda: None, dense_extra=1.0)
