@@ -134,7 +134,7 @@ class SparsePlan:
         return _csr(crow, col, vals, size), _csr(crow_t, col_t, vals_t, size_t)
 
 
-def _best(fn, repeats: int = 1) -> float:
+def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -147,8 +147,8 @@ def _faster(sparse_fn, dense_fn, sparse_extra: float = 0.0, dense_extra: float =
     sparse_fn(), dense_fn()
     ts, td = [], []
     for _ in range(repeats):
-        ts.append(_best(sparse_fn, 1))
-        td.append(_best(dense_fn, 1))
+        ts.append(_seconds(sparse_fn, 1))
+        td.append(_seconds(dense_fn, 1))
     return min(ts) + sparse_extra < MARGIN * (min(td) + dense_extra)
 
 
@@ -185,8 +185,8 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
             def refresh_sparse():
                 t, kept = magnitude_topk(score, sparsity)
                 return score > t, SparsePlan(kept, (d_out, d_in), True, False)
-            r_dense = min(_best(refresh_dense) for _ in range(2))
-            r_sparse = min(_best(refresh_sparse) for _ in range(2))
+            r_dense = min(_seconds(refresh_dense) for _ in range(2))
+            r_sparse = min(_seconds(refresh_sparse) for _ in range(2))
             maskf, (_, plan) = refresh_dense(), refresh_sparse()
 
             def dense_w():
