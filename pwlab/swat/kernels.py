@@ -147,8 +147,8 @@ def _faster(sparse_fn, dense_fn, sparse_extra: float = 0.0, dense_extra: float =
     sparse_fn(), dense_fn()
     ts, td = [], []
     for _ in range(repeats):
-        ts.append(_seconds(sparse_fn, 1))
-        td.append(_seconds(dense_fn, 1))
+        ts.append(_seconds(sparse_fn))
+        td.append(_seconds(dense_fn))
     return min(ts) + sparse_extra < MARGIN * (min(td) + dense_extra)
 
 
