@@ -57,3 +57,11 @@ def test_bench_swat_accuracy_table_quick(capsys):
     assert swat_accuracy.main(["--quick", "--tasks", "breast_cancer", "--steps", "5"]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "SWAT-ERK" in out and "breast_cancer" in out
+
+
+@pytest.mark.parametrize("kernel,piece", [("sparse", "grad_W CSR matmul"), ("dense", "W * mask")])
+def test_bench_swat_components_name_the_pieces_of_the_chosen_path(capsys, kernel, piece):
+    assert swat.main(["--quick", "--repeats", "1", "--components", "--kernel", kernel]) == 0
+    parts = _rows(capsys)[0]["components_ms"]
+    assert piece in parts and "refresh: activation threshold" in parts
+    assert all(v >= 0 for v in parts.values())

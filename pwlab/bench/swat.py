@@ -11,6 +11,9 @@ alternate in the same run; the ratio is median(SWAT window) / median(dense windo
 from the same windows: ``swat_refresh_ms``, how much longer the refresh step took than the
 median other step (not an extra cost: already inside the ratio), and ``swat_ms_between_refreshes``.
 The crossover's calibration (once per layer shape and sparsity) runs in the warm-up, untimed.
+``--components`` adds ``components_ms``: each piece of the layer's chosen path and of one
+refresh, timed alone after the windows (where the time goes; the pieces do not sum exactly
+to a step: cache effects and autograd are not in them).
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def _window(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int) -> l
     return times
 
 
-def measure(d: int, batch: int, sparsity: float, *, repeats: int, topk_period: int, kernel: str = "auto") -> dict:
+def measure(d: int, batch: int, sparsity: float, *, repeats: int, topk_period: int, kernel: str = "auto",
+            components: bool = False) -> dict:
     torch.manual_seed(0)
     dense = nn.Linear(d, d)
     swat = SwatLinear(d, d, weight_sparsity=sparsity, act_sparsity=sparsity, topk_period=topk_period, kernel=kernel)
@@ -65,7 +69,68 @@ def measure(d: int, batch: int, sparsity: float, *, repeats: int, topk_period: i
             "swat_ms_per_step": round(1e3 * statistics.median(ts) / topk_period, 3),
             "swat_ms_between_refreshes": round(1e3 * between, 3),
             "swat_refresh_ms": round(1e3 * (statistics.median(first) - between), 3),
-            "topk_period": topk_period, "threads": torch.get_num_threads()}
+            "topk_period": topk_period, "threads": torch.get_num_threads(),
+            **({"components_ms": breakdown(swat, x, g)} if components else {})}
+
+
+def _median_ms(fn, repeats: int = 11) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1e3 * statistics.median(times), 3)
+
+
+@torch.no_grad()
+def breakdown(swat: SwatLinear, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """Milliseconds of each piece of a trained layer's step (its chosen path), each timed alone,
+    and of the pieces of one refresh (``refresh: ...``; paid once per ``topk_period`` steps)."""
+    from torch.nn import functional as F
+
+    from pwlab.swat import functions, kernels
+    plan = swat._plans.get(x.shape[0])
+    w, b, t = swat.weight.detach(), swat.bias.detach(), swat.act_threshold
+    s_w, s_a, out = swat.weight_sparsity, swat.act_sparsity, {}
+    xt = x.t().contiguous()
+    if plan is not None and plan.weight_sparse:
+        wc, wtc = plan.weight_csr(w)
+        out["gather W and Wt values"] = _median_ms(lambda: plan.weight_csr(w))
+        out["forward CSR matmul (+ transposes, bias)"] = _median_ms(lambda: kernels.csr_mm_t(wc, x, b))
+        out["grad_x CSR matmul (+ transposes)"] = _median_ms(lambda: kernels.csr_mm_t(wtc, g))
+    else:
+        mf = swat._dense_mask("weight_mask", swat.weight)
+        ws = w if mf is None else w * mf
+        if mf is not None:
+            out["W * mask"] = _median_ms(lambda: w * mf)
+        out["forward matmul (+ bias)"] = _median_ms(lambda: F.linear(x, ws, b))
+        out["grad_x matmul"] = _median_ms(lambda: g.mm(ws))
+    if plan is not None and plan.act_sparse:
+        xs = kernels.act_csr_t(x, t, xt)
+        out["activation CSR"] = _median_ms(lambda: kernels.act_csr_t(x, t, xt))
+        out["grad_W CSR matmul"] = _median_ms(lambda: kernels.csr_mm(xs, g))
+    else:
+        xs = functions.sparsify_activation(x, t)
+        if t is not None:
+            out["activation hardshrink"] = _median_ms(lambda: functions.sparsify_activation(x, t))
+        out["grad_W matmul"] = _median_ms(lambda: g.t().mm(xs))
+    out["grad_b"] = _median_ms(lambda: g.sum(0))
+    if s_w > 0:
+        score = functions.weight_scores(w)
+        out["refresh: |W|"] = _median_ms(lambda: functions.weight_scores(w), 5)
+        if plan is not None and plan.weight_sparse:
+            _, kept = functions.magnitude_topk(score, s_w)
+            out["refresh: top-K search + kept set"] = _median_ms(lambda: functions.magnitude_topk(score, s_w), 5)
+            out["refresh: CSR index sets"] = _median_ms(
+                lambda: kernels.SparsePlan(kept, tuple(w.shape), True, plan.act_sparse, plan.in_out), 5)
+        else:
+            thr = functions.magnitude_threshold(score, s_w)
+            out["refresh: top-K search"] = _median_ms(lambda: functions.magnitude_threshold(score, s_w), 5)
+            out["refresh: masks"] = _median_ms(lambda: (score > thr).to(w.dtype), 5)
+    if s_a > 0:
+        out["refresh: activation threshold"] = _median_ms(lambda: functions.act_threshold(x, s_a), 5)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topk-period", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kernel", choices=["auto", "dense", "sparse"], default="auto")
+    p.add_argument("--components", action="store_true",
+                   help="also time each piece of the chosen path and of a refresh alone (components_ms)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
     args = p.parse_args(argv)
     if args.quick:
@@ -85,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.sizes:
         for b in args.batch:
             for s in args.sparsity:
-                row = measure(d, b, s, repeats=args.repeats, topk_period=args.topk_period, kernel=args.kernel)
+                row = measure(d, b, s, repeats=args.repeats, topk_period=args.topk_period, kernel=args.kernel,
+                              components=args.components)
                 print(json.dumps(row), flush=True)
     return 0

@@ -45,7 +45,7 @@ def magnitude_threshold(score: Tensor, sparsity: float) -> Tensor:
 
 
 _SAMPLE = 1 << 15       # largest bracketing sample
-_DIRECT = 1 << 16       # up to this many entries kthvalue itself is as fast
+_DIRECT = 1 << 14       # up to this many entries kthvalue itself is as fast
 
 
 def magnitude_topk(score: Tensor, sparsity: float) -> tuple[Tensor, Tensor]:
