@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pwlab import flops
 from pwlab.experts import ExpertBank
@@ -431,3 +432,29 @@ def test_crossover_counts_each_paths_extra_per_step_cost():
     from pwlab.swat import kernels
     assert not kernels._faster(lambda: None, lambda: None, sparse_extra=1.0)
     assert kernels._faster(lambda: None, lambda: None, dense_extra=1.0)
+
+
+def test_swatified_mlp_trains_the_same_on_csr_and_dense_kernels_with_an_optimizer_built_before():
+    """swatify + Adam created beforehand: the CSR path (re-stored weights, reused index sets
+    across refreshes) follows the masked dense path step by step."""
+    import copy
+    base = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+    runs = []
+    for kernel in ("dense", "sparse"):
+        net = copy.deepcopy(base)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        swatify(net, 0.9, 0.8, kernel=kernel, topk_period=2)
+        gen = torch.Generator().manual_seed(2)
+        losses = []
+        for _ in range(6):
+            x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        runs.append((torch.stack(losses), [p.detach() for p in net.parameters()]))
+    (la, pa), (lb, pb) = runs
+    torch.testing.assert_close(la, lb)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b)
