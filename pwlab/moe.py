@@ -18,10 +18,10 @@ Dispatch. ``dispatch="fast"`` sorts the kept assignments by expert into a padded
 ``dispatch="loop"`` is the plain reference, one expert at a time (as transformers' Mixtral).
 Tests tie them together, values and gradients. The most common configuration — a
 :class:`~pwlab.routing.TopK` router (softmax, then top-k), position priority, the plain expert
-bank, fast dispatch — runs as a single autograd node
-(:mod:`pwlab.fused`): the same maths with a third of the operations; set ``layer.fused = False``
-to force the general path. Its routing comes back rank-major (all first choices, then all
-second choices); ``token`` and ``rank`` say which assignment is which, as for every router.
+bank, fast dispatch — runs as a single autograd node (:mod:`pwlab.fused`): the same maths with
+two thirds of the operations; set ``layer.fused = False`` to force the general path. Its
+routing comes back rank-major (all first choices, then all second choices); ``token`` and
+``rank`` say which assignment is which, as for every router.
 """
 from __future__ import annotations
 
