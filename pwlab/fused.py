@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from pwlab.dispatch import _act_backward
 from pwlab.experts import ACTIVATIONS
@@ -113,6 +114,7 @@ class _TopKMoE(torch.autograd.Function):
         return y, logits_t, probs_t, weight_t, lb, z, aux
 
     @staticmethod
+    @once_differentiable        # a second derivative raises instead of being silently wrong
     def backward(ctx, gy, g_logits_t, g_probs_t, g_weight_t, g_lb, g_z, g_aux):
         (x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, lb_grad, slot,
          slot_token, buf, pre, h, mine) = ctx.saved_tensors

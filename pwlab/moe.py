@@ -43,6 +43,7 @@ CAPACITY_CONVENTIONS = ("k_tokens", "tokens")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("fast", "loop")
 AUX_LOSSES = ("load_balancing", "z_loss", "importance_load", "entropy_local", "entropy_global")
+_FUSED_DTYPES = (torch.float32, torch.float64)   # half precision takes the general path (its losses upcast)
 DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load": 1e-2,
                        "entropy_local": 0.0, "entropy_global": 0.0}
 
@@ -271,7 +272,8 @@ class MoE(nn.Module):
         r = self.router
         return (self.fused and x.shape[0] > 0 and type(r) is TopK
                 and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
-                and type(self.experts) is ExpertBank and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
+                and type(self.experts) is ExpertBank and x.dtype in _FUSED_DTYPES
+                and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
 
     def _forward_fused(self, x: Tensor, groups: Tensor | None) -> tuple[Tensor, MoEStats]:
         r, bank, n = self.router, self.experts, x.shape[0]

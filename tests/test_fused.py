@@ -131,6 +131,17 @@ def test_position_priority_and_capacity_by_hand():
     assert s.proposed_counts.tolist() == [4, 4, 0] and s.counts.tolist() == [2, 2, 0]
 
 
+def test_second_derivatives_are_refused_not_wrong():
+    layer = MoE(D, H, E, TopK(k=2)).double()
+    x = torch.randn(6, D, dtype=torch.float64, requires_grad=True)
+    y, s = layer(x)
+    (g,) = torch.autograd.grad(y.sum() + s.aux_loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        g.sum().backward()
+    half = MoE(D, H, E, TopK(k=2)).bfloat16()
+    assert not half._fusable(torch.randn(6, D, dtype=torch.bfloat16))
+
+
 def test_non_finite_input_is_an_error():
     layer = MoE(D, H, E, TopK(k=2))
     for bad in (float("nan"), float("inf"), -float("inf")):
