@@ -211,14 +211,12 @@ class MoE(nn.Module):
     def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
                 token_ids: Tensor | None = None, groups: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, MoEStats]:
-        """Args: x (..., D); mask (...) bool, True for real tokens (padding is not routed);
-        task / token_ids / groups (...) per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
+        (padding is not routed, so it is not checked either); task / token_ids / groups (...)
+        per token ids. Returns y (..., D) and :class:`MoEStats`."""
         _checks.last_dim("x", x, self.d_model)
-        if x.dim() == 2 and mask is None and task is None and token_ids is None and self._fusable(x):
-            return self._forward_fused(x, groups)   # checks x itself, on the way
-        _checks.finite_tensor("x", x)           # once here; the router trusts its caller
         lead = x.shape[:-1]
-        flat = x.reshape(-1, self.d_model)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
         for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
             if ids is not None:
@@ -237,12 +235,13 @@ class MoE(nn.Module):
             y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
         else:
             y = y_flat
-        return y.view(*lead, self.d_model), stats
+        return (y if x.dim() == 2 else y.view(*lead, self.d_model)), stats
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
         if self._fusable(x):
-            return self._forward_fused(x, groups)
+            return self._forward_fused(x, groups)       # checks x itself, on the way
+        _checks.finite_tensor("x", x)                   # once here; the router trusts its caller
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
         position, counts = slot_positions(proposed, self.drop_policy)
         cap = self.capacity(x.shape[0])
@@ -276,12 +275,8 @@ class MoE(nn.Module):
                 and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
 
     def _forward_fused(self, x: Tensor, groups: Tensor | None) -> tuple[Tensor, MoEStats]:
-        r, bank, n = self.router, self.experts, x.shape[0]
-        if groups is not None:
-            groups = torch.as_tensor(groups, device=x.device)
-            if groups.shape != (n,):
-                raise ValueError(f"groups must have shape {(n,)} (one id per token), got {tuple(groups.shape)}")
-        cap = self.capacity(n)
+        r, bank = self.router, self.experts
+        cap = self.capacity(x.shape[0])
         y, logits_t, probs_t, weight_t, lb, z, aux_loss, expert_t, kept, counts, kept_counts, finite = fused.topk_moe(
             x, r.gate.weight, bank.w1, bank.b1, bank.w2, bank.b2, k=r.top_k, renormalize=r.renormalize,
             capacity=cap, activation=bank.activation, w_lb=self.aux_weights["load_balancing"],

@@ -241,6 +241,21 @@ def test_bad_input_names_the_problem():
         MoE(D, H, E, ROUTER_CASES["task_fixed"]())(torch.randn(4, D))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_routed_tokens_raise_and_padding_is_not_checked(fused):
+    layer = MoE(D, H, E, TopK(k=2))
+    layer.fused = fused
+    x = torch.randn(2, 5, D)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    x[1, 4] = float("nan")                              # padding: never routed
+    y, _ = layer(x, mask=mask)
+    assert bool(torch.isfinite(y).all()) and bool((y[1, 3:] == 0).all())
+    x[0, 2, 1] = float("inf")                           # a real token
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer(x, mask=mask)
+
+
 def test_aux_loss_is_the_weighted_sum():
     layer = MoE(D, H, E, TopK(k=2), aux_weights={"load_balancing": 0.5, "z_loss": 0.25})
     _, s = layer(torch.randn(30, D))

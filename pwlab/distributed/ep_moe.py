@@ -192,9 +192,6 @@ class ExpertParallelMoE(MoE):
         return tuple(out)
 
     # -- forward -----------------------------------------------------------------------
-    def _fusable(self, x: Tensor) -> bool:
-        return False            # the experts live on several processes: always the exchange path
-
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
         proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
