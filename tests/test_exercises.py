@@ -7,13 +7,7 @@ import pytest
 import torch
 
 from pwlab import exercises as ex
-
-
-def _rejects(check, answer, hint: str):
-    with pytest.raises(ex.ExerciseError) as info:
-        check(answer)
-    assert hint in str(info.value), str(info.value)
-    return str(info.value)
+from tests.exercise_checks import rejects
 
 
 # -- moe flops: reference written from the formula, not from pwlab.flops ------------------
@@ -35,11 +29,11 @@ def test_moe_flops_accepts_formula():
     (lambda n, d, h, e, k: _moe_flops(n, d, h, e, k) + 1, "expected"),
 ])
 def test_moe_flops_rejects(wrong, hint):
-    _rejects(ex.check_moe_flops, wrong, hint)
+    rejects(ex.check_moe_flops, wrong, hint)
 
 
 def test_moe_flops_hint_names_the_case():
-    msg = _rejects(ex.check_moe_flops, lambda *a: 0, "expected")
+    msg = rejects(ex.check_moe_flops, lambda *a: 0, "expected")
     assert "tokens=8" in msg and "got 0" in msg
 
 
@@ -67,7 +61,7 @@ def test_topk_accepts_reference_and_hand_case():
     (lambda lg, k: tuple(t.t() for t in _topk(lg, k)), "shape"),
 ])
 def test_topk_rejects(wrong, hint):
-    _rejects(ex.check_topk_routing, wrong, hint)
+    rejects(ex.check_topk_routing, wrong, hint)
 
 
 # -- router entropy ------------------------------------------------------------------------
@@ -88,7 +82,7 @@ def test_entropy_accepts_reference():
     (lambda p: torch.zeros(3), "one number"),
 ])
 def test_entropy_rejects(wrong, hint):
-    _rejects(ex.check_router_entropy, wrong, hint)
+    rejects(ex.check_router_entropy, wrong, hint)
 
 
 # -- capacity ------------------------------------------------------------------------------
@@ -107,7 +101,7 @@ def test_capacity_accepts_reference():
     (lambda n, e, k, cf, c: math.floor(cf * n * (k if c == "k_tokens" else 1) / e), "not down"),
 ])
 def test_capacity_rejects(wrong, hint):
-    _rejects(ex.check_capacity, wrong, hint)
+    rejects(ex.check_capacity, wrong, hint)
 
 
 # -- load balancing ------------------------------------------------------------------------
@@ -132,7 +126,7 @@ def test_load_balancing_accepts_reference():
     (lambda p, x: p.shape[1] * (torch.bincount(x, minlength=p.shape[1]).float() * p.mean(0)).sum(), "fraction of the assignments"),
 ])
 def test_load_balancing_rejects(wrong, hint):
-    _rejects(ex.check_load_balancing, wrong, hint)
+    rejects(ex.check_load_balancing, wrong, hint)
 
 
 def test_student_stub_propagates():

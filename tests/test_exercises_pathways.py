@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from pwlab import exercises_pathways as ex
-from pwlab.exercises import ExerciseError, Passed
-
-
-def _rejects(check, answer, hint: str) -> str:
-    with pytest.raises(ExerciseError) as info:
-        check(answer)
-    assert hint in str(info.value), str(info.value)
-    return str(info.value)
+from pwlab.exercises import Passed
+from tests.exercise_checks import rejects
 
 
 # -- expert shares (00) ---------------------------------------------------------------------
@@ -38,7 +32,7 @@ def test_expert_shares_accepts_formula_and_hand_case():
     (lambda c: _shares(c) + 0.01, "expected"),
 ])
 def test_expert_shares_rejects(wrong, hint):
-    _rejects(ex.check_expert_shares, wrong, hint)
+    rejects(ex.check_expert_shares, wrong, hint)
 
 
 # -- mixing probabilities (04) ---------------------------------------------------------------
@@ -70,7 +64,7 @@ def _proportional_always(sizes, strategy, temperature):
     (lambda s, st, t: _mixing(s, st, t)[:1], "shape"),
 ])
 def test_mixing_rejects(wrong, hint):
-    _rejects(ex.check_mixing_probabilities, wrong, hint)
+    rejects(ex.check_mixing_probabilities, wrong, hint)
 
 
 # -- MMoE gate (04) -------------------------------------------------------------------------
@@ -97,7 +91,7 @@ def test_mmoe_gate_accepts_loop():
     (lambda x, g: x, "shape"),
 ])
 def test_mmoe_gate_rejects(wrong, hint):
-    _rejects(ex.check_mmoe_gate, wrong, hint)
+    rejects(ex.check_mmoe_gate, wrong, hint)
 
 
 # -- token counts (05) ----------------------------------------------------------------------
@@ -128,7 +122,7 @@ def _with(sense_name, value_fn):
     (lambda s, x, p, hop: "some", "should return a number"),
 ])
 def test_token_count_rejects(wrong, hint):
-    _rejects(ex.check_token_count, wrong, hint)
+    rejects(ex.check_token_count, wrong, hint)
 
 
 # -- modality mutual information (05) --------------------------------------------------------
@@ -164,7 +158,7 @@ def _mi_unweighted(counts):
     (lambda c: [0.0], "should return a number"),
 ])
 def test_modality_mi_rejects(wrong, hint):
-    _rejects(ex.check_modality_mi, wrong, hint)
+    rejects(ex.check_modality_mi, wrong, hint)
 
 
 # -- top pathway (06) -----------------------------------------------------------------------
@@ -187,7 +181,7 @@ def test_top_pathway_accepts_sort_and_hand_case():
     (lambda c, t, k: None, "list of expert indices"),
 ])
 def test_top_pathway_rejects(wrong, hint):
-    _rejects(ex.check_top_pathway, wrong, hint)
+    rejects(ex.check_top_pathway, wrong, hint)
 
 
 # -- expert fraction (06) -------------------------------------------------------------------
@@ -209,4 +203,4 @@ def test_expert_fraction_accepts_formula_and_hand_case():
      "count all four"),
 ])
 def test_expert_fraction_rejects(wrong, hint):
-    _rejects(ex.check_expert_fraction, wrong, hint)
+    rejects(ex.check_expert_fraction, wrong, hint)

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from pwlab import exercises_systems as ex
-from pwlab.exercises import ExerciseError, Passed
-
-
-def _rejects(check, answer, hint: str) -> str:
-    with pytest.raises(ExerciseError) as info:
-        check(answer)
-    assert hint in str(info.value), str(info.value)
-    return str(info.value)
+from pwlab.exercises import Passed
+from tests.exercise_checks import rejects
 
 
 # -- SWAT step (07) -------------------------------------------------------------------------
@@ -54,7 +48,7 @@ def test_swat_step_hand_case():
     (lambda x, w, g, ws, as_: (x @ _topk(w, ws).T, g @ _topk(w, ws), x.T @ g), "shape"),
 ])
 def test_swat_step_rejects(wrong, hint):
-    _rejects(ex.check_swat_step, wrong, hint)
+    rejects(ex.check_swat_step, wrong, hint)
 
 
 # -- SWAT FLOPs (07) ------------------------------------------------------------------------
@@ -77,7 +71,7 @@ def test_swat_flops_accepts_formula_and_hand_case():
     (lambda n, a, b, ws, as_: "many", "number"),
 ])
 def test_swat_flops_rejects(wrong, hint):
-    _rejects(ex.check_swat_flops, wrong, hint)
+    rejects(ex.check_swat_flops, wrong, hint)
 
 
 # -- SWAT MoE FLOPs (08) --------------------------------------------------------------------
@@ -100,7 +94,7 @@ def test_swat_moe_flops_accepts_formula():
     (lambda n, d, h, e, k, s: _swat_moe(n, d, h, e, k, 0.0), "density"),
 ])
 def test_swat_moe_flops_rejects(wrong, hint):
-    _rejects(ex.check_swat_moe_flops, wrong, hint)
+    rejects(ex.check_swat_moe_flops, wrong, hint)
 
 
 # -- all-to-all bytes (09) ------------------------------------------------------------------
@@ -124,7 +118,7 @@ def test_a2a_bytes_accepts_formula_and_hand_case():
     (lambda n, d, k, e, p, b: 8 * e * (p - 1) + 4 * n * k * (p - 1) / p * d, "bytes_per_element"),
 ])
 def test_a2a_bytes_rejects(wrong, hint):
-    _rejects(ex.check_a2a_bytes, wrong, hint)
+    rejects(ex.check_a2a_bytes, wrong, hint)
 
 
 def test_a2a_exercise_cases_agree_with_the_cost_model_on_one_device():
