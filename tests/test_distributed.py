@@ -230,3 +230,20 @@ def test_distributed_training_matches_single_process_loss_curve(world, single_pr
         ref_experts = ref.model.moe_blocks()[1].experts.weights()
         for got, want in zip(run["experts"][1], ref_experts):
             assert torch.allclose(got, want.detach(), atol=1e-4)
+
+
+def test_train_entry_point_exits_with_main_s_code_and_its_output_complete():
+    # the module leaves through os._exit (see its __main__ block): the summary line must still
+    # reach the pipe whole, and an argument error must still exit with 2
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "pwlab.distributed.train", "--preset", "tiny", "--tasks", "wine",
+            "--eval-examples", "16", "--no-progress"]
+    ok = subprocess.run(base + ["--steps", "2", "--history"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [r["step"] for r in lines[:-1]] == [1, 2]
+    assert lines[-1]["world_size"] == 1 and lines[-1]["steps"] == 2 and set(lines[-1]["eval"]) == {"wine"}
+    bad = subprocess.run(base + ["--steps", "-1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--steps must be >= 0, got -1" in bad.stderr
