@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 40, quick 15)")
     p.add_argument("--capacity-factor", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for both sides (default: torch's, here the number of cores)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (15 if args.quick else 40)
     for size in args.sizes:
         r = repeats if size != "large" else max(5, repeats // 3)
