@@ -145,6 +145,14 @@ def stall(rank: int, world: int):
     dist.all_reduce(torch.ones(1))
 
 
+def die(rank: int, world: int):
+    """Rank 1's process exits with code 7 without a word (as a crash would)."""
+    import os
+    if rank == 1:
+        os._exit(7)
+    return rank
+
+
 def train_curve(rank: int, world: int, config: dict, task_names: list[str], steps: int) -> dict:
     """A distributed training run: the history of every step on this rank, and the full experts."""
     from pwlab import tasks

@@ -125,6 +125,19 @@ def test_a_failing_rank_does_not_hang_the_launcher():
         run_local(worker.stall, 2, timeout=12)
 
 
+def test_a_rank_whose_process_dies_is_reported_with_its_exit_code():
+    with pytest.raises(DistributedRunError, match="ProcessDied: exit code 7"):
+        run_local(worker.die, 2, timeout=30)
+
+
+def test_run_local_leaves_no_rendezvous_files(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert run_local(worker.die, 1, timeout=30) == [0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_layer_needs_a_process_group():
     from pwlab.distributed import ExpertParallelMoE
 

@@ -1,7 +1,8 @@
 """Run a function on P local processes joined in a gloo group: tests, benchmarks, notebooks.
 
-``run_local(fn, world_size, *args)`` spawns P processes on 127.0.0.1 (a free port), joins
-them in a process group and calls ``fn(rank, world_size, *args)`` in each; it returns the P
+``run_local(fn, world_size, *args)`` spawns P local processes, joins them in a process group
+(rendezvous through a file in a fresh temporary folder, so no port can be taken by another
+program between choosing it and binding it) and calls ``fn(rank, world_size, *args)`` in each; it returns the P
 results in rank order. A rank that raises makes ``run_local`` raise
 :class:`DistributedRunError` with every rank's traceback; a run that exceeds ``timeout``
 seconds is terminated (its processes, by id) — a broken collective never hangs the caller.
@@ -15,7 +16,9 @@ import datetime
 import os
 import pickle
 import queue as _queue
+import shutil
 import socket
+import tempfile
 import time
 import traceback
 
@@ -40,14 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, backend, pg_timeout, threads, fn, args, results):
+def _worker(rank, world_size, rendezvous, backend, pg_timeout, threads, fn, args, results):
     try:
         torch.set_num_threads(threads)
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                          WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+        dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=pg_timeout))
         try:
             # plain pickle: tensors travel by value (a shared-memory handle would die with this process)
@@ -75,10 +77,11 @@ def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float 
         raise ValueError(f"backend must be one of 'gloo', 'nccl'; got {backend!r}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = free_port()
+    folder = tempfile.mkdtemp(prefix="pwlab-run-local-")
+    rendezvous = os.path.join(folder, "rendezvous")
     pg_timeout = max(5.0, float(timeout) * 0.75)
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, pg_timeout, threads, fn, args, results),
-                         daemon=True) for r in range(world_size)]
+    procs = [ctx.Process(target=_worker, args=(r, world_size, rendezvous, backend, pg_timeout, threads, fn, args,
+                                               results), daemon=True) for r in range(world_size)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout
@@ -93,10 +96,13 @@ def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float 
                 rank, status, value = results.get(timeout=min(left, 1.0))
             except _queue.Empty:
                 dead = [i for i, p in enumerate(procs) if i not in got and p.exitcode not in (None, 0)]
-                if dead:
+                if not dead:
+                    continue
+                try:            # a rank can die on its way out after its result is sent: read it first
+                    rank, status, value = results.get(timeout=0.5)
+                except _queue.Empty:
                     raise DistributedRunError({i: ("ProcessDied", f"exit code {procs[i].exitcode}", "")
                                                for i in dead}) from None
-                continue
             got[rank] = (status, value)
     finally:
         for p in procs:
@@ -105,6 +111,7 @@ def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float 
                 p.terminate()
                 p.join(timeout=5)
         results.close()
+        shutil.rmtree(folder, ignore_errors=True)
     errors = {r: v for r, (s, v) in got.items() if s == "error"}
     if errors:
         raise DistributedRunError(errors)

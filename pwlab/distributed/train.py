@@ -38,7 +38,6 @@ def _init(backend: str | None, timeout: float) -> bool:
     import torch
     import torch.distributed as dist
 
-    from pwlab.distributed.launch import free_port
     if dist.is_initialized():
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -47,9 +46,8 @@ def _init(backend: str | None, timeout: float) -> bool:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=wait)
-    else:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
-                                timeout=wait)
+    else:                                   # a group of one needs no rendezvous: an in-process store
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=wait)
     return True
 
 
