@@ -5,7 +5,6 @@ dispatches, so adding a benchmark means adding ``pwlab/bench/<name>.py`` and not
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 import sys

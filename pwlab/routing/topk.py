@@ -8,7 +8,6 @@ renormalisation both give the same weights; without it, the first keeps the raw 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from pwlab import _checks
