@@ -287,11 +287,9 @@ class MoE(nn.Module):
             _checks.finite_tensor("x", x)
         raw = (expert_t, weight_t, probs_t, logits_t)
         aux = {"load_balancing": lb, "z_loss": z}
-        if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
-            entropies = losses.limoe_entropy_losses(probs_t.t(), groups, self.num_groups)
-            aux.update(entropies)
-            for name, value in entropies.items():
-                aux_loss = aux_loss + self.aux_weights[name] * value
+        for name, value in self._group_entropies(probs_t.t(), groups).items():
+            aux[name] = value
+            aux_loss = aux_loss + self.aux_weights[name] * value
         return y, _FusedStats(raw, counts=kept_counts, proposed_counts=counts, capacity=cap, kept=kept,
                               aux_losses=aux, aux_loss=aux_loss)
 
@@ -301,13 +299,18 @@ class MoE(nn.Module):
             aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert, counts=counts)
         aux["z_loss"] = losses.z_loss(proposed.logits)
         aux.update(proposed.aux_losses)
-        if groups is not None and (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
-            aux.update(losses.limoe_entropy_losses(proposed.probs, groups, self.num_groups))
+        aux.update(self._group_entropies(proposed.probs, groups))
         total = proposed.probs.new_zeros(())
         for name, value in aux.items():
             if self.aux_weights.get(name, 0.0):
                 total = total + self.aux_weights[name] * value
         return {"aux_losses": aux, "aux_loss": total}
+
+    def _group_entropies(self, probs: Tensor, groups: Tensor | None) -> dict:
+        """LIMoE's per-group local/global entropy losses, when groups are given and either is weighted."""
+        if groups is None or not (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
+            return {}
+        return losses.limoe_entropy_losses(probs, groups, self.num_groups)
 
     def extra_repr(self) -> str:
         return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "

@@ -57,6 +57,27 @@ def test_fused_equals_general_path(k, cf, renormalize, activation):
     assert float(s1.dropped_fraction) == pytest.approx(float(s2.dropped_fraction))
 
 
+def test_fused_group_entropies_equal_the_general_path():
+    """LIMoE's per-group entropies join the fused node's losses exactly as on the general path."""
+    torch.manual_seed(4)
+    fast, general = _twins(k=2, capacity_factor=1.0, num_groups=3,
+                           aux_weights={"entropy_local": 0.05, "entropy_global": 0.02})
+    x, groups = torch.randn(30, D, dtype=torch.float64), torch.arange(30) % 3
+    grads, stats = [], []
+    for layer in (fast, general):
+        xi = x.clone().requires_grad_()
+        y, s = layer(xi, groups=groups)
+        (y.sum() + s.aux_loss).backward()
+        grads.append([xi.grad] + [p.grad for p in layer.parameters()])
+        stats.append(s)
+    assert set(stats[0].aux_losses) == set(stats[1].aux_losses) >= {"entropy_local", "entropy_global"}
+    for name in stats[1].aux_losses:
+        assert torch.allclose(stats[0].aux_losses[name], stats[1].aux_losses[name], atol=1e-12), name
+    assert torch.allclose(stats[0].aux_loss, stats[1].aux_loss, atol=1e-12)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
 def test_fused_path_is_taken_only_where_it_applies(monkeypatch):
     calls = []
     real = fused.topk_moe

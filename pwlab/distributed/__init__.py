@@ -11,7 +11,7 @@
 from pwlab.distributed.cost import a2a_bytes, a2a_volume
 from pwlab.distributed.ep_moe import ExpertParallelMoE, ExpertParallelStats, gather_routing
 from pwlab.distributed.exchange import A2ATraffic, all_to_all, count_a2a_bytes, exchange_counts
-from pwlab.distributed.launch import DistributedRunError, free_port, run_local
+from pwlab.distributed.launch import DistributedRunError, run_local
 from pwlab.distributed.parallel import (clip_grad_norm_, expert_parallel, expert_parameters, replicated_parameters,
                                         shard_batches, sync_gradients)
 
@@ -20,4 +20,4 @@ __all__ = ["ExpertParallelMoE", "ExpertParallelStats", "gather_routing",
            "a2a_volume", "a2a_bytes",
            "expert_parallel", "expert_parameters", "replicated_parameters", "sync_gradients", "clip_grad_norm_",
            "shard_batches",
-           "run_local", "free_port", "DistributedRunError"]
+           "run_local", "DistributedRunError"]

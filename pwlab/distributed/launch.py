@@ -17,7 +17,6 @@ import os
 import pickle
 import queue as _queue
 import shutil
-import socket
 import tempfile
 import time
 import traceback
@@ -34,13 +33,6 @@ class DistributedRunError(RuntimeError):
         self.errors = errors
         lines = [f"rank {r}: {name}: {msg}\n{tb}" for r, (name, msg, tb) in sorted(errors.items())]
         super().__init__(f"{len(errors)} rank(s) failed\n" + "\n".join(lines))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world_size, rendezvous, backend, pg_timeout, threads, fn, args, results):

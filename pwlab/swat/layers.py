@@ -87,7 +87,7 @@ class _SwatState:
         plans = getattr(self, "_plans", None)
         if plans:
             return any(p is not None and p.weight_sparse for p in plans.values())
-        return (getattr(self, "kernel", "dense") != "dense" and self.fixed_mask and w.dim() == 2
+        return (self.kernel != "dense" and self.fixed_mask and w.dim() == 2
                 and (self.kernel == "sparse" or (1 - self.weight_sparsity <= kernels.MAX_DENSITY
                                                  and w.numel() >= kernels.MIN_ELEMENTS)))
 
