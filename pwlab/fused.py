@@ -63,7 +63,7 @@ class _TopKMoE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, w_lb, w_z, enabled, side):
         ctx.set_materialize_grads(False)
-        n, d = x.shape
+        n = x.shape[0]
         e = wg.shape[0]
         # router, in the (E, N) layout
         logits_t = F.linear(wg, x)                                            # (E, N) = wg·xᵀ
@@ -72,34 +72,8 @@ class _TopKMoE(torch.autograd.Function):
         renorm = renormalize and k > 1
         top_sum = top_p.sum(0, keepdim=True) if renorm else None
         weight_t = top_p / top_sum if renorm else top_p
-        expert = expert_t.view(-1, 1)                                         # (A, 1) priority order
-        # 1-based queue position of every assignment in its expert: a running count per expert
-        queue = (expert == _expert_ids(e, x.device)).cumsum(0, dtype=torch.int32)    # (A, E)
-        counts = queue[-1].long()                                             # (E,) proposed
-        position = queue.gather(1, expert).view(-1)
-        kept_counts = counts.clamp(max=capacity) if capacity is not None else counts
-        if enabled is not None:                                               # ablation: switched-off experts
-            kept_counts = kept_counts * enabled                               # compute nothing; the others
-        slots = int(kept_counts.max())                                        # keep their queue positions
-        total = e * slots                                                     # C: buffer rows per expert
-        kept = position <= slots
-        if enabled is not None:
-            kept &= enabled[expert.view(-1)]
-        # buffer row 1 + expert·C + position − 1; row 0 is a zero row, where dropped assignments read
-        slot = torch.add(position, expert.view(-1), alpha=slots).mul_(kept).long()
-        token, _ = rank_major_layout(n, k, x.device)
-        slot_token = torch.zeros(total + 1, dtype=torch.long, device=x.device).index_put_((slot,), token)[1:]
-        # experts
-        buf = x.index_select(0, slot_token).view(e, slots, d)                # (E, C, D)
-        pre = torch.baddbmm(b1.unsqueeze(1), buf, w1)                         # (E, C, H)
-        h = ACTIVATIONS[activation](pre)
-        out = _with_zero_row(x, total, d)
-        torch.baddbmm(b2.unsqueeze(1), h, w2, out=out[1:].view(e, slots, d))  # (1 + E·C, D)
-        # combine: every token gathers its k rows (a gather is cheaper than a scatter-add)
-        mine = out.index_select(0, slot).view(k, n, d)                        # (k, N, D)
-        y = mine[0] * weight_t[0].unsqueeze(1)
-        for j in range(1, k):
-            y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
+        counts, kept_counts, kept, slot, slot_token = slot_layout(expert_t, e, capacity, enabled)
+        y, buf, pre, h, mine = _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation)
         # auxiliary losses: Switch load balancing and the router z-loss. logsumexp from the
         # top choice's own probability: lse = l_top − log p_top, exact and safe as p_top ≥ 1/E.
         lse = logits_t.gather(0, expert_t[:1]).sub_(top_p[:1].log()).view(-1)   # (N,)
@@ -120,30 +94,16 @@ class _TopKMoE(torch.autograd.Function):
         (x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, lb_grad, slot,
          slot_token, buf, pre, h, mine) = ctx.saved_tensors
         k, renorm, activation, w_lb, w_z = ctx.sizes
-        n, d = x.shape
-        e, slots = buf.shape[0], buf.shape[1]
-        total = e * slots
+        n = x.shape[0]
+        e = buf.shape[0]
         g_x = g_w1 = g_b1 = g_w2 = g_b2 = None
         g_w = g_weight_t
         if gy is not None:
             gy = gy.contiguous()
             g_mine = torch.linalg.vecdot(mine, gy)                            # (k, N): ∂/∂ combine weight
             g_w = g_mine if g_w is None else g_w.add(g_mine)
-            # ∂/∂ expert output rows: weight · gy of the row's token; empty rows get weight 0
-            slot_weight = x.new_zeros(total + 1).index_put_((slot,), weight_t.reshape(-1))[1:]
-            g_out = gy.index_select(0, slot_token).mul_(slot_weight.unsqueeze(1)).view(e, slots, d)
-            g_w2 = torch.bmm(h.transpose(1, 2), g_out)
-            g_b2 = g_out.sum(1)
-            g_pre = _act_backward(activation, torch.bmm(g_out, w2.transpose(1, 2)), pre)
-            g_w1 = torch.bmm(buf.transpose(1, 2), g_pre)
-            g_b1 = g_pre.sum(1)
-            if ctx.needs_input_grad[0]:
-                g_buf = _with_zero_row(x, total, d)
-                torch.bmm(g_pre, w1.transpose(1, 2), out=g_buf[1:].view(e, slots, d))
-                g_rows = g_buf.index_select(0, slot).view(k, n, d)           # each token gathers its k rows
-                g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
-                for j in range(2, k):
-                    g_x.add_(g_rows[j])
+            g_x, g_w1, g_b1, g_w2, g_b2 = _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2,
+                                                            activation, ctx.needs_input_grad[0])
         # router: combine weights → top-k probabilities → all probabilities → logits
         lb_scale = _scale(g_lb, g_aux, w_lb)
         g_p = (lb_grad * lb_scale).unsqueeze(1).expand(e, n).clone()          # (E, N)
@@ -163,6 +123,76 @@ class _TopKMoE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_x = torch.mm(g_logits.t(), wg) if g_x is None else g_x.addmm_(g_logits.t(), wg)
         return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None, None
+
+
+def slot_layout(expert_t: Tensor, num_experts: int, capacity: int | None, enabled: Tensor | None = None):
+    """Where every assignment of the rank-major choices ``expert_t (k, N)`` goes, position priority.
+
+    Returns ``(counts (E,) proposed, kept_counts (E,), kept (A,) bool, slot (A,), slot_token (E·C,))``
+    with C = ``kept_counts.max()``: the expert-output row ``slot`` of each assignment (row
+    1 + expert·C + position − 1; 0 for a dropped one, which reads a zero row) and the token
+    ``slot_token`` that fills each buffer row (0 for an empty row)."""
+    k, n = expert_t.shape
+    expert = expert_t.view(-1, 1)                                             # (A, 1) priority order
+    # 1-based queue position of every assignment in its expert: a running count per expert
+    queue = (expert == _expert_ids(num_experts, expert_t.device)).cumsum(0, dtype=torch.int32)   # (A, E)
+    counts = queue[-1].long()                                                 # (E,) proposed
+    position = queue.gather(1, expert).view(-1)
+    kept_counts = counts.clamp(max=capacity) if capacity is not None else counts
+    if enabled is not None:                                                   # ablation: switched-off experts
+        kept_counts = kept_counts * enabled                                   # compute nothing; the others
+    slots = int(kept_counts.max())                                            # keep their queue positions
+    kept = position <= slots
+    if enabled is not None:
+        kept &= enabled[expert.view(-1)]
+    slot = torch.add(position, expert.view(-1), alpha=slots).mul_(kept).long()
+    token, _ = rank_major_layout(n, k, expert_t.device)
+    slot_token = torch.zeros(num_experts * slots + 1, dtype=torch.long,
+                             device=expert_t.device).index_put_((slot,), token)[1:]
+    return counts, kept_counts, kept, slot, slot_token
+
+
+def _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation):
+    """Dispatch, expert FFNs and combine: ``y (N, D)`` and what the backward needs
+    ``(buf, pre, h, mine)``."""
+    k, n = weight_t.shape
+    e, d = w1.shape[0], x.shape[1]
+    slots = slot_token.shape[0] // e
+    buf = x.index_select(0, slot_token).view(e, slots, d)                    # (E, C, D)
+    pre = torch.baddbmm(b1.unsqueeze(1), buf, w1)                             # (E, C, H)
+    h = ACTIVATIONS[activation](pre)
+    out = _with_zero_row(x, e * slots, d)
+    torch.baddbmm(b2.unsqueeze(1), h, w2, out=out[1:].view(e, slots, d))      # (1 + E·C, D)
+    # combine: every token gathers its k rows (a gather is cheaper than a scatter-add)
+    mine = out.index_select(0, slot).view(k, n, d)                            # (k, N, D)
+    y = mine[0] * weight_t[0].unsqueeze(1)
+    for j in range(1, k):
+        y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
+    return y, buf, pre, h, mine
+
+
+def _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2, activation, need_x: bool):
+    """Gradients of :func:`_experts_forward` with the routing fixed: ``(g_x or None, g_w1, g_b1,
+    g_w2, g_b2)``; ``gy`` contiguous."""
+    k, n = weight_t.shape
+    e, slots, d = buf.shape
+    # ∂/∂ expert output rows: weight · gy of the row's token; empty rows get weight 0
+    slot_weight = gy.new_zeros(e * slots + 1).index_put_((slot,), weight_t.reshape(-1))[1:]
+    g_out = gy.index_select(0, slot_token).mul_(slot_weight.unsqueeze(1)).view(e, slots, d)
+    g_w2 = torch.bmm(h.transpose(1, 2), g_out)
+    g_b2 = g_out.sum(1)
+    g_pre = _act_backward(activation, torch.bmm(g_out, w2.transpose(1, 2)), pre)
+    g_w1 = torch.bmm(buf.transpose(1, 2), g_pre)
+    g_b1 = g_pre.sum(1)
+    g_x = None
+    if need_x:
+        g_buf = _with_zero_row(gy, e * slots, d)
+        torch.bmm(g_pre, w1.transpose(1, 2), out=g_buf[1:].view(e, slots, d))
+        g_rows = g_buf.index_select(0, slot).view(k, n, d)                   # each token gathers its k rows
+        g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
+        for j in range(2, k):
+            g_x.add_(g_rows[j])
+    return g_x, g_w1, g_b1, g_w2, g_b2
 
 
 def _with_zero_row(like: Tensor, rows: int, d: int) -> Tensor:

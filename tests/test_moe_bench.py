@@ -51,3 +51,51 @@ def test_bad_threads_are_refused(capsys, keep_threads):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", "--threads", "0"])
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def _layer(n=96, d=16, h=24, seed=0):
+    from pwlab.moe import MoE
+    from pwlab.routing import TopK
+    torch.manual_seed(seed)
+    layer = MoE(d, h, bench.NUM_EXPERTS, TopK(k=bench.TOP_K), capacity_factor=1.0).double()
+    return layer, torch.randn(n, d, dtype=torch.float64)
+
+
+def test_experts_only_side_is_the_layer_s_expert_part():
+    # the breakdown's routing_ms = moe_ms − experts_ms only means something if the experts side
+    # computes what the layer computes, with the routing taken as fixed
+    layer, x = _layer()
+    y, stats = layer(x)
+    assert 0 < float(stats.dropped_fraction) < 1          # capacity binds: dropped tokens read zeros
+    part = bench._ExpertsWithFixedRouting(layer, x)
+    assert torch.allclose(part(x), y, atol=1e-12)
+    gy = torch.randn_like(y)
+    bank = layer.experts
+    params = (bank.w1, bank.b1, bank.w2, bank.b2)
+    want = torch.autograd.grad(y, params, gy)             # expert weights get gradient from y alone
+    got = torch.autograd.grad(part(x), params, gy)
+    for g_want, g_got in zip(want, got):
+        assert torch.allclose(g_got, g_want, atol=1e-12)
+
+
+def test_experts_only_backward_passes_gradcheck():
+    layer, x = _layer(n=24, d=6, h=5)
+    part = bench._ExpertsWithFixedRouting(layer, x)
+    bank = layer.experts
+    inputs = (x.clone().requires_grad_(), bank.w1, bank.b1, bank.w2, bank.b2)
+    assert torch.autograd.gradcheck(lambda *a: bench._ExpertsOnly.apply(*a, part.routing), inputs)
+
+
+def test_breakdown_adds_the_experts_side(capsys, keep_threads):
+    assert bench.main(["--sizes", "tiny", "--repeats", "2", "--threads", "1", "--breakdown"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["experts_ms"] > 0
+    assert r["experts_over_dense"] == pytest.approx(r["experts_ms"] / r["dense_ms"], rel=0.01)
+    assert r["routing_ms"] == pytest.approx(r["moe_ms"] - r["experts_ms"], abs=0.002)
+
+
+def test_breakdown_needs_the_one_node_path():
+    layer, x = _layer()
+    layer.fused = False
+    with pytest.raises(ValueError, match="one-node path"):
+        bench._ExpertsWithFixedRouting(layer, x)

@@ -4,6 +4,11 @@ One JSON object per line per size: ``moe_over_dense`` (forward+backward time of 
 layer over a dense FFN of hidden width k·H, so both spend the same FLOPs per token) and
 ``einsum_over_moe`` (a GShard-style one-hot einsum dispatch over ours). Times are medians of
 repeats measured in the same run, interleaved so drifts of the machine hit both sides.
+
+``--breakdown`` adds a fourth side, the layer's own expert part (dispatch, expert FFNs,
+combine: the same code) with the routing computed beforehand, and reports ``experts_ms``,
+``experts_over_dense`` (what the layer would cost over the dense FFN if routing, capacity and
+the auxiliary losses took no time) and ``routing_ms`` (``moe_ms − experts_ms``).
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import time
 
 import torch
 from torch import nn
+
+from pwlab import fused
 
 SIZES = {"tiny": (512, 64, 128), "mid": (2048, 128, 256), "large": (8192, 256, 512)}
 NUM_EXPERTS, TOP_K = 8, 2
@@ -52,6 +59,49 @@ class _EinsumMoE(nn.Module):
         return torch.einsum("nec,ecd->nd", combine, out)
 
 
+class _ExpertsOnly(torch.autograd.Function):
+    """``x (N, D) -> y (N, D)`` through the layer's expert part (:mod:`pwlab.fused`'s own
+    dispatch, expert FFNs and combine, forward and backward) with a fixed routing."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, routing):
+        slot_token, slot, weight_t, activation = routing
+        y, buf, pre, h, _ = fused._experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation)
+        ctx.save_for_backward(buf, pre, h, w1, w2)
+        ctx.routing = routing
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        buf, pre, h, w1, w2 = ctx.saved_tensors
+        slot_token, slot, weight_t, activation = ctx.routing
+        grads = fused._experts_backward(gy.contiguous(), slot_token, slot, weight_t, buf, pre, h, w1, w2,
+                                        activation, ctx.needs_input_grad[0])
+        return (*grads, None)
+
+
+class _ExpertsWithFixedRouting(nn.Module):
+    """The expert part of ``moe`` (a top-k MoE on its one-node path) for the routing it gives ``x``."""
+
+    def __init__(self, moe, x):
+        super().__init__()
+        r, self.bank = moe.router, moe.experts
+        n = x.shape[0]
+        if not moe._fusable(x):
+            raise ValueError("the breakdown needs a layer on the one-node path (pwlab.fused)")
+        with torch.no_grad():
+            out = fused.topk_moe(x, r.gate.weight, self.bank.w1, self.bank.b1, self.bank.w2, self.bank.b2,
+                                 k=r.top_k, renormalize=r.renormalize, capacity=moe.capacity(n),
+                                 activation=self.bank.activation, w_lb=0.0, w_z=0.0)
+        weight_t, expert_t = out[3], out[7]
+        _, _, _, slot, slot_token = fused.slot_layout(expert_t, moe.num_experts, moe.capacity(n))
+        self.routing = (slot_token, slot, weight_t, self.bank.activation)
+
+    def forward(self, x):
+        b = self.bank
+        return _ExpertsOnly.apply(x, b.w1, b.b1, b.w2, b.b2, self.routing)
+
+
 def _time(fn, x, grad, repeats: int) -> list[float]:
     """Wall times of forward + backward (with a fixed upstream gradient, as inside a network)."""
     out = []
@@ -66,7 +116,8 @@ def _time(fn, x, grad, repeats: int) -> list[float]:
     return out
 
 
-def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0) -> dict:
+def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0,
+            breakdown: bool = False) -> dict:
     from pwlab.moe import MoE
     from pwlab.routing import TopK
 
@@ -78,6 +129,8 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
     x = torch.randn(n, d, requires_grad=True)
     grad = torch.randn(n, d)
     fns = {"moe": moe, "dense": dense, "einsum": einsum}
+    if breakdown:
+        fns["experts"] = _ExpertsWithFixedRouting(moe, x)
     for f in fns.values():          # warm-up
         _time(f, x, grad, 2)
     times = {k: [] for k in fns}
@@ -86,12 +139,17 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
         for k, f in fns.items():
             times[k] += _time(f, x, grad, max(1, repeats // rounds))
     med = {k: statistics.median(v) for k, v in times.items()}
+    extra = {}
+    if breakdown:
+        extra = {"experts_ms": round(med["experts"] * 1e3, 3),
+                 "experts_over_dense": round(med["experts"] / med["dense"], 3),
+                 "routing_ms": round((med["moe"] - med["experts"]) * 1e3, 3)}
     return {"size": size, "tokens": n, "d_model": d, "d_hidden": h, "num_experts": NUM_EXPERTS, "top_k": TOP_K,
             "capacity_factor": capacity_factor, "threads": torch.get_num_threads(),
             "moe_ms": round(med["moe"] * 1e3, 3), "dense_ms": round(med["dense"] * 1e3, 3),
             "einsum_ms": round(med["einsum"] * 1e3, 3),
             "moe_over_dense": round(med["moe"] / med["dense"], 3),
-            "einsum_over_moe": round(med["einsum"] / med["moe"], 3)}
+            "einsum_over_moe": round(med["einsum"] / med["moe"], 3), **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capacity-factor", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for both sides (default: torch's, here the number of cores)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the layer's expert part with the routing precomputed (experts_ms, routing_ms)")
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -110,5 +170,5 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (15 if args.quick else 40)
     for size in args.sizes:
         r = repeats if size != "large" else max(5, repeats // 3)
-        print(json.dumps(measure(size, r, capacity_factor=args.capacity_factor)), flush=True)
+        print(json.dumps(measure(size, r, capacity_factor=args.capacity_factor, breakdown=args.breakdown)), flush=True)
     return 0
