@@ -45,6 +45,35 @@ def test_conv_at_sparsity_zero_equals_nn_conv2d_exactly():
     assert all(torch.equal(u, v) for u, v in zip(gpa, gpb))
 
 
+def test_functions_without_masks_equal_the_dense_ops_exactly():
+    # the layers short-cut to F.linear / conv at sparsity 0; their autograd nodes with nothing
+    # dropped must still be exactly the dense ops (they run so at 0 weight or 0 act sparsity)
+    x, w, b = torch.randn(6, 5), torch.randn(4, 5), torch.randn(4)
+    xc, wc, bc = torch.randn(2, 3, 7, 7), torch.randn(4, 3, 3, 3), torch.randn(4)
+    conv = ([2, 2], [1, 1], [1, 1], 1)
+    cases = ((lambda *t: SwatLinearFunction.apply(*t, None, None), F.linear, (x, w, b)),
+             (lambda *t: SwatConv2dFunction.apply(*t, None, None, False, conv),
+              lambda *t: F.conv2d(*t, stride=2, padding=1), (xc, wc, bc)))
+    for swat_fn, dense_fn, args in cases:
+        results = []
+        for fn in (dense_fn, swat_fn):
+            leaves = [t.clone().requires_grad_(True) for t in args]
+            y = fn(*leaves)
+            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+            results.append([y.detach()] + [t.grad for t in leaves])
+        assert all(torch.equal(u, v) for u, v in zip(*results))
+
+
+def test_steps_are_counted_at_sparsity_zero_too():
+    layer = SwatLinear(5, 4, weight_sparsity=0, act_sparsity=0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        layer(torch.randn(2, 5)).sum().backward()
+        opt.step()
+    layer(torch.randn(2, 5))
+    assert layer.step == 4
+
+
 def test_expert_bank_at_sparsity_zero_equals_expert_bank_exactly():
     ref = ExpertBank(3, 4, 6)
     swat = SwatExpertBank(3, 4, 6, weight_sparsity=0, act_sparsity=0)
