@@ -17,6 +17,7 @@ import os
 import pickle
 import queue as _queue
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -50,6 +51,15 @@ def _worker(rank, world_size, rendezvous, backend, pg_timeout, threads, fn, args
             dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, never swallowed
         results.put((rank, "error", (type(exc).__name__, str(exc), traceback.format_exc())))
+    # Leave without interpreter finalization, as pwlab.distributed.train does: torch can keep the
+    # group's gloo threads alive past destroy_process_group(), and one releasing a tensor during
+    # finalization aborts the process. The queue's feeder thread is flushed first, so the result
+    # is in the pipe before the process goes.
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 60.0,
