@@ -85,16 +85,15 @@ class _ExpertsWithFixedRouting(nn.Module):
 
     def __init__(self, moe, x):
         super().__init__()
-        r, self.bank = moe.router, moe.experts
-        n = x.shape[0]
-        if not moe._fusable(x):
+        from pwlab.moe import _FusedStats
+
+        self.bank = moe.experts
+        with torch.no_grad():                                   # the layer's own routing of x
+            _, stats = moe(x)
+        if not isinstance(stats, _FusedStats):
             raise ValueError("the breakdown needs a layer on the one-node path (pwlab.fused)")
-        with torch.no_grad():
-            out = fused.topk_moe(x, r.gate.weight, self.bank.w1, self.bank.b1, self.bank.w2, self.bank.b2,
-                                 k=r.top_k, renormalize=r.renormalize, capacity=moe.capacity(n),
-                                 activation=self.bank.activation, w_lb=0.0, w_z=0.0)
-        weight_t, expert_t = out[3], out[7]
-        _, _, _, slot, slot_token = fused.slot_layout(expert_t, moe.num_experts, moe.capacity(n))
+        expert_t, weight_t = stats._raw[:2]
+        _, _, _, slot, slot_token = fused.slot_layout(expert_t, moe.num_experts, stats.capacity)
         self.routing = (slot_token, slot, weight_t, self.bank.activation)
 
     def forward(self, x):
