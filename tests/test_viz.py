@@ -231,3 +231,25 @@ def test_every_figure_is_valid_plotly():
     figs += [f() for f in EMPTY_CALLS.values()]
     for fig in figs:
         go.Figure(fig.to_plotly_json())                  # raises ValueError on an invalid property
+
+
+def test_expert_load_bars_are_the_kept_and_proposed_shares_of_one_moe_call():
+    from pwlab import MoE, TopK
+    torch.manual_seed(0)
+    moe = MoE(8, 16, 4, router=TopK(k=1), capacity_factor=0.5)
+    _, stats = moe(torch.randn(32, 8))
+    fig = viz.expert_load(stats)
+    kept, proposed = fig.data[0], fig.data[1]
+    total = float(stats.proposed_counts.sum())                     # 32 tokens x k=1
+    assert total == 32
+    np.testing.assert_allclose(kept.y, (stats.counts.float() / total).numpy(), atol=1e-4)
+    np.testing.assert_allclose(proposed.y, (stats.proposed_counts.float() / total).numpy(), atol=1e-4)
+    assert all(k <= p + 1e-9 for k, p in zip(kept.y, proposed.y))  # capacity only removes
+    assert max(kept.y) <= 4 / 32 + 1e-9                            # C = ceil(0.5 * 32 / 4) = 4 slots
+    assert fig.layout.shapes[0].y0 == 0.25                         # balanced level 1/E
+
+
+def test_expert_load_of_an_empty_call_is_a_note():
+    from pwlab import MoE
+    _, stats = MoE(8, 16, 4)(torch.randn(0, 8))
+    assert "no assignments" in _note(viz.expert_load(stats))

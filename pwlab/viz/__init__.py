@@ -8,8 +8,8 @@ from pwlab.viz._common import EXPERT_COLORS, SENSE_COLORS, empty_figure
 from pwlab.viz.example import example_routing
 from pwlab.viz.pathways import expert_heatmaps, pathway_sankey, sense_bars
 from pwlab.viz.swat import sparsity_tradeoff, weight_mask
-from pwlab.viz.training import load_over_training, task_curves
+from pwlab.viz.training import expert_load, load_over_training, task_curves
 
 __all__ = ["pathway_sankey", "expert_heatmaps", "sense_bars", "example_routing", "task_curves",
-           "load_over_training", "weight_mask", "sparsity_tradeoff", "ablation_bars", "empty_figure", "EXPERT_COLORS",
+           "load_over_training", "expert_load", "weight_mask", "sparsity_tradeoff", "ablation_bars", "empty_figure", "EXPERT_COLORS",
            "SENSE_COLORS"]

@@ -98,3 +98,30 @@ def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300)
     layout.update(title=dict(text="Load per expert and dropped fraction"), height=180 + 170 * len(blocks),
                   shapes=shapes, margin=dict(l=10, r=10, t=60, b=10))
     return figure(data, layout)
+
+
+def expert_load(stats, *, title: str = "Load per expert") -> go.Figure:
+    """One MoE call's load: bars of each expert's kept assignments (share of all kept), the
+    assignments its router proposed before capacity (outlined), and the balanced level 1/E.
+
+    ``stats`` is the :class:`~pwlab.moe.MoEStats` of one layer (``y, stats = moe(x)``); an
+    expert whose outlined bar rises above its filled one lost assignments to capacity.
+    """
+    counts = np.asarray(stats.counts.detach().cpu(), dtype=float)                 # (E,) kept
+    proposed = np.asarray(stats.proposed_counts.detach().cpu(), dtype=float)      # (E,) before capacity
+    ne = counts.shape[0]
+    if ne == 0 or proposed.sum() == 0:
+        return empty_figure("no assignments to show", title)
+    total = proposed.sum()
+    experts = [f"expert {e}" for e in range(ne)]
+    data = [dict(type="bar", x=experts, y=np.round(counts / total, 4).tolist(), name="kept",
+                 marker=dict(color=[expert_color(e) for e in range(ne)])),
+            dict(type="bar", x=experts, y=np.round(proposed / total, 4).tolist(), name="proposed",
+                 marker=dict(color="rgba(0,0,0,0)", line=dict(color="black", width=1.5)))]
+    dropped = float(stats.dropped_fraction)
+    layout = dict(barmode="overlay", title=dict(text=f"{title} (dropped {dropped:.1%})"), height=320,
+                  yaxis=dict(title=dict(text="share of proposed assignments"), rangemode="tozero"),
+                  shapes=[dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=1 / ne, y1=1 / ne,
+                               line=dict(color="grey", dash="dot", width=1))],
+                  margin=dict(l=10, r=10, t=60, b=10))
+    return figure(data, layout)
