@@ -486,3 +486,20 @@ def test_swatified_mlp_trains_the_same_on_csr_and_dense_kernels_with_an_optimize
     torch.testing.assert_close(la, lb)
     for a, b in zip(pa, pb):
         torch.testing.assert_close(a, b)
+
+
+def test_swatify_first_layer_dense_keeps_every_sense_encoders_input_projection_dense():
+    """In a multi-sense model "the first layer" is each encoder's input projection: image and
+    audio read their own inputs, so both stay dense; the trunk's layers are all converted."""
+    from pwlab import PathwaysModel, tasks, tiny
+    ts = tasks.load(["digits", "dtmf", "wine"], seed=0)
+    model = PathwaysModel(ts, tiny().model)
+    projections = {name for name, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and name.startswith("senses.encoders.") and name.endswith("proj")}
+    assert len(projections) == 2                                    # image and audio
+    swatify(model, 0.9, 0.9)
+    kinds = {name: type(m) for name, m in model.named_modules()}
+    assert all(kinds[n] is nn.Linear for n in projections)
+    converted = [n for n, k in kinds.items() if k in (SwatLinear, SwatExpertBank)]
+    assert converted and not any(n.startswith("senses.encoders.") for n in converted)
+    assert not any(k is nn.Linear for n, k in kinds.items() if not n.startswith("senses.") and "router" not in n)

@@ -19,6 +19,7 @@ from torch import nn
 
 from pwlab import _checks
 from pwlab.experts import ExpertBank
+from pwlab.senses import Senses
 from pwlab.swat.functions import check_sparsity
 from pwlab.swat.layers import SwatConv2d, SwatExpertBank, SwatLinear
 
@@ -41,6 +42,29 @@ def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
         if not over:
             return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
         dense.add(max(over, key=lambda i: raw[i]))
+
+
+def _first_layers(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> set[str]:
+    """The layers ``first_layer_dense`` keeps dense: the first weight layer that sees the input.
+
+    In a multi-sense model (one holding :class:`~pwlab.senses.Senses`) every sense encoder
+    reads its own input, so each encoder's first weight layer is a first layer (the image and
+    audio input projections; the text embedding and the per-feature tabular weights are not
+    linear / conv layers and stay as they are). Otherwise it is the first linear / conv layer
+    in module order. Expert banks are never a first layer.
+    """
+    dense = [name for name, m in targets if not isinstance(m, ExpertBank)]
+    encoders = [name for name, m in model.named_modules() if isinstance(m, Senses)]
+    if not encoders:
+        return set(dense[:1])
+    firsts: set[str] = set()
+    for prefix in encoders:
+        senses = model.get_submodule(prefix) if prefix else model
+        for enc_name, _ in [*senses.encoders.named_children(), *senses.tabular.named_children()]:
+            root = ".".join(p for p in (prefix, "encoders" if enc_name in senses.encoders else "tabular", enc_name) if p)
+            inside = [n for n in dense if n.startswith(root + ".")]
+            firsts.update(inside[:1])
+    return firsts
 
 
 def _targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -94,7 +118,8 @@ def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None
         act_sparsity: in [0, 1); defaults to ``weight_sparsity``.
         variant: ``"uniform"`` (SWAT-U), ``"erk"`` (SWAT-ERK) or ``"structured"``.
         topk_period: steps between top-K refreshes (≥ 1).
-        first_layer_dense: keep the first weight layer dense (the paper's rule).
+        first_layer_dense: keep the first weight layer dense (the paper's rule); in a multi-sense
+            model, the input projection of every sense encoder (see :func:`_first_layers`).
         kernel: for linear layers, ``"auto"``, ``"dense"`` or ``"sparse"`` (see :class:`SwatLinear`).
         fixed_mask: keep the kept weight set fixed between top-K refreshes (default), or re-mask
             every step with the cached threshold (the original code; dense kernels only).
@@ -110,9 +135,8 @@ def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None
     if any(not name for name, _ in targets):
         raise ValueError("model must contain the layers to convert; wrap a single layer in nn.Sequential")
     if first_layer_dense:
-        firsts = [i for i, (_, m) in enumerate(targets) if not isinstance(m, ExpertBank)]
-        if firsts:
-            targets = targets[:firsts[0]] + targets[firsts[0] + 1:]
+        keep = _first_layers(model, targets)
+        targets = [(name, m) for name, m in targets if name not in keep]
     if variant == "erk":
         shapes, reps = zip(*[_shape(m) for _, m in targets]) if targets else ((), ())
         flat = [s for s, r in zip(shapes, reps) for _ in range(r)]
