@@ -97,11 +97,36 @@ class PathwayExplorer:
         self.redraw()
 
     def select(self, mode: str | None = None, choice: str | None = None, example: int | None = None) -> None:
-        """Set the view programmatically (what the controls do)."""
+        """Set the view programmatically (what the controls do).
+
+        Args:
+            mode: what the Sankey and heatmap group by and highlight:
+
+                - ``"task"``: ``choice`` is a task name (``model.task_names``); the figures show
+                  the per-task pathway map with that task's flows highlighted.
+                - ``"sense"``: ``choice`` is a sense (``"image"``, ``"audio"``, ``"text"``,
+                  ``"tabular"``, those the model has); the map is grouped by sense, and the
+                  example panel shows an example of the first task of that sense.
+                - ``"example"``: ``choice`` is a task name; the highlighted pathway is the one
+                  example's own (per block, its two experts with the most combine weight).
+            choice: a task name or a sense, as ``mode`` says; changing ``mode`` resets it to
+                the first option of the new list.
+            example: index into the chosen task's test split (0 .. its size - 1).
+
+        Raises:
+            ValueError: from the controls, for a mode, choice or example outside their options.
+        """
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if mode is not None:
             self.mode.value = mode
         if choice is not None:
+            if choice not in self.choice.options:
+                raise ValueError(f"choice must be one of {list(self.choice.options)} in mode {self.mode.value!r}, "
+                                 f"got {choice!r}")
             self.choice.value = choice
+        if example is not None and not 0 <= example <= self.example.max:
+            raise ValueError(f"example must be in 0..{self.example.max} for {self._task_of_choice()!r}, got {example!r}")
         if example is not None:
             self.example.value = example
 
