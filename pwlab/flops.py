@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from pwlab import _checks
+from pwlab.experts import ExpertBank
+from pwlab.moe import MoE
 
 __all__ = ["LayerFlops", "ModelFlops", "linear_flops", "swat_linear_flops", "conv2d_flops", "swat_conv2d_flops",
            "ffn_flops", "moe_ffn_flops", "attention_flops", "model_flops", "train_flops"]
@@ -183,8 +185,6 @@ def _bank_flops(bank: nn.Module, assignments: int) -> tuple[str, LayerFlops]:
 
 
 def _walk(module: nn.Module, prefix: str, rows: dict, default_rows: int | None, out: list) -> None:
-    from pwlab.experts import ExpertBank
-    from pwlab.moe import MoE
 
     n = rows.get(prefix, default_rows)
     sp = _sparsities(module)

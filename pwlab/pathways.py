@@ -29,6 +29,7 @@ from torch import Tensor
 
 from pwlab.model import PathwaysModel, eval_mode, make_moe
 from pwlab.senses import MODALITIES
+from pwlab.tasks.base import TaskBatch
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,6 @@ class ExampleRouting:
 @torch.no_grad()
 def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = "test") -> ExampleRouting:
     """Run one example of ``task`` (eval mode) and return its per-token routing."""
-    from pwlab.tasks.base import TaskBatch
     t = model.task(task)
     x, y = (t.x_test, t.y_test) if split == "test" else (t.x_train, t.y_train)
     if not 0 <= index < len(y):

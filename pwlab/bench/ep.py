@@ -18,11 +18,12 @@ import time
 import torch
 import torch.distributed as dist
 
+from pwlab.distributed import ExpertParallelMoE, a2a_volume, count_a2a_bytes, run_local
+from pwlab.moe import MoE
+from pwlab.routing import TopK
+
 
 def _rank_main(rank: int, world: int, cfg: dict) -> dict:
-    from pwlab.distributed import ExpertParallelMoE, count_a2a_bytes
-    from pwlab.moe import MoE
-    from pwlab.routing import TopK
 
     torch.manual_seed(cfg["seed"])
     ref = MoE(cfg["d_model"], cfg["d_hidden"], cfg["experts"], TopK(k=cfg["top_k"]),
@@ -67,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per world size")
     ap.add_argument("--quick", action="store_true", help="small sizes, few steps (a smoke run)")
     args = ap.parse_args(argv)
-    from pwlab.distributed import a2a_volume, run_local
 
     if args.quick:
         args.tokens, args.steps, args.warmup = 512, 3, 1

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from pwlab import fused
+from pwlab.moe import MoE, _FusedStats, apply_capacity
+from pwlab.routing import TopK
 
 SIZES = {"tiny": (512, 64, 128), "mid": (2048, 128, 256), "large": (8192, 256, 512)}
 NUM_EXPERTS, TOP_K = 8, 2
@@ -43,7 +45,6 @@ class _EinsumMoE(nn.Module):
         self.moe = moe
 
     def forward(self, x):
-        from pwlab.moe import apply_capacity
 
         m = self.moe
         n = x.shape[0]
@@ -85,7 +86,6 @@ class _ExpertsWithFixedRouting(nn.Module):
 
     def __init__(self, moe, x):
         super().__init__()
-        from pwlab.moe import _FusedStats
 
         self.bank = moe.experts
         with torch.no_grad():                                   # the layer's own routing of x
@@ -117,8 +117,6 @@ def _time(fn, x, grad, repeats: int) -> list[float]:
 
 def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0,
             breakdown: bool = False) -> dict:
-    from pwlab.moe import MoE
-    from pwlab.routing import TopK
 
     n, d, h = SIZES[size]
     torch.manual_seed(seed)

@@ -24,8 +24,9 @@ import time
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from pwlab.swat import SwatLinear
+from pwlab.swat import SwatLinear, functions, kernels
 
 
 def _window(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int) -> list[float]:
@@ -87,9 +88,6 @@ def _median_ms(fn, repeats: int = 11) -> float:
 def breakdown(swat: SwatLinear, x: torch.Tensor, g: torch.Tensor) -> dict:
     """Milliseconds of each piece of a trained layer's step (its chosen path), each timed alone,
     and of the pieces of one refresh (``refresh: ...``; paid once per ``topk_period`` steps)."""
-    from torch.nn import functional as F
-
-    from pwlab.swat import functions, kernels
     plan = swat._plans.get(x.shape[0])
     w, b, t = swat.weight.detach(), swat.bias.detach(), swat.act_threshold
     s_w, s_a, out = swat.weight_sparsity, swat.act_sparsity, {}

@@ -20,6 +20,10 @@ import json
 import statistics
 import time
 
+import torch
+
+from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
+
 
 def _timed(set_value, values) -> list[float]:
     out = []
@@ -31,7 +35,6 @@ def _timed(set_value, values) -> list[float]:
 
 
 def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> dict:
-    from pwlab.widgets import ExpertAblation, PathwayExplorer, SwatExplorer, trained_trainer
     tr = trained_trainer(config=preset, seed=seed, steps=train_steps)
     ex = PathwayExplorer(tr, max_examples=64)
     ab = ExpertAblation(tr)
@@ -57,7 +60,6 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
 
 
 def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, batch_size: int | None = 32) -> dict:
-    from pwlab.widgets import RoutingPlayground
     pg = RoutingPlayground(config=preset, seed=seed, refresh_s=refresh_s, batch_size=batch_size)
     pg.run(3)                                                  # warm-up
     start_steps, start_draws = pg.trainer.step_count, len(pg.clock.times)
@@ -90,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh", type=float, default=0.5, help="playground refresh interval (s)")
     p.add_argument("--preset-batch", action="store_true", help="also run the playground at the preset's batch size")
     args = p.parse_args(argv)
-    import torch
     torch.set_num_threads(args.threads)
     lines = [slider_to_figure(args.preset, args.seed, args.repeats, args.train_steps),
              playground_rate(args.preset, args.seed, args.seconds, args.refresh)]

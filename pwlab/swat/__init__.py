@@ -1,6 +1,7 @@
 """SWAT, sparse weight activation training (Raihan & Aamodt, NeurIPS 2020).
 
-``functions``  top-K selection and the custom autograd functions (the algorithm)
+``topk``       top-K by magnitude: the exact threshold and kept set, in W's storage order
+``functions``  the masks and the custom autograd functions (the algorithm)
 ``kernels``    CSR × dense matmuls with cached index sets, and the measured dense/sparse crossover
 ``layers``     SwatLinear, SwatConv2d, SwatExpertBank
 ``convert``    swatify(model, weight_sparsity, act_sparsity, variant=...) and ERK densities

@@ -19,6 +19,7 @@ from torch import nn
 
 from pwlab import _checks
 from pwlab.experts import ExpertBank
+from pwlab.routing.base import Router
 from pwlab.senses import Senses
 from pwlab.swat.functions import check_sparsity
 from pwlab.swat.layers import SwatConv2d, SwatExpertBank, SwatLinear
@@ -69,7 +70,6 @@ def _first_layers(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> set
 
 def _targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convertible layers in module order, skipping routers and already-converted layers."""
-    from pwlab.routing.base import Router
 
     out, skip = [], []
     for name, m in model.named_modules():

@@ -10,6 +10,9 @@ from __future__ import annotations
 import ipywidgets as W
 
 from pwlab import viz
+from pwlab.config import preset
+from pwlab.pathways import pathway_map
+from pwlab.train import Trainer
 from pwlab.widgets._common import example_view, load_tasks
 from pwlab.widgets._live import live_figure, sync
 
@@ -18,8 +21,6 @@ MODES = ("task", "sense", "example")
 
 def trained_trainer(tasks=None, config="tiny", *, seed: int = 0, steps: int = 150):
     """A :class:`pwlab.train.Trainer` trained ``steps`` steps from ``seed`` (the apps' default model)."""
-    from pwlab.config import preset
-    from pwlab.train import Trainer
     cfg = preset(config) if isinstance(config, str) else config
     tr = Trainer(load_tasks(tasks, seed), cfg.with_train(seed=seed))
     if steps:
@@ -39,7 +40,6 @@ class PathwayExplorer:
     """
 
     def __init__(self, trainer=None, *, seed: int = 0, max_examples: int = 128):
-        from pwlab.pathways import pathway_map
         self.trainer = trainer if trainer is not None else trained_trainer(seed=seed)
         self.model = self.trainer.model
         if not self.model.moe_blocks():

@@ -19,6 +19,10 @@ import time
 import ipywidgets as W
 
 from pwlab import viz
+from pwlab._checks import positive_int
+from pwlab.config import PRESETS, Config, preset
+from pwlab.routing import ROUTERS
+from pwlab.train import Trainer
 from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
 from pwlab.widgets._live import Clock, live_figure, sync
 
@@ -46,9 +50,6 @@ class RoutingPlayground:
 
     def __init__(self, tasks=None, config="tiny", *, seed: int = 0, batch_size: int | None = 32,
                  steps_per_tick: int = 1, refresh_s: float = 0.5, pathway_examples: int = 16, max_steps: int = 5000):
-        from pwlab._checks import positive_int
-        from pwlab.config import Config, preset
-        from pwlab.routing import ROUTERS
         self.tasks = load_tasks(tasks, seed)
         base = preset(config) if isinstance(config, str) else config
         if not isinstance(base, Config):
@@ -133,7 +134,6 @@ class RoutingPlayground:
 
     def code_snippet(self) -> str:
         """A runnable snippet that builds this configuration and trains it as far as the app has."""
-        from pwlab.config import PRESETS, preset
         cfg = self.config()
         m, t = cfg.model, cfg.train
         data = [(x.name, int(x.meta.get("seed", 0)) if isinstance(x.meta, dict) else 0) for x in self.tasks]
@@ -160,7 +160,6 @@ class RoutingPlayground:
         return code
 
     def _build_trainer(self) -> None:
-        from pwlab.train import Trainer
         self.trainer = Trainer(self.tasks, self.config())
 
     def _enable_knobs(self) -> None:
