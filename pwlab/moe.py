@@ -215,7 +215,8 @@ class MoE(nn.Module):
         (a float index would be truncated, a string is no index)."""
         allowed = f"an iterable of expert indices, ints in [0, num_experts={self.num_experts})"
         if isinstance(experts, Tensor):
-            if experts.dtype == torch.bool or experts.is_floating_point() or experts.is_complex() or experts.dim() > 1:
+            dtype = experts.dtype
+            if experts.dim() > 1 or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
                 raise TypeError(f"experts must be {allowed}; got a {experts.dtype} tensor of shape {tuple(experts.shape)}")
             values = experts.reshape(-1).tolist()
         elif isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
@@ -243,7 +244,7 @@ class MoE(nn.Module):
         per_token = {}
         for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
             if ids is not None:
-                ids = torch.as_tensor(ids, device=x.device)
+                ids = _checks.integer_ids(name, ids).to(x.device)
                 if ids.shape != lead:
                     raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
                 per_token[name] = ids.reshape(-1)
