@@ -217,7 +217,7 @@ class MoE(nn.Module):
         if isinstance(experts, Tensor):
             dtype = experts.dtype
             if experts.dim() > 1 or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
-                raise TypeError(f"experts must be {allowed}; got a {experts.dtype} tensor of shape {tuple(experts.shape)}")
+                raise TypeError(f"experts must be {allowed}; got a {dtype} tensor of shape {tuple(experts.shape)}")
             values = experts.reshape(-1).tolist()
         elif isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
             raise TypeError(f"experts must be {allowed} (e.g. [{self.num_experts - 1}]); got {experts!r}")

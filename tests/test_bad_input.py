@@ -64,6 +64,16 @@ def test_float_or_bool_ids_are_refused_not_truncated(name, kind, dtype):
         layer(x, **bad)
 
 
+def test_moe_refuses_float_groups_and_string_ids():
+    layer = MoE(D, H, E, aux_weights={"entropy_local": 1.0}, num_groups=2)
+    x = torch.randn(N, D)
+    layer(x, groups=torch.arange(N) % 2)
+    with pytest.raises(TypeError, match="groups must hold integer ids .*got dtype torch.float32"):
+        layer(x, groups=(torch.arange(N) % 2).float())
+    with pytest.raises(TypeError, match="task must be a tensor of integer ids, got str"):
+        MoE(D, H, E, ROUTER_CASES["task_fixed"]())(x, task="wine")
+
+
 @pytest.mark.parametrize("name", ID_ROUTERS)
 def test_integer_ids_of_any_integer_dtype_or_a_list_route_as_long_ids(name):
     router, x, ids = _case("router", name)
