@@ -104,7 +104,11 @@ class ModelConfig:
         if self.router in _ROUTERS_WITH_K:
             return self.top_k
         from pwlab.routing import make_router
-        return make_router(self.router, **self.router_arguments(num_tasks=1)).top_k
+        router = make_router(self.router, **self.router_arguments(num_tasks=1))
+        # the size check binding would make (e.g. expert choice's capacity_factor <= num_experts),
+        # without creating parameters (that would draw from the global random stream)
+        router._check_top_k(self.num_experts)
+        return router.top_k
 
     @property
     def ffn_hidden(self) -> int:

@@ -26,6 +26,8 @@ routing comes back rank-major (all first choices, then all second choices); ``to
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -195,10 +197,10 @@ class MoE(nn.Module):
 
     @contextmanager
     def disabled(self, experts):
-        """Within the block, assignments to ``experts`` are dropped (their output is zero)."""
-        idx = torch.as_tensor(list(experts), dtype=torch.long)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_experts):
-            raise ValueError(f"experts must be in [0, {self.num_experts}), got {idx.tolist()}")
+        """Within the block, assignments to ``experts`` are dropped (their output is zero).
+
+        ``experts``: an iterable of expert indices (ints in ``[0, num_experts)``), e.g. ``[0, 3]``."""
+        idx = self._expert_indices(experts)
         before, before_flag = self.enabled.clone(), self._all_enabled
         self.enabled[idx] = False
         self._all_enabled = bool(self.enabled.all())
@@ -208,24 +210,46 @@ class MoE(nn.Module):
             self.enabled.copy_(before)
             self._all_enabled = before_flag
 
+    def _expert_indices(self, experts) -> Tensor:
+        """``experts`` as a long tensor, refusing what is not a collection of in-range integer indices
+        (a float index would be truncated, a string is no index)."""
+        allowed = f"an iterable of expert indices, ints in [0, num_experts={self.num_experts})"
+        if isinstance(experts, Tensor):
+            dtype = experts.dtype
+            if experts.dim() > 1 or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+                raise TypeError(f"experts must be {allowed}; got a {dtype} tensor of shape {tuple(experts.shape)}")
+            values = experts.reshape(-1).tolist()
+        elif isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
+            raise TypeError(f"experts must be {allowed} (e.g. [{self.num_experts - 1}]); got {experts!r}")
+        else:
+            values = list(experts)
+            bad = [e for e in values if isinstance(e, bool) or not isinstance(e, numbers.Integral)]
+            if bad:
+                raise TypeError(f"experts must be {allowed}; got {values!r} (not an index: {bad[0]!r})")
+        out = [int(e) for e in values if not 0 <= int(e) < self.num_experts]
+        if out:
+            raise ValueError(f"experts must be {allowed}; got {values!r} (out of range: {out[0]})")
+        return torch.as_tensor([int(e) for e in values], dtype=torch.long, device=self.enabled.device)
+
     def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
                 token_ids: Tensor | None = None, groups: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, MoEStats]:
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        _checks.float_input("x", x, self.enabled.device)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
         lead = x.shape[:-1]
         flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
         for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
             if ids is not None:
-                ids = torch.as_tensor(ids, device=x.device)
+                ids = _checks.integer_ids(name, ids).to(x.device)
                 if ids.shape != lead:
                     raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
                 per_token[name] = ids.reshape(-1)
         if mask is not None:
-            if mask.shape != lead:
+            if _checks.tensor("mask", mask).shape != lead:
                 raise ValueError(f"mask must have shape {tuple(lead)}, got {tuple(mask.shape)}")
             keep = mask.reshape(-1).bool()
             flat = flat[keep]
@@ -255,14 +279,16 @@ class MoE(nn.Module):
             if cap is not None:
                 kept = kept & (position < cap)
             kept_counts = torch.bincount(proposed.expert[kept], minlength=self.num_experts)
-        if self.dispatch == "loop":
+        slots = int(kept_counts.max()) if proposed.num_assignments else 0
+        if slots == 0:
+            # nothing computed (no tokens, or every assignment dropped): a zero output that
+            # still hangs on x and the router, so backward gives them zero gradients (a router
+            # without parameters, as hash routing, would otherwise leave nothing to differentiate)
+            y = x * 0 + 0 * proposed.weight.sum()
+        elif self.dispatch == "loop":
             y = dispatch_loop(x, proposed.select(kept), self.experts)
         else:
-            slots = int(kept_counts.max()) if proposed.num_assignments else 0
-            if slots == 0:
-                y = x.new_zeros(x.shape) + 0 * proposed.weight.sum()
-            else:
-                y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
+            y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
         return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
                            **self._aux(proposed, counts, groups))
 

@@ -11,6 +11,7 @@ capacity, dispatch, losses and the pathway maps, whatever the router.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -117,11 +118,18 @@ class Router(nn.Module):
                 generator: torch.Generator | None = None) -> Routing:
         if self.d_model is None:
             raise RuntimeError(f"{type(self).__name__} is not bound: pass d_model and num_experts, or use it inside MoE")
+        _checks.float_input("x", x, self._device())
         if x.dim() != 2:
             raise ValueError(f"x must be (N, d_model), got shape {tuple(x.shape)}")
         _checks.last_dim("x", x, self.d_model)
         _checks.finite_tensor("x", x)
         return self.route_checked(x, task=task, token_ids=token_ids, generator=generator)
+
+    def _device(self) -> torch.device | None:
+        """The device of the router's parameters or buffers (None for a router that has none)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return None
 
     def route_checked(self, x: Tensor, *, task: Tensor | None = None, token_ids: Tensor | None = None,
                       generator: torch.Generator | None = None) -> Routing:
@@ -146,7 +154,7 @@ class Router(nn.Module):
 
 
 def _per_token(name: str, ids: Tensor, n: int) -> Tensor:
-    ids = torch.as_tensor(ids)
+    ids = _checks.integer_ids(name, ids)
     if ids.dim() != 1 or ids.shape[0] != n:
         raise ValueError(f"{name} must have shape (N,)=({n},), got {tuple(ids.shape)}")
     return ids.long()

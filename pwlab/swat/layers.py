@@ -148,6 +148,11 @@ class SwatLinear(nn.Linear, _SwatState):
         self._plans: dict = {}
 
     def forward(self, x: Tensor) -> Tensor:
+        _checks.float_input("x", x, self.weight.device)
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            # checked here: the reshape below would otherwise regroup a wrong width into rows
+            raise ValueError(f"x must have last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)} (last dimension {x.shape[-1] if x.dim() else None})")
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:
             # nothing is dropped: SWAT is exactly nn.Linear, and its own autograd node would only
@@ -215,7 +220,8 @@ class SwatLinear(nn.Linear, _SwatState):
 
 
 class SwatConv2d(nn.Conv2d, _SwatState):
-    """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``.
+    """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``,
+    or unbatched ``(C_in, H, W) -> (C_out, H', W')`` as ``nn.Conv2d``.
     Arguments as :class:`SwatLinear` (structured drops whole filters and input channels)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -237,6 +243,16 @@ class SwatConv2d(nn.Conv2d, _SwatState):
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' for SwatConv2d, got {self.padding_mode!r}")
+        _checks.float_input("x", x, self.weight.device)
+        if x.dim() not in (3, 4):
+            raise ValueError(f"x must be (B, C_in, H, W) or unbatched (C_in, H, W), got shape {tuple(x.shape)}")
+        if x.dim() == 3:
+            # unbatched, as nn.Conv2d allows: a batch of one (the SWAT kernels and the activation
+            # top-K over channels expect the batch dimension)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have in_channels={self.in_channels} channels (dimension 1 of (B, C_in, H, W)), "
+                             f"got shape {tuple(x.shape)}")
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:                 # exactly nn.Conv2d
             return self._conv_forward(x, self.weight, self.bias)
