@@ -13,7 +13,6 @@ and exits with status 1 instead of opening a lab whose widgets would not render.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -47,17 +46,21 @@ def check() -> list[str]:
     return _jupyter.frontend_problems() + _jupyter.kernel_problems()
 
 
-def lab_command(root: Path, port: int, ip: str, token: str, open_browser: bool, first: str | None,
+def lab_command(root: Path, port: int, ip: str, open_browser: bool, first: str | None,
                 extra: list[str]) -> list[str]:
-    """The ``jupyter lab`` command line, run by this very interpreter (so: this environment)."""
+    """The ``jupyter lab`` command line, run by this very interpreter (so: this environment).
+
+    It holds no token: that goes in the environment (:func:`pwlab.commands._jupyter.token_env`),
+    since any local user can read a command line.
+    """
     cmd = [sys.executable, "-m", "jupyterlab",
            f"--ServerApp.root_dir={root}", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
            # Fail rather than silently move to another port: the printed URL must be right.
            "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}",
            f"--ServerApp.open_browser={open_browser}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if _jupyter.running_as_root():
         # Containers and classroom VMs often run as root; Jupyter refuses that without this flag.
+        # Only then: a server that need not run as root must not be told it may.
         cmd.append("--ServerApp.allow_root=True")
     if first:
         cmd.append(f"--ServerApp.default_url=/lab/tree/{first}")
@@ -86,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
     base = f"http://{host}:{args.port}"
     url = f"{base}/lab/tree/{first}?token={token}" if first else f"{base}/lab?token={token}"
-    cmd = lab_command(root.resolve(), args.port, args.ip, token, not args.no_browser, first, extra)
+    cmd = lab_command(root.resolve(), args.port, args.ip, not args.no_browser, first, extra)
+    if "--ServerApp.allow_root=True" in cmd:
+        print("pwlab lab: running as root, so JupyterLab is started with --ServerApp.allow_root=True "
+              "(its kernels run as root too)", file=sys.stderr)
     return _jupyter.supervise(cmd, lambda: _jupyter.url_answers(f"{base}/api/status?token={token}"),
-                              url, "Pathways Lab")
+                              url, "Pathways Lab", env=_jupyter.token_env(token))
 
 
 if __name__ == "__main__":  # pragma: no cover
