@@ -57,11 +57,12 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     (["--preset", "huge"], "preset must be one of 'tiny', 'small'"),
     (["--tasks", "wine,chess"], r"unknown task\(s\) \['chess'\]; known tasks: all, digits"),
     (["--router", "best"], "router must be one of 'topk'"),
-    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--steps", "-1"], "argument --steps: must be an integer >= 0, got '-1'"),
 ])
 def test_bad_names_list_the_known_ones(tmp_path, capsys, argv, match):
-    assert main([*argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
-    assert re.search(match, capsys.readouterr().err)
+    assert pwlab(["train", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1 and err.startswith("pwlab train: error: ")
     assert not (tmp_path / "x").exists()
 
 
@@ -140,12 +141,16 @@ def test_nproc_hands_the_run_to_torch_distributed(monkeypatch):
     import subprocess
 
     from pwlab.commands import train as cmd
-    seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda c, env=None: seen.update(cmd=c, env=env) or 0)
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda c, env=None: calls.append(c) or 0)
     assert cmd.main(["--preset", "tiny", "--steps", "7", "--nproc", "3", "--seed", "2"]) == 0
-    c = seen["cmd"]
+    c, = calls
     assert c[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
     assert c[5:7] == ["-m", "pwlab.distributed.train"]
     assert c[c.index("--steps") + 1] == "7" and c[c.index("--seed") + 1] == "2"
     assert cmd.main(["--nproc", "2", "--out", "somewhere"]) == 2       # no checkpoint on that path
-    assert cmd.main(["--nproc", "0"]) == 2
+    assert cmd.main(["--nproc", "2", "--skip-nonfinite"]) == 2          # not on that path either
+    with pytest.raises(SystemExit) as e:
+        cmd.main(["--nproc", "0"])
+    assert e.value.code == 2
+    assert len(calls) == 1                                              # only the first one ran

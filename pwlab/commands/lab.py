@@ -16,14 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from pwlab.commands import _jupyter
+from pwlab.commands import _args, _jupyter
 
 WELCOME = "00_welcome.ipynb"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pwlab lab", description="Open the Pathways Lab notebooks in JupyterLab.")
-    p.add_argument("--port", type=int, default=8888, help="port to serve on (default 8888)")
+def _parser() -> _args.Parser:
+    p = _args.Parser(prog="pwlab lab", description="Open the Pathways Lab notebooks in JupyterLab.")
+    p.add_argument("--port", type=_args.port, default=8888, help="port to serve on (default 8888)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.add_argument("--notebook-dir", default=None, help="folder to serve (default: the lab's notebooks/)")
@@ -70,8 +70,6 @@ def lab_command(root: Path, port: int, ip: str, open_browser: bool, first: str |
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args, extra = _split_passthrough(p, list(sys.argv[1:] if argv is None else argv))
-    if not 0 < args.port < 65536:
-        p.error(f"--port must be in 1..65535, got {args.port}")
     root = Path(args.notebook_dir) if args.notebook_dir else _jupyter.repo_notebooks()
     if not root.is_dir():
         p.error(f"--notebook-dir {str(root)!r} is not a folder")

@@ -9,19 +9,18 @@ only the outputs (figures, sliders, buttons), never the code. The same set-up ch
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from pwlab.commands import _jupyter
+from pwlab.commands import _args, _jupyter
 from pwlab.commands.lab import check
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pwlab serve",
+def _parser() -> _args.Parser:
+    p = _args.Parser(prog="pwlab serve",
                                 description="Serve one notebook as a dashboard: widgets live, code hidden.")
     p.add_argument("notebook", help="the .ipynb file to serve")
-    p.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866)")
+    p.add_argument("--port", type=_args.port, default=8866, help="port to serve on (default 8866)")
     p.add_argument("--ip", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 lets a classroom connect)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
@@ -55,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     nb = Path(args.notebook)
     if nb.suffix != ".ipynb" or not nb.is_file():
         p.error(f"notebook must be an existing .ipynb file, got {args.notebook!r}")
-    if not 0 < args.port < 65536:
-        p.error(f"--port must be in 1..65535, got {args.port}")
     if not args.skip_checks:
         status = _jupyter.report(check(), "pwlab serve")
         if status:
