@@ -35,12 +35,15 @@ def _parser() -> _args.Parser:
     p = _args.Parser(prog=PROG, description="Train a preset on several tasks at once.")
     p.add_argument("--preset", default=None, help="tiny, small, tiny-dense or small-dense (default tiny)")
     p.add_argument("--tasks", default=None, help="'all' or comma-separated task names (default all)")
-    p.add_argument("--steps", type=_args.nonnegative_int, default=None, help="training steps to run (default: the preset's)")
+    p.add_argument("--steps", type=_args.nonnegative_int, default=None,
+                   help="training steps to run (default: the preset's)")
     p.add_argument("--out", default=None, help="output folder (default: the --resume folder)")
     p.add_argument("--resume", default=None, help="a folder holding checkpoint.pt: continue that run")
-    p.add_argument("--seed", type=_args.seed, default=None, help="seed of init, sampling and routing noise (default 0)")
+    p.add_argument("--seed", type=_args.seed, default=None,
+                   help="seed of init, sampling and routing noise (default 0)")
     p.add_argument("--router", default=None, help="router name (default: the preset's)")
-    p.add_argument("--eval-examples", type=_args.positive_int, default=None, help="test examples per task (default: all)")
+    p.add_argument("--eval-examples", type=_args.positive_int, default=None,
+                   help="test examples per task (default: all)")
     p.add_argument("--threads", type=_args.positive_int, default=1,
                    help="torch CPU threads (default 1: the preset's matrices are too small to gain from more, "
                         "and spare threads spin and slow every step down when the cores are shared)")
@@ -143,7 +146,7 @@ def _build(args):
 def _nonfinite_message(e: FloatingPointError, skipping: bool) -> str:
     """One line: where the loss went NaN/Inf, that nothing was saved, and what to try."""
     where = (f"the loss became {getattr(e, 'value', 'non-finite')} at step {e.step} in task {e.task!r}"
-             if hasattr(e, "step") and hasattr(e, "task") else str(e))
+             if hasattr(e, "step") and hasattr(e, "task") else " ".join(str(e).split()))
     fix = ("lower the learning rate" if skipping
            else "lower the learning rate, or pass --skip-nonfinite to skip such batches")
     return f"{where}; nothing was saved ({fix})"
