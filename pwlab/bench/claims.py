@@ -12,7 +12,6 @@ cores than one process with two threads.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from pwlab.experiments import CLAIMS
 from pwlab.experiments import names as claim_names
+from pwlab.commands import _args
 
 
 def _init_worker(threads: int) -> None:
@@ -94,20 +94,17 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
+    p = _args.Parser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     p.add_argument("--quick", action="store_true", help="smaller step counts, one seed (unless --seeds)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, or 1 with --quick)")
+    p.add_argument("--seeds", type=_args.positive_int, default=None,
+                   help="seeds 0..N-1 (default 3, or 1 with --quick)")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=claim_names(),
                    help="only these claims: " + ", ".join(claim_names()))
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--jobs", type=_args.positive_int, default=2, help="worker processes (default 2)")
+    p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads per worker (default 1)")
     args = p.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
-    if seeds < 1:
-        p.error(f"--seeds must be >= 1, got {seeds}")
-    if args.jobs < 1 or args.threads < 1:
-        p.error("--jobs and --threads must be >= 1")
     chosen = [n for n in claim_names() if args.only is None or n in args.only]
     t0 = time.perf_counter()
     rows = run_claims(chosen, seeds, args.quick, jobs=args.jobs, threads=args.threads)

@@ -10,7 +10,6 @@ activation density actually kept each step (a cached threshold can keep more or 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -20,23 +19,24 @@ import torch
 # the training run lives with the experiments (claim 7 uses it too); re-exported here for
 # ``from pwlab.bench.swat_accuracy import mlp`` in the notebooks
 from pwlab.experiments.swat_mlp import VARIANTS, load_task, mlp, run
+from pwlab.commands import _args
 
 __all__ = ["VARIANTS", "load_task", "mlp", "run", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench swat-accuracy", description=__doc__.splitlines()[0])
+    p = _args.Parser(prog="pwlab bench swat-accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["digits", "breast_cancer"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--depth", type=int, default=3, help="hidden layers (the first one stays dense)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--topk-period", type=int, default=10)
+    p.add_argument("--seeds", type=_args.seed, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=_args.positive_int, default=1500)
+    p.add_argument("--batch", type=_args.positive_int, default=64)
+    p.add_argument("--hidden", type=_args.positive_int, default=256)
+    p.add_argument("--depth", type=_args.positive_int, default=3, help="hidden layers (the first one stays dense)")
+    p.add_argument("--lr", type=_args.positive_float, default=2e-3)
+    p.add_argument("--topk-period", type=_args.positive_int, default=10)
     p.add_argument("--compare-refresh", action="store_true",
                    help="also SWAT-U 90%% re-masking every step with the cached threshold (fixed_mask=False)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=_args.positive_int, default=1,
                    help="intra-op threads (1: the layers are small; threads only add synchronisation)")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")

@@ -15,7 +15,6 @@ The browser's rendering is not included (it runs in another process).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,6 +22,7 @@ import time
 import torch
 
 from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
+from pwlab.commands import _args
 
 
 def _timed(set_value, values) -> list[float]:
@@ -80,16 +80,16 @@ def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, ba
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
+    p = _args.Parser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     # one torch thread: the tiny model's matmuls are too small to split, and on a 2-core machine
     # the other core is left to the browser (and, here, to whoever else shares the machine)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
-    p.add_argument("--repeats", type=int, default=15, help="value changes per control")
-    p.add_argument("--train-steps", type=int, default=30, help="steps of the model the explorers show")
-    p.add_argument("--seconds", type=float, default=6.0, help="playground run time")
-    p.add_argument("--refresh", type=float, default=0.5, help="playground refresh interval (s)")
+    p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads (default 1, see above)")
+    p.add_argument("--repeats", type=_args.positive_int, default=15, help="value changes per control")
+    p.add_argument("--train-steps", type=_args.positive_int, default=30, help="steps of the model the explorers show")
+    p.add_argument("--seconds", type=_args.positive_float, default=6.0, help="playground run time")
+    p.add_argument("--refresh", type=_args.positive_float, default=0.5, help="playground refresh interval (s)")
     p.add_argument("--preset-batch", action="store_true", help="also run the playground at the preset's batch size")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
