@@ -27,9 +27,11 @@ Skipped step (``skip_nonfinite=True`` and a NaN/Inf loss, gradient or activation
 
     "step"            int, steps applied so far (not advanced)
     "skipped"         True
-    "nonfinite"       str, the task whose loss was NaN/Inf, or "gradient", or "forward"
-    "where"           str, the first parameter (gradient) or layer/parameter that went non-finite,
-                      when one is found
+    "nonfinite"       str, the task whose loss was NaN/Inf ("aux_loss" for the auxiliary loss),
+                      "gradient", or "forward" (the forward pass failed on NaN/Inf values)
+    "where"           str, what was found non-finite, when found: the first parameter with a
+                      NaN/Inf gradient, a NaN/Inf parameter, a layer whose output overflowed,
+                      or "input" (the task's training input)
     "skipped_in_a_row" int, consecutive skipped steps including this one
 
 The parameters and the optimizer are unchanged; a ``RuntimeWarning`` says what was skipped.
@@ -162,6 +164,23 @@ def _nonfinite(obj) -> bool:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return any(_nonfinite(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return False
+
+
+def _total_norm(grads: list) -> torch.Tensor:
+    """The global L2 norm of ``grads`` (as ``clip_grad_norm_`` computes it), without clipping."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):          # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+
+
+def _clip(params: list, max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale gradients to global norm at most ``max_norm`` (``total_norm`` is known finite)."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):   # torch >= 2.6
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def metric_key(task) -> str:
@@ -322,8 +341,7 @@ class Trainer:
                     raise
                 err = NonFiniteLossError(step, found["tasks"] or names, what=found["what"], where=found["where"],
                                          detail=found["detail"], skipped=self._skips_at_limit())
-                err.nonfinite = "forward"
-                rec = self._skip_or_raise(err)
+                rec = self._skip_or_raise(err, "forward")
                 committed = True
                 return rec
             bad = next((name for name, v in out.losses.items() if not bool(torch.isfinite(v))), None)
@@ -336,25 +354,23 @@ class Trainer:
                 what = f"loss {value}" if bad in out.losses else f"auxiliary loss {value}"
                 err = NonFiniteLossError(step, task, value, what=what, where=found and found["where"],
                                          detail=found and found["detail"], skipped=self._skips_at_limit())
-                err.nonfinite = bad
-                rec = self._skip_or_raise(err)
+                rec = self._skip_or_raise(err, bad)
                 committed = True
                 return rec
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
             params = [p for _, p in named]
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+            grad_norm = _total_norm([p.grad for p in params])
             if not bool(torch.isfinite(grad_norm)):
                 # checked before clipping and the update: a NaN/Inf gradient is never applied
                 first = next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None)
                 err = NonFiniteGradientError(step, names, float(grad_norm), first, skipped=self._skips_at_limit())
-                err.nonfinite = "gradient"
-                rec = self._skip_or_raise(err)
+                rec = self._skip_or_raise(err, "gradient")
                 committed = True
                 return rec
             if tc.grad_clip and params:
-                torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
+                _clip(params, tc.grad_clip, grad_norm)
             with _interrupts_deferred():     # the update and its record land together
                 self.optimizer.step()
                 self.step_count += 1
@@ -372,12 +388,14 @@ class Trainer:
         n = self.consecutive_skips if self.config.train.skip_nonfinite else 0
         return n if n >= self.max_consecutive_skips else 0
 
-    def _skip_or_raise(self, err: NonFiniteLossError) -> dict:
-        """Raise ``err``, or (``skip_nonfinite``, under the limit) record a skipped step, warn, return it."""
+    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str) -> dict:
+        """Raise ``err``, or (``skip_nonfinite``, under the limit) record a skipped step, warn, return it.
+
+        ``nonfinite`` is the record's label: the task whose loss failed, "gradient" or "forward".
+        """
         in_a_row = self.consecutive_skips
         if not self.config.train.skip_nonfinite or err.skipped:
             raise err
-        nonfinite = getattr(err, "nonfinite", "forward")
         rec = {"step": self.step_count, "skipped": True, "nonfinite": nonfinite}
         if err.where is not None:
             rec["where"] = err.where

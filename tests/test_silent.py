@@ -299,6 +299,18 @@ def test_skipped_nonfinite_gradients_warn_are_counted_and_stop_after_max_consecu
     assert "loss" in rec and rec["step"] == 2 and tr.consecutive_skips == 0 and tr.skipped_steps == 3
 
 
+def test_gradient_norm_and_clipping_without_the_torch_2_6_helpers_give_the_same_steps(task_list, monkeypatch):
+    ref = Trainer(task_list, _cfg(grad_clip=0.01))
+    ref_recs = ref.step(2)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_")
+    old = Trainer(task_list, _cfg(grad_clip=0.01))
+    recs = old.step(2)
+    assert all(abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * b["grad_norm"] for a, b in zip(recs, ref_recs))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_params(old).values(), _params(ref).values()))
+    assert ref_recs[0]["grad_norm"] > 0.01             # the clip was active
+
+
 def test_max_consecutive_skips_must_be_a_positive_integer(task_list):
     for bad in (0, -1, 1.5, None):
         with pytest.raises(ValueError, match="max_consecutive_skips"):

@@ -192,7 +192,8 @@ def test_nonfinite_loss_names_step_and_task_and_applies_nothing(task_list):
 def test_skip_nonfinite_skips_the_batch(task_list):
     tr = Trainer(task_list, _cfg().with_train(skip_nonfinite=True))
     _poison_head(tr, "wine")
-    with pytest.warns(RuntimeWarning, match=r"skipped step \d+ \(\d+ in a row, at most 10\): non-finite loss nan") as caught:
+    skip_warning = r"skipped step \d+ \(\d+ in a row, at most 10\): non-finite loss nan"
+    with pytest.warns(RuntimeWarning, match=skip_warning) as caught:
         tr.step(5)
     assert "(1 in a row" in str(caught[0].message)
     skipped = [r for r in tr.history if r.get("skipped")]
