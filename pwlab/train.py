@@ -148,10 +148,10 @@ def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", m
     return out
 
 
-def _max_examples(value):
+def _max_examples(value, allowed: str = "an integer >= 1 or None (every example)"):
     # 0 would "evaluate" nothing and report accuracy 0 / MSE 0.0 as if it were a result
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_examples must be an integer >= 1 or None (every example), got {value!r}")
+        raise ValueError(f"max_examples must be {allowed}, got {value!r}")
     return value
 
 
@@ -535,7 +535,8 @@ class Trainer:
         elif max_examples is None:
             limit = None
         else:
-            limit = _max_examples(max_examples)
+            limit = _max_examples(max_examples, "an integer >= 1 or None (every example) or 'config' "
+                                                "(config.train.eval_examples, the default)")
         metrics = evaluate_model(self.model, self.tasks, split=split, max_examples=limit)
         if record:
             rec = {"step": self.step_count, "eval": True, "split": split}
@@ -546,12 +547,21 @@ class Trainer:
 
     # -- checkpoints (see pwlab.checkpoint) ----------------------------------------------
     def save(self, path) -> None:
-        """Write a checkpoint atomically (see :mod:`pwlab.checkpoint`)."""
+        """Write a checkpoint atomically, with a digest of its contents (see :mod:`pwlab.checkpoint`).
+
+        Stale temporary files of earlier saves of ``path`` that were killed are removed.
+        """
         from pwlab.checkpoint import save_trainer
         save_trainer(self, path)
 
     def restore(self, path) -> None:
-        """Load a checkpoint of this same configuration into this trainer (nothing changes on error)."""
+        """Load a checkpoint of this same configuration into this trainer (nothing changes on error).
+
+        Raises ``ValueError`` for a file that is not a fitting checkpoint, and
+        :class:`pwlab.checkpoint.CheckpointIntegrityError` (a ``ValueError``) for one whose
+        contents changed after it was written; a checkpoint without a digest (older pwlab)
+        loads with a warning.
+        """
         from pwlab.checkpoint import restore_trainer
         restore_trainer(self, path)
 

@@ -52,7 +52,7 @@ def _same(a, b):
 @pytest.mark.parametrize("bad", [0, -1, -5, 2.5, True, "5"])
 def test_evaluate_refuses_max_examples_that_is_not_a_positive_int(task_list, bad):
     tr = Trainer(task_list, _cfg())
-    with pytest.raises(ValueError, match="max_examples must be an integer >= 1 or None"):
+    with pytest.raises(ValueError, match=r"max_examples must be an integer >= 1 or None \(every example\) or .config."):
         tr.evaluate(max_examples=bad)
     assert tr.history == []             # no record of a non-evaluation
     with pytest.raises(ValueError, match="max_examples"):
