@@ -74,6 +74,8 @@ from pwlab.model import ModelOutput, PathwaysModel, eval_mode
 
 _HINT = ("nothing of this step was applied; lower the learning rate or set grad_clip, "
          "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
+_INPUT_HINT = ("nothing of this step was applied; remove the NaN/Inf values from the task's data, "
+               "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +102,7 @@ class NonFiniteLossError(FloatingPointError):
         if skipped:
             msg += (f"; {skipped} steps in a row were skipped before it (max_consecutive_skips), "
                     "so training has diverged")
-        super().__init__(f"{msg} ({_HINT})")
+        super().__init__(f"{msg} ({_INPUT_HINT if what == 'input' else _HINT})")
         self.step, self.tasks, self.task, self.value = step, tasks, ", ".join(tasks), value
         self.what, self.where, self.skipped = what, where, skipped
 

@@ -342,8 +342,9 @@ def test_nonfinite_training_input_is_named_as_the_input_of_its_task(task_list):
     x[:] = float("nan")
     broken = replace(task_list[0], x_train=x)
     tr = Trainer([broken], _cfg())
-    with pytest.raises(NonFiniteLossError, match=r"non-finite input at step 1 in task 'wine': the training input"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite input at step 1 in task 'wine': the training inp") as err:
         tr.step()
+    assert "remove the NaN/Inf values from the task's data" in str(err.value) and err.value.where == "input"
 
 
 # -- 5. task names and preset names -------------------------------------------------------------
