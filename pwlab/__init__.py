@@ -14,10 +14,12 @@ figures live in :mod:`pwlab.viz`, apps in :mod:`pwlab.widgets`, multi-process co
     senses      encoders from image, audio, text and tables into one token space
     config      Config and the presets tiny(), small(), dense_baseline()
     model       PathwaysModel, ModelOutput
-    train       Trainer
+    train       Trainer, NonFiniteLossError, NonFiniteGradientError
+    checkpoint  CheckpointIntegrityError
     pathways    pathway maps, mutual information, ablation, subnetwork extraction
 """
 from pwlab import flops, losses, senses, tasks
+from pwlab.checkpoint import CheckpointIntegrityError
 from pwlab.config import PRESETS, Config, ModelConfig, TrainConfig, dense_baseline, preset, small, tiny
 from pwlab.experts import ExpertBank
 from pwlab.model import ModelOutput, PathwaysModel
@@ -30,7 +32,7 @@ from pwlab.senses import MODALITIES, Senses, Tokens
 from pwlab.soft_moe import SoftMoE
 from pwlab.swat import SwatConv2d, SwatExpertBank, SwatLinear, swatify
 from pwlab.tasks import MultiTaskSampler, Task, TaskBatch
-from pwlab.train import NonFiniteLossError, Trainer
+from pwlab.train import NonFiniteGradientError, NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,7 @@ __all__ = [
     # one model, many tasks
     "Config", "ModelConfig", "TrainConfig", "PRESETS", "preset", "tiny", "small", "dense_baseline",
     "PathwaysModel", "ModelOutput", "Trainer", "NonFiniteLossError",
+    "NonFiniteGradientError", "CheckpointIntegrityError",
     # pathways
     "PathwayMap", "ExampleRouting", "pathway_map", "mutual_information", "top_pathway", "disable_experts",
     "extract_subnetwork", "route_example",
