@@ -153,12 +153,20 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+        # buffers too: a router may update one in its forward (TopK's expert_bias)
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
+                "buffers": [b.clone() for b in self.model.buffers()]}
 
     def _restore(self, snap: dict) -> None:
         self.sampler.load_state_dict(snap["sampler"])
         self.generator.set_state(snap["generator"])
         self.optimizer.zero_grad(set_to_none=True)
+        self._restore_buffers(snap)
+
+    def _restore_buffers(self, snap: dict) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), snap["buffers"]):
+                b.copy_(saved)
 
     def _one_step(self) -> dict:
         """One step with the trainer's own global-RNG stream (dropout) swapped in."""
@@ -185,6 +193,7 @@ class Trainer:
                     raise NonFiniteLossError(self.step_count + 1, bad, value)
                 with _interrupts_deferred():
                     self.optimizer.zero_grad(set_to_none=True)
+                    self._restore_buffers(snap)
                     rec = {"step": self.step_count, "skipped": True, "nonfinite": bad}
                     self._commit(rec)
                     committed = True

@@ -14,7 +14,7 @@ import pwlab.tasks as tasks
 from pwlab import config, fused
 from pwlab.moe import MoE
 from pwlab.routing import TopK, make_router
-from pwlab.train import Trainer
+from pwlab.train import NonFiniteLossError, Trainer
 
 
 def _identity_router(**kw) -> TopK:
@@ -311,14 +311,23 @@ def test_make_router_passes_the_options():
 
 # -- checkpoints --------------------------------------------------------------------------
 
+def _bias_cfg(**train):
+    return config.Config(config.ModelConfig(d_model=16, num_heads=2, num_experts=4, d_hidden=16, router="topk",
+                                            router_kwargs={"bias_update_rate": 1e-2, "gate": "sigmoid"}),
+                         config.TrainConfig(batch_size=24, lr=3e-3, **train), name="test")
+
+
+def _bias(trainer):
+    (name,) = [k for k in trainer.model.state_dict() if k.endswith("expert_bias")]
+    return trainer.model.state_dict()[name]
+
+
 def test_bias_survives_a_trainer_checkpoint(tmp_path):
     task_list = tasks.load(["wine", "digit_words"])
-    cfg = config.Config(config.ModelConfig(d_model=16, num_heads=2, num_experts=4, d_hidden=16, router="topk",
-                                           router_kwargs={"bias_update_rate": 1e-2, "gate": "sigmoid"}),
-                        config.TrainConfig(batch_size=24, lr=3e-3), name="test")
+    cfg = _bias_cfg()
     full = Trainer(task_list, cfg)
     (i,) = cfg.model.moe_layer_indices()
-    bias = lambda tr: tr.model.state_dict()[next(k for k in tr.model.state_dict() if k.endswith("expert_bias"))]
+    bias = _bias
     full.step(3)
     after3 = bias(full).clone()
     assert after3.abs().sum() > 0                               # the steps moved it
@@ -332,3 +341,22 @@ def test_bias_survives_a_trainer_checkpoint(tmp_path):
     resumed.step(2)
     assert torch.equal(bias(resumed), bias(full))
     assert [r["load/" + str(i)] for r in resumed.history[-2:]] == [r["load/" + str(i)] for r in full.history[-2:]]
+
+
+def test_a_step_that_fails_or_is_skipped_leaves_the_bias_as_it_was():
+    """The Trainer applies a step as one unit: the bias update of its forward is undone with the rest."""
+    task_list = tasks.load(["wine", "digit_words"])
+    for skip in (False, True):
+        tr = Trainer(task_list, _bias_cfg(skip_nonfinite=skip))
+        tr.step(2)
+        before = _bias(tr).clone()
+        with torch.no_grad():
+            for head in tr.model.heads.values():
+                head.weight.fill_(float("nan"))             # every task loss NaN; the routing is intact
+        if skip:
+            (rec,) = tr.step()
+            assert rec.get("skipped") is True
+        else:
+            with pytest.raises(NonFiniteLossError):
+                tr.step()
+        assert torch.equal(_bias(tr), before)
