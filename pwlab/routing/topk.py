@@ -49,7 +49,8 @@ class TopK(LinearGate):
             forward in training mode: the router updates the bias from the loads of the
             routing it just made (assignments proposed, before capacity), under ``no_grad``;
             with gradient accumulation it therefore updates once per micro-batch. Eval mode
-            uses the bias without changing it.
+            uses the bias without changing it. Each process updates from its own tokens: in
+            data- or expert-parallel runs the ranks' biases are not synchronised.
     """
 
     def __init__(self, *, k: int = 2, order: str = "softmax_topk", renormalize: bool = True,
