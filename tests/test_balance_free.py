@@ -167,6 +167,20 @@ def test_bias_is_off_by_default_and_the_state_dict_is_unchanged():
     assert set(with_bias.state_dict()) == {"gate.weight", "expert_bias"}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bias_stays_float32_in_half_precision(dtype):
+    r = TopK(k=1, bias_update_rate=1e-3, d_model=4, num_experts=4).to(dtype)
+    assert r.gate.weight.dtype == dtype and r.expert_bias.dtype == torch.float32
+    r.expert_bias.fill_(0.5)
+    with torch.no_grad():
+        r.gate.weight.copy_(10 * torch.eye(4))
+        r(torch.eye(4, dtype=dtype)[[0, 0, 1, 2]])             # loads [2, 1, 1, 0], mean 1
+    # in bfloat16, 0.5 - 1e-3 would round back to 0.5
+    assert torch.allclose(r.expert_bias, torch.tensor([0.499, 0.5, 0.5, 0.501]), rtol=0, atol=1e-7)
+    r.load_state_dict(r.state_dict())
+    assert r.expert_bias.dtype == torch.float32
+
+
 def test_bias_gets_no_gradient_and_the_weights_do():
     r = TopK(k=2, bias_update_rate=0.1, d_model=6, num_experts=4)
     r.expert_bias.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0]))

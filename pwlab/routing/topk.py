@@ -49,7 +49,8 @@ class TopK(LinearGate):
             forward in training mode: the router updates the bias from the loads of the
             routing it just made (assignments proposed, before capacity), under ``no_grad``;
             with gradient accumulation it therefore updates once per micro-batch. Eval mode
-            uses the bias without changing it. Each process updates from its own tokens: in
+            uses the bias without changing it. The bias stays float32 in a half-precision
+            model (its steps are below half precision's resolution). Each process updates from its own tokens: in
             data- or expert-parallel runs the ranks' biases are not synchronised.
     """
 
@@ -105,6 +106,14 @@ class TopK(LinearGate):
             # from the task loss's gradient, so top-1 keeps the raw score (as Switch)
             return weight / weight.sum(-1, keepdim=True)
         return weight
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.expert_bias is not None and self.expert_bias.dtype in (torch.float16, torch.bfloat16):
+            # a step of γ ~ 1e-3 is below half precision's resolution once |b| ~ 0.5 (bfloat16's
+            # spacing there is 2e-3): the update would silently stop, so the bias stays float32
+            self.expert_bias = self.expert_bias.float()
+        return out
 
     @torch.no_grad()
     def _update_bias(self, expert: Tensor) -> None:
