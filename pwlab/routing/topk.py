@@ -9,8 +9,8 @@ renormalisation both give the same weights; without it, the first keeps the raw 
 Two options from DeepSeek-V3 (DeepSeek-AI 2024, arXiv 2412.19437, §2.1.2):
 
 * ``gate="sigmoid"``: each expert's score is ``s_i = sigmoid(logit_i)``, independent of the
-  other experts; the k selected scores are normalised to sum to one (eq. 13–15).
-* ``bias_update_rate=γ``: auxiliary-loss-free load balancing (eq. 16). A per-expert bias
+  other experts; the k selected scores are normalised to sum to one.
+* ``bias_update_rate=γ``: auxiliary-loss-free load balancing. A per-expert bias
   ``b_i`` is added to the scores for the top-k *selection* only; the gate weights use the
   unbiased scores. After a training step each bias moves by ``γ · sign(mean load − load_i)``,
   the load being the number of the step's tokens assigned to expert i: an overloaded expert
@@ -36,13 +36,13 @@ class TopK(LinearGate):
         order: ``"softmax_topk"`` or ``"topk_softmax"`` (softmax gate only; see the module docstring).
         renormalize: make the k weights of a token sum to one (for k > 1; top-1 keeps the raw
             score, as Switch, so the router still gets the task loss's gradient).
-        gate: ``"softmax"`` (default) or ``"sigmoid"`` (DeepSeek-V3, arXiv 2412.19437 eq. 13–15:
+        gate: ``"softmax"`` (default) or ``"sigmoid"`` (DeepSeek-V3, arXiv 2412.19437 §2.1.2:
             ``s_i = sigmoid(logit_i)``, the selected scores normalised to sum to one). With
             sigmoid scores ``Routing.probs`` holds the scores normalised over all E experts,
             ``s_i / Σ_j s_j``, so the load-balancing loss, the router entropy and the pathway
-            maps read a distribution (as V3's sequence-wise balance loss, eq. 18–20); the
+            maps read a distribution (as V3's complementary sequence-wise balance loss); the
             z-loss still reads the logits.
-        bias_update_rate: γ of auxiliary-loss-free load balancing (DeepSeek-V3 §2.1.2, eq. 16);
+        bias_update_rate: γ of auxiliary-loss-free load balancing (DeepSeek-V3 §2.1.2);
             None or 0 turns it off. The bias ``expert_bias (E,)`` is a buffer (saved in
             ``state_dict``, so in checkpoints) added to the scores (softmax probabilities or
             sigmoid scores) for selection only. "After each step" is implemented as after each
@@ -50,8 +50,9 @@ class TopK(LinearGate):
             routing it just made (assignments proposed, before capacity), under ``no_grad``;
             with gradient accumulation it therefore updates once per micro-batch. Eval mode
             uses the bias without changing it. The bias stays float32 in a half-precision
-            model (its steps are below half precision's resolution). Each process updates from its own tokens: in
-            data- or expert-parallel runs the ranks' biases are not synchronised.
+            model (its steps are below half precision's resolution). Each process updates
+            from its own tokens: in data- or expert-parallel runs the ranks' biases are not
+            synchronised.
     """
 
     def __init__(self, *, k: int = 2, order: str = "softmax_topk", renormalize: bool = True,
@@ -84,7 +85,7 @@ class TopK(LinearGate):
         else:
             scores = probs = softmax_experts(logits)
         if self.expert_bias is not None:
-            # DeepSeek-V3 eq. 16: the bias decides which experts, never how much of each
+            # DeepSeek-V3 §2.1.2: the bias decides which experts, never how much of each
             expert = (scores.detach() + self.expert_bias).topk(self.top_k, dim=-1).indices   # (N, k)
             if self.order == "topk_softmax":
                 weight = logits.gather(-1, expert).softmax(-1)
@@ -117,7 +118,7 @@ class TopK(LinearGate):
 
     @torch.no_grad()
     def _update_bias(self, expert: Tensor) -> None:
-        """``b_i += γ · sign(mean load − load_i)`` from this routing's ``expert (N, k)`` (eq. 16)."""
+        """``b_i += γ · sign(mean load − load_i)`` from this routing's ``expert (N, k)``."""
         load = torch.bincount(expert.reshape(-1), minlength=self.num_experts).to(self.expert_bias.dtype)
         self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
 
