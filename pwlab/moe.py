@@ -297,6 +297,7 @@ class MoE(nn.Module):
         r = self.router
         return (self.fused and x.shape[0] > 0 and type(r) is TopK
                 and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
+                and r.gate_fn == "softmax" and r.expert_bias is None      # the fused node knows neither option
                 and type(self.experts) is ExpertBank and x.dtype in _FUSED_DTYPES
                 and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
 

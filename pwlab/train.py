@@ -310,12 +310,20 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+        # buffers too: a router may update one in its forward (TopK's expert_bias)
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
+                "buffers": [b.clone() for b in self.model.buffers()]}
 
     def _restore(self, snap: dict) -> None:
         self.sampler.load_state_dict(snap["sampler"])
         self.generator.set_state(snap["generator"])
         self.optimizer.zero_grad(set_to_none=True)
+        self._restore_buffers(snap)
+
+    def _restore_buffers(self, snap: dict) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), snap["buffers"]):
+                b.copy_(saved)
 
     def _one_step(self) -> dict:
         """One step with the trainer's own global-RNG stream (dropout) swapped in."""
@@ -343,7 +351,7 @@ class Trainer:
                     raise
                 err = NonFiniteLossError(step, found["tasks"] or names, what=found["what"], where=found["where"],
                                          detail=found["detail"], skipped=self._skips_at_limit())
-                rec = self._skip_or_raise(err, "forward")
+                rec = self._skip_or_raise(err, "forward", snap)
                 committed = True
                 return rec
             bad = next((name for name, v in out.losses.items() if not bool(torch.isfinite(v))), None)
@@ -356,7 +364,7 @@ class Trainer:
                 what = f"loss {value}" if bad in out.losses else f"auxiliary loss {value}"
                 err = NonFiniteLossError(step, task, value, what=what, where=found and found["where"],
                                          detail=found and found["detail"], skipped=self._skips_at_limit())
-                rec = self._skip_or_raise(err, bad)
+                rec = self._skip_or_raise(err, bad, snap)
                 committed = True
                 return rec
             self.optimizer.zero_grad(set_to_none=True)
@@ -368,7 +376,7 @@ class Trainer:
                 # checked before clipping and the update: a NaN/Inf gradient is never applied
                 first = next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None)
                 err = NonFiniteGradientError(step, names, float(grad_norm), first, skipped=self._skips_at_limit())
-                rec = self._skip_or_raise(err, "gradient")
+                rec = self._skip_or_raise(err, "gradient", snap)
                 committed = True
                 return rec
             if tc.grad_clip and params:
@@ -390,10 +398,12 @@ class Trainer:
         n = self.consecutive_skips if self.config.train.skip_nonfinite else 0
         return n if n >= self.max_consecutive_skips else 0
 
-    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str) -> dict:
+    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str, snap: dict) -> dict:
         """Raise ``err``, or (``skip_nonfinite``, under the limit) record a skipped step, warn, return it.
 
         ``nonfinite`` is the record's label: the task whose loss failed, "gradient" or "forward".
+        A skipped step puts the model's buffers back from ``snap`` (a router's balancing bias
+        moves in forward), as a failed step does.
         """
         in_a_row = self.consecutive_skips
         if not self.config.train.skip_nonfinite or err.skipped:
@@ -404,6 +414,7 @@ class Trainer:
         rec["skipped_in_a_row"] = in_a_row + 1
         with _interrupts_deferred():
             self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(snap)
             self._commit(rec)
         warnings.warn(f"skipped step {err.step} ({in_a_row + 1} in a row, at most {self.max_consecutive_skips}): "
                       f"{str(err).split(' (nothing of this step')[0]}", RuntimeWarning, stacklevel=5)
