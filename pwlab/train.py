@@ -344,7 +344,7 @@ class Trainer:
             names = [b.task for b in batches]
             try:
                 out = self.model(batches, generator=self.generator)
-            except ValueError as e:
+            except ValueError:
                 # the model's own finiteness checks: say which step, task and tensor, not "the input"
                 found = self._locate_nonfinite(batches)
                 if found is None:
