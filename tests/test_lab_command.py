@@ -300,6 +300,16 @@ def _get(port: int, path: str) -> tuple[int, str | None]:
         conn.close()
 
 
+def _body(port: int, path: str) -> str:
+    """The text of one GET (Voila streams the page while the notebook runs; read to the end)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 def _start_until_url(argv: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "pwlab.cli", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -366,6 +376,10 @@ def test_serve_token_required_and_not_in_argv(tmp_path):
         assert status == 302 and where.startswith("/login")
         assert _get(port, "/?token=" + "0" * len(token))[0] == 302
         assert _get(port, f"/?token={token}")[0] == 200
+        page = _body(port, f"/?token={token}")
+        external = re.findall(r'<(?:link|script)[^>]+(?:href|src)="(https?://[^"]+)"', page)
+        assert "jp-Notebook" in page or "rendered_cells" in page, page[:300]
+        assert not external, f"the dashboard page loads from outside the machine: {external}"
     finally:
         _stop(proc, port)
     assert not J.port_answers(port), "the Voila server outlived `pwlab serve`"

@@ -9,6 +9,7 @@ only the outputs (figures, sliders, buttons), never the code. The same set-up ch
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,20 @@ def voila_command(notebook: Path, port: int, ip: str, open_browser: bool, theme:
             f"--VoilaConfiguration.theme={theme}",
             f"--VoilaConfiguration.strip_sources={not show_code}",
             # A teacher projecting the page wants to see why a cell failed.
-            "--VoilaConfiguration.show_tracebacks=True"]
+            "--VoilaConfiguration.show_tracebacks=True",
+            # our page template (TEMPLATES): Voila's "lab" page, less its CDN stylesheets
+            "--template=pwlab"]
+
+
+#: the folder added to JUPYTER_PATH for Voila to find the "pwlab" template (offline page)
+TEMPLATES = Path(__file__).parent / "_share"
+
+
+def voila_env(token: str) -> dict[str, str]:
+    """The environment of the Voila child: the token (never on a command line) and our template."""
+    env = _jupyter.token_env(token)
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(TEMPLATES), env.get("JUPYTER_PATH", "")) if p)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if _jupyter.running_as_root():
         # Voila has no allow_root switch to pass; it starts every visitor's kernel as this user.
         print("pwlab serve: running as root, so every visitor's kernel runs as root", file=sys.stderr)
+    print(f"pwlab serve: each visit runs {nb.name} top to bottom in a fresh kernel, so a page appears "
+          "only after the notebook's run time (seconds to a minute; docs/teaching.md lists them)", file=sys.stderr)
     # Readiness by TCP only: fetching the page would start a kernel and run the notebook.
     return _jupyter.supervise(cmd, lambda: _jupyter.port_answers(args.port, host), url,
-                              f"Pathways Lab dashboard ({nb.name})", env=_jupyter.token_env(token))
+                              f"Pathways Lab dashboard ({nb.name})", env=voila_env(token))
 
 
 if __name__ == "__main__":  # pragma: no cover
