@@ -133,6 +133,11 @@ def _looks_relative_path(text: str) -> bool:
     return text.startswith(("../", "./", "..\\", ".\\"))
 
 
+def _is_reference(text: str, folder: Path) -> bool:
+    """Whether a string in a notebook names a file relative to its folder (one there, or a ``../``/``./`` path)."""
+    return _looks_relative_path(text) or _local_file(text, folder) is not None
+
+
 def _embed_call(call: ast.Call, source: str, folder: Path, where: str) -> tuple[int, int, str] | None:
     """A replacement ``(start, end, text)`` turning ``SVG(filename=F)`` / ``Image(filename=F)`` into embedded data."""
     name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
@@ -184,8 +189,7 @@ def embed_code_files(source: str, folder: Path, where: str) -> tuple[str, list[s
                 embedded.append(target.value)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in handled:
-            if _looks_relative_path(node.value) or (("/" in node.value or "." in node.value)
-                                                    and _local_file(node.value, folder) is not None):
+            if _is_reference(node.value, folder):
                 raise CourseError(f"{where}: reads the file {node.value!r} next to the notebook; a hand-out "
                                   "copied alone cannot (show it with SVG(filename=...) or make it package data)")
     for start, end, text in sorted(edits, reverse=True):
@@ -249,8 +253,9 @@ def handout(nb, folder: Path, name: str = "notebook"):
     """
     for i, cell in enumerate(nb.cells):
         try:
-            nbt.strip_solutions(cell.source)
-            if cell.cell_type == "markdown":
+            if cell.cell_type == "code":
+                nbt.strip_solutions(cell.source)
+            elif cell.cell_type == "markdown":
                 nbt.strip_solutions(cell.source, nbt.MD_BEGIN_SOLUTION, nbt.MD_END_SOLUTION)
         except ValueError as e:
             raise CourseError(f"{name}, cell {i}: {e}") from None
@@ -271,7 +276,8 @@ def handout(nb, folder: Path, name: str = "notebook"):
                 # the data is long: JupyterLab and Notebook 7 show the picture and fold the source
                 cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
                 shown = nb.cells[i].get("outputs", [])
-                if shown and all(o.get("output_type") == "display_data" and set(o.get("data", {})) & set(IMAGE_MIME.values())
+                pictures = set(IMAGE_MIME.values())
+                if shown and all(o.get("output_type") == "display_data" and set(o.get("data", {})) & pictures
                                  for o in shown):
                     # the stored picture (the output of the new source too): seen before the cell runs
                     cell.outputs = copy.deepcopy(shown)
@@ -279,6 +285,26 @@ def handout(nb, folder: Path, name: str = "notebook"):
         elif cell.cell_type == "markdown":
             embed_markdown_images(cell, folder, where)
     return st
+
+
+def relative_references(nb, folder: Path) -> list[str]:
+    """Files ``nb`` still reads or shows relative to ``folder``, as ``cell N: path`` (none: self-contained)."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            try:
+                tree = _parse_keeping_positions(cell.source)
+            except SyntaxError:
+                found += [f"cell {i}: unparsable, mentions ../"] if "../" in cell.source else []
+                continue
+            found += [f"cell {i}: {n.value}" for n in ast.walk(tree)
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                      and _is_reference(n.value, folder)]
+        elif cell.cell_type == "markdown":
+            paths = [m.group("path") for m in _MD_IMAGE.finditer(cell.source)]
+            paths += [m.group("path") for m in _HTML_IMG.finditer(cell.source)]
+            found += [f"cell {i}: {p}" for p in paths if _is_reference(p, folder)]
+    return found
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -304,6 +330,8 @@ def plan_handouts(src: Path, out: Path) -> list[tuple[Path, Path, str]]:
         if any(_same_file(target, g) for g in files):
             raise CourseError(f"out {out}: writing {target} would overwrite the source notebook; "
                               "give another folder (nothing written)")
+        if target.is_dir():
+            raise CourseError(f"out {target}: is a folder, cannot write the hand-out there (nothing written)")
         nb = read_notebook(f)
         text = nbformat.writes(handout(nb, f.parent.resolve(), name=str(f)))
         plan.append((f, target, text if text.endswith("\n") else text + "\n"))
@@ -332,8 +360,6 @@ def make_handouts(src: Path, out: Path, force: bool = False) -> list[tuple[Path,
     done = []
     for _, target, text in plan:
         if target.exists():
-            if target.is_dir():
-                raise CourseError(f"out {target}: is a folder, cannot write the hand-out there")
             if target.read_bytes() == text.encode("utf-8"):
                 done.append((target, "unchanged"))
                 continue
