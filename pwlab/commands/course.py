@@ -160,6 +160,8 @@ def _embed_call(call: ast.Call, source: str, folder: Path, where: str) -> tuple[
         text = "data=" + _python_literal(path.read_text(encoding="utf-8"))
     else:
         fmt = path.suffix.lstrip(".").lower().replace("jpg", "jpeg")
+        if fmt not in ("png", "jpeg", "gif"):
+            raise CourseError(f"{where}: {name}() shows {arg.value!r}; the hand-out embeds png, jpeg or gif images")
         text = f"data=__import__('base64').b64decode({base64.b64encode(path.read_bytes()).decode()!r})"
         if not any(k.arg == "format" for k in call.keywords):
             text += f", format={fmt!r}"
