@@ -426,3 +426,40 @@ def test_handout_runs_alone_in_an_empty_folder(tmp_path_factory, path):
     for i in svg_cells:                                       # the diagram is drawn from the embedded data
         assert any("image/svg+xml" in o.get("data", {}) for o in nb.cells[i].outputs)
     assert svg_cells
+
+
+def _md_nb(markdown: str, code: str = "", output: str = ""):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(code, execution_count=1)
+    if output:
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=output)]
+    nb.cells = [nbformat.v4.new_markdown_cell(markdown), cell]
+    return nb
+
+
+def test_unchecked_numbers_flags_prose_numbers_no_cell_prints_or_asserts():
+    from pwlab.commands.notebook_checks import unchecked_numbers
+    prose = "Training mixes the senses: I(E;M) falls from 0.47 to 0.11 bits, and 85.6% of the rest."
+    flagged = unchecked_numbers(_md_nb(prose))
+    assert [f.split(": ")[1].split(" ")[0] for f in flagged] == ["0.47", "0.11", "85.6%"]
+    assert unchecked_numbers(_md_nb(prose, "assert mi < 0.11 and share > 85.6", "I(E;M) 0.47\n")) == []
+
+
+def test_unchecked_numbers_leaves_papers_suggestions_integers_code_and_paper_columns_alone():
+    from pwlab.commands.notebook_checks import unchecked_numbers
+    prose = ("Switch Transformer (Fedus et al. 2021) reports 7.5× faster pre-training. Try 0.5 or 0.8 "
+             "yourself. We use 8 experts and `cf=1.25`.\n\n"
+             "| | the papers say | we measure here |\n|---|---|---|\n| speed | 4.4× (GShard) | 0.93 |\n")
+    assert [f.split(": ")[1].split(" ")[0] for f in unchecked_numbers(_md_nb(prose))] == ["0.93"]
+
+
+def test_course_check_lists_unchecked_numbers_for_review_and_fails_on_them_with_strict(tmp_path, capsys):
+    import nbformat
+    from pwlab.commands.course import main
+    src = tmp_path / "00_probe.ipynb"
+    nbformat.write(_md_nb("**Claim.** it holds: 0.47 bits.", "# CLAIM\nassert True"), src)
+    main(["check", str(src)])
+    assert "to review" in capsys.readouterr().out
+    assert main(["check", "--strict", str(src)]) == 1
+    assert "0.47 in the prose" in capsys.readouterr().out

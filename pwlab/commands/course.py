@@ -414,7 +414,13 @@ def _check(args) -> int:
         found = checks.problems(read_notebook(path), path.stat().st_size)
         if not nbt.name_ok(path):
             found.append("name is not NN_short_name.ipynb")
+        review = checks.unchecked_numbers(read_notebook(path))
+        if args.strict:
+            found, review = found + review, []
         print(f"{path}: " + ("ok" if not found else "\n    " + "\n    ".join(found)))
+        if review:
+            print("    to review (numbers in the prose that no cell prints or checks; --strict fails on them):\n      "
+                  + "\n      ".join(review))
         bad += bool(found)
     return 1 if bad else 0
 
@@ -454,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     n.set_defaults(func=_new)
     c = sub.add_parser("check", help="check stored notebooks against the conventions")
     c.add_argument("notebooks", nargs="+", help="notebooks or folders")
+    c.add_argument("--strict", action="store_true",
+                   help="also fail on numbers in the prose that no cell prints or checks (listed for review otherwise)")
     c.set_defaults(func=_check)
     v = sub.add_parser("conventions", help="print the notebook conventions")
     v.set_defaults(func=lambda a: print(nbt.convention_text()) or 0)

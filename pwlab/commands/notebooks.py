@@ -17,6 +17,9 @@ mechanical ones):
    day the claim stops holding. If an effect does not reproduce in miniature, the notebook
    says so in prose and asserts what does hold.
 4. The paper's number sits next to ours in a markdown table ("paper says / we measure").
+   A number of ours quoted in the prose comes from a cell: printed by it, or an asserted range
+   (``assert lo <= x <= hi``), so the prose cannot drift from the outputs; ``pwlab course
+   check`` lists the prose numbers no cell prints or checks (``--strict`` fails on them).
 5. Exercises (1–3 per notebook): one code cell each, holding the student's code between
    ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines (the nbgrader convention) and ending
    with a ``check_*`` call from :mod:`pwlab.exercises`. Later cells never use what an
