@@ -172,3 +172,43 @@ def suite(rank: int, world: int, scenarios: list[dict], config: dict, task_names
     """The layer scenarios, then a training run, in one set of processes (start-up is the slow part)."""
     return {"equivalence": equivalence(rank, world, scenarios),
             "training": train_curve(rank, world, config, task_names, steps)}
+
+
+def nonfinite_gradient(rank: int, world: int, config: dict, task_names: list[str], skip: bool) -> dict:
+    """Three steps; rank 1 alone poisons one expert's gradient with Inf at the second step."""
+    import warnings
+
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.parallel import expert_parameters
+    from pwlab.distributed.trainer import DistributedTrainer
+    from pwlab.train import NonFiniteGradientError
+
+    cfg = Config.from_dict(config)
+    cfg = cfg.with_train(skip_nonfinite=skip)
+    trainer = DistributedTrainer(tasks.load(task_names), cfg)
+    target = expert_parameters(trainer.model)[0]
+    backwards = [0]
+
+    def poison(g):            # the second backward pass only, on rank 1 only
+        backwards[0] += 1
+        return g + float("inf") if rank == 1 and backwards[0] == 2 else g
+    target.register_hook(poison)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for _ in range(3):
+                trainer.step(1)
+                if trainer.step_count == 1:
+                    before = [p.detach().clone() for p in trainer.model.parameters()]
+                if trainer.history[-1].get("skipped"):
+                    after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+        except NonFiniteGradientError as e:
+            error = str(e)
+            after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, after_skip))
+    return {"error": error, "history": trainer.history, "unchanged_by_bad_step": unchanged,
+            "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()),
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}

@@ -260,3 +260,26 @@ def test_train_entry_point_exits_with_main_s_code_and_its_output_complete():
     assert lines[-1]["world_size"] == 1 and lines[-1]["steps"] == 2 and set(lines[-1]["eval"]) == {"wine"}
     bad = subprocess.run(base + ["--steps", "-1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--steps must be >= 0, got -1" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True])
+def test_distributed_trainer_never_applies_a_nonfinite_gradient(skip):
+    """Rank 1 alone gets an Inf gradient at step 2: the global norm is Inf on every rank, so
+    every rank refuses the step (NonFiniteGradientError) or, with skip_nonfinite, skips it with a
+    warning, the parameters untouched, and goes on."""
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.nonfinite_gradient, 2, cfg.to_dict(), TRAIN_TASKS, skip, timeout=240)
+    for rank, res in enumerate(results):
+        assert res["unchanged_by_bad_step"], f"rank {rank}: the non-finite step changed the parameters"
+        assert res["finite"], f"rank {rank}: non-finite parameters"
+        if not skip:
+            assert res["error"] is not None and "step 2" in res["error"], (rank, res["error"])
+            assert len(res["history"]) == 1
+        else:
+            assert res["error"] is None
+            assert [bool(r.get("skipped")) for r in res["history"]] == [False, True, False]
+            assert res["history"][1]["nonfinite"] == "gradient"
+            assert any("skipped step 2" in w for w in res["warnings"]), res["warnings"]
