@@ -121,7 +121,8 @@ class ModelConfig:
     @property
     def active_width(self) -> int:
         """The dense hidden width with an MoE layer's active FLOPs per token: k·H for
-        ``"ffn"`` experts (two D×H matmuls each), 3·k·H/2 for ``"swiglu"`` ones (three)."""
+        ``"ffn"`` experts (two D×H matmuls each), 3·k·H/2 (rounded down) for ``"swiglu"`` ones
+        (three)."""
         width = self.active_k * self.d_hidden
         return width if self.expert == "ffn" else (3 * width) // 2
 
