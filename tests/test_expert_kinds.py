@@ -363,6 +363,7 @@ def _ep_gated_worker(rank: int, world: int) -> dict:
             "dropped": float(st.dropped_fraction)}
 
 
+@pytest.mark.slow
 def test_expert_parallel_gated_layer_with_a_shared_expert_equals_single_process():
     results = run_local(_ep_gated_worker, 2, timeout=90)
     for rank, res in enumerate(results):

@@ -164,7 +164,8 @@ class ExpertParallelMoE(MoE):
                 "router": f"{type(r).__name__}({r.extra_repr()})", "capacity_factor": self.capacity_factor,
                 "capacity_convention": self.capacity_convention, "drop_policy": self.drop_policy,
                 "aux_weights": repr(sorted(self.aux_weights.items())), "activation": self.experts.activation,
-                "num_groups": self.num_groups, "expert": self.expert_kind, "num_shared_experts": self.num_shared_experts}
+                "num_groups": self.num_groups, "expert": self.expert_kind,
+                "num_shared_experts": self.num_shared_experts}
 
     @property
     def expert_range(self) -> tuple[int, int]:
