@@ -21,7 +21,7 @@ from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.model import PathwaysModel
 from pwlab.moe import MoE
 from pwlab.routing import Switch, TopK
-from pwlab.swat import SwatExpertBank, SwatGatedExpertBank, swatify
+from pwlab.swat import SwatExpertBank, SwatGatedExpertBank, erk_densities, swatify
 from pwlab.tasks.base import TaskBatch
 
 D, H, E = 8, 12, 4
@@ -378,3 +378,14 @@ def test_make_experts_and_expert_kind_round_trip():
         bank = make_experts(kind, 2, 4, 6)
         assert type(bank) is cls and expert_kind(bank) == kind
     assert expert_kind(SwatGatedExpertBank(2, 4, 6)) == "swiglu" and expert_kind(SwatExpertBank(2, 4, 6)) == "ffn"
+
+
+def test_swatify_erk_counts_the_gated_bank_as_three_matrices_per_expert():
+    net = nn.Sequential(nn.Linear(D, D), nn.Linear(D, D), MoE(D, H, E, TopK(k=2), expert="swiglu"))
+    swatify(net, 0.5, variant="erk")
+    # the first layer stays dense; the rest: one (D, D) matrix and 3·E matrices of (D, H)
+    dens = erk_densities([(D, D)] + [(D, H)] * (3 * E), 0.5)
+    assert net[1].weight_sparsity == pytest.approx(1 - dens[0])
+    assert net[2].experts.weight_sparsity == pytest.approx(1 - dens[1])
+    kept = net[1].weight.numel() * dens[0] + 3 * E * D * H * dens[1]
+    assert kept == pytest.approx(0.5 * (D * D + 3 * E * D * H))
