@@ -21,7 +21,7 @@ figures live in :mod:`pwlab.viz`, apps in :mod:`pwlab.widgets`, multi-process co
 from pwlab import flops, losses, senses, tasks
 from pwlab.checkpoint import CheckpointIntegrityError
 from pwlab.config import PRESETS, Config, ModelConfig, TrainConfig, dense_baseline, preset, small, tiny
-from pwlab.experts import ExpertBank
+from pwlab.experts import ExpertBank, GatedExpertBank
 from pwlab.model import ModelOutput, PathwaysModel
 from pwlab.moe import MoE, MoEStats
 from pwlab.pathways import (ExampleRouting, PathwayMap, disable_experts, extract_subnetwork, mutual_information,
@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     # sparse activation
     "Routing", "Router", "ROUTERS", "make_router", "TopK", "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice",
-    "HashRouter", "TaskRouter", "ExpertBank", "MoE", "MoEStats", "SoftMoE", "losses",
+    "HashRouter", "TaskRouter", "ExpertBank", "GatedExpertBank", "MoE", "MoEStats", "SoftMoE", "losses",
     # SWAT and FLOPs
     "SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "flops",
     # tasks and senses

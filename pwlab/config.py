@@ -17,6 +17,7 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from pwlab import _checks
+from pwlab.experts import EXPERT_KINDS
 
 MOE_LAYER_SPECS = ("every_other", "all", "none")
 POOLINGS = ("mean", "task_token")
@@ -48,7 +49,11 @@ class ModelConfig:
         task_token: prepend a learned token per task (the trunk then knows the task).
         pooling: ``"mean"`` over real tokens, or the ``"task_token"``'s output.
         dropout: dropout after attention and FFN (0 keeps runs deterministic without a seed).
-        activation: expert and dense FFN nonlinearity.
+        activation: expert and dense FFN nonlinearity (the ``"swiglu"`` experts are SiLU-gated
+            whatever it says; it then applies to the dense FFNs only).
+        expert: the expert kind, ``"ffn"`` (two matrices with biases) or ``"swiglu"`` (gated:
+            three matrices, no biases). With ``"swiglu"`` the default dense width is
+            ``3·top_k·d_hidden/2``, which matches the gated experts' active FLOPs.
     """
 
     d_model: int = 32
@@ -67,6 +72,7 @@ class ModelConfig:
     pooling: str = "mean"
     dropout: float = 0.0
     activation: str = "gelu"
+    expert: str = "ffn"
 
     def __post_init__(self):
         for name in ("d_model", "num_layers", "num_heads", "num_experts", "d_hidden", "top_k"):
@@ -84,6 +90,7 @@ class ModelConfig:
         if self.pooling == "task_token" and not self.task_token:
             raise ValueError("pooling='task_token' needs task_token=True")
         self.moe_layer_indices()     # validates moe_layers
+        _checks.one_of("expert", self.expert, EXPERT_KINDS)
 
     def moe_layer_indices(self) -> tuple[int, ...]:
         """The indices of the blocks whose FFN is an MoE layer."""
@@ -113,7 +120,15 @@ class ModelConfig:
     @property
     def ffn_hidden(self) -> int:
         """Hidden width of the dense FFN blocks."""
-        return self.dense_hidden if self.dense_hidden is not None else self.active_k * self.d_hidden
+        return self.dense_hidden if self.dense_hidden is not None else self.active_width
+
+    @property
+    def active_width(self) -> int:
+        """The dense hidden width with an MoE layer's active FLOPs per token: k·H for
+        ``"ffn"`` experts (two D×H matmuls each), 3·k·H/2 (rounded down) for ``"swiglu"`` ones
+        (three)."""
+        width = self.active_k * self.d_hidden
+        return width if self.expert == "ffn" else (3 * width) // 2
 
     def router_arguments(self, num_tasks: int) -> dict:
         """Constructor keywords for ``make_router(self.router, **...)``."""
@@ -247,14 +262,14 @@ def dense_baseline(cfg: Config | None = None) -> Config:
     """The dense twin of ``cfg`` (default :func:`tiny`) with the same active FLOPs per token.
 
     Every block gets a dense FFN of hidden width ``top_k · d_hidden``, the width a top-k MoE
-    layer activates per token (the router's D·E multiply-adds are the only difference).
+    layer activates per token (the router's D·E multiply-adds are the only difference); for
+    ``"swiglu"`` experts ``3 · top_k · d_hidden / 2`` (:attr:`ModelConfig.active_width`).
     """
     cfg = cfg if cfg is not None else tiny()
     m = cfg.model
-    k = m.active_k
-    width = k * m.d_hidden
+    width = m.active_width
     if m.ffn_hidden != width and len(m.moe_layer_indices()) < m.num_layers:
-        raise ValueError(f"dense_hidden={m.dense_hidden} differs from top_k·d_hidden={width}: the dense blocks "
+        raise ValueError(f"dense_hidden={m.dense_hidden} differs from the active width {width}: the dense blocks "
                          "of cfg and its MoE blocks would need different widths in the baseline")
     model = replace(m, moe_layers="none", dense_hidden=width)
     return Config(model, replace(cfg.train), name=f"{cfg.name}-dense")

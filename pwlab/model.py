@@ -128,7 +128,8 @@ def make_moe(cfg: ModelConfig, num_tasks: int, num_experts: int | None = None) -
     router = make_router(cfg.router, **cfg.router_arguments(num_tasks))
     return MoE(cfg.d_model, cfg.d_hidden, num_experts or cfg.num_experts, router,
                capacity_factor=cfg.capacity_factor, aux_weights=cfg.aux_weights,
-               activation=cfg.activation, num_groups=len(MODALITIES))
+               activation=cfg.activation if cfg.expert == "ffn" else None, num_groups=len(MODALITIES),
+               expert=cfg.expert)
 
 
 class PathwaysModel(nn.Module):

@@ -22,9 +22,23 @@ bank, fast dispatch — runs as a single autograd node (:mod:`pwlab.fused`): the
 two thirds of the operations; set ``layer.fused = False`` to force the general path. Its
 routing comes back rank-major (all first choices, then all second choices); ``token`` and
 ``rank`` say which assignment is which, as for every router.
+
+Expert kinds. ``expert="ffn"`` (default) is the two-matrix FFN with biases
+(:class:`~pwlab.experts.ExpertBank`); ``expert="swiglu"`` the gated expert of Mixtral, Qwen-MoE,
+OLMoE and DeepSeek-MoE, ``down(silu(gate(x)) * up(x))`` without biases
+(:class:`~pwlab.experts.GatedExpertBank`). The fused path is for the plain bank only; a gated
+bank takes the fast padded dispatch (plain autograd through ``forward_padded``) or the loop.
+
+DeepSeek-MoE (Dai et al. 2024, arXiv 2401.06066). ``num_shared_experts=s`` adds s always-on
+experts of the same kind and width: ``y = routed(x) + Σ_i shared_i(x)`` for every token (the
+routing, and so :class:`MoEStats`, covers the routed experts only; ablation with
+:meth:`MoE.disabled` leaves the shared ones on). :meth:`MoE.fine_grained` splits each of E
+experts into m experts of width H/m and routes top-(m·k): the same expert FLOPs per token and
+the same expert weights, many more combinations of experts.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Iterable
@@ -37,7 +51,8 @@ from torch import Tensor, nn
 
 from pwlab import _checks, fused, losses
 from pwlab.dispatch import apply_capacity, dispatch_fast, dispatch_loop, slot_positions, sort_by_priority  # noqa: F401
-from pwlab.experts import ExpertBank
+from pwlab.experts import ExpertBank, make_experts
+from pwlab.routing import ROUTERS, make_router
 from pwlab.routing.base import Router, Routing
 from pwlab.routing.topk import TopK
 
@@ -147,14 +162,20 @@ class MoE(nn.Module):
         dispatch: ``"fast"`` or ``"loop"`` (reference).
         aux_weights: weights of the auxiliary losses summed into ``MoEStats.aux_loss``;
             missing names take :data:`DEFAULT_AUX_WEIGHTS`.
-        activation: the experts' nonlinearity.
+        activation: the experts' nonlinearity; None takes the kind's own (GELU for ``"ffn"``,
+            SiLU for ``"swiglu"``, which refuses any other).
+        expert: the expert kind, ``"ffn"`` (two matrices with biases) or ``"swiglu"`` (gated,
+            no biases; see :data:`pwlab.experts.EXPERT_KINDS`).
+        num_shared_experts: s ≥ 0 always-on experts of the same kind and width, added to the
+            routed output of every token (DeepSeek-MoE); kept in ``layer.shared_experts``.
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, router: Router | None = None, *,
                  capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
                  drop_policy: str = "position", dispatch: str = "fast",
-                 aux_weights: dict[str, float] | None = None, activation: str = "gelu",
-                 num_groups: int | None = None):
+                 aux_weights: dict[str, float] | None = None, activation: str | None = None,
+                 num_groups: int | None = None,
+                 expert: str = "ffn", num_shared_experts: int = 0):
         super().__init__()
         _checks.positive_int("num_experts", num_experts)
         _checks.positive_int("d_model", d_model)
@@ -173,7 +194,13 @@ class MoE(nn.Module):
         if not isinstance(router, Router):
             raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
         self.router = router.bind(d_model, num_experts)
-        self.experts = ExpertBank(num_experts, d_model, d_hidden, activation)
+        # expert kinds and DeepSeek-MoE's shared experts (routing never sees the shared ones)
+        self.experts = make_experts(expert, num_experts, d_model, d_hidden, activation)
+        self.expert_kind = expert
+        self.num_shared_experts = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
+        self.shared_experts = (make_experts(expert, num_shared_experts, d_model, d_hidden, activation)
+                               if num_shared_experts else None)
+        self.granularity = 1         # m of MoE.fine_grained (shown in the repr)
         self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool), persistent=False)
@@ -255,11 +282,57 @@ class MoE(nn.Module):
             flat = flat[keep]
             per_token = {k: v[keep] for k, v in per_token.items()}
         y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
+        if self.shared_experts is not None:
+            y_flat = y_flat + self._shared_forward(flat)
         if mask is not None:
             y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
         else:
             y = y_flat
         return (y if x.dim() == 2 else y.view(*lead, self.d_model)), stats
+
+    def _shared_forward(self, x: Tensor) -> Tensor:
+        """Σ_i shared_i(x) over the shared experts, for every token: ``x (N, D) -> (N, D)``."""
+        bank = self.shared_experts
+        if self.dispatch == "loop":                       # the reference: one expert at a time
+            return sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
+        return bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+
+    @classmethod
+    def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, k: int = 2,
+                     router: str = "topk", router_kwargs: dict | None = None, **kw) -> "MoE":
+        """DeepSeek-MoE's fine-grained experts: the E-expert top-k layer with each expert split in m.
+
+        Builds ``m·num_experts`` experts of width ``d_hidden/m`` routed top-``m·k``: the same
+        expert FLOPs per token and the same expert weight matrices as ``MoE(d_model, d_hidden,
+        num_experts, top-k)``; the router's gate grows to m·E outputs, and a ``"ffn"`` bank's
+        output biases to m·E of them. ``num_shared_experts`` in ``kw`` counts fine-grained
+        experts (width ``d_hidden/m``), as in the paper.
+
+        Args:
+            d_model, d_hidden, num_experts: the coarse layer's D, H and E.
+            m: the granularity (≥ 1); must divide ``d_hidden``.
+            k: the coarse layer's experts per token.
+            router: a name of :data:`pwlab.routing.ROUTERS` whose constructor takes ``k``
+                (it gets ``k=m·k``); ``router_kwargs`` are its other arguments.
+            **kw: the other :class:`MoE` arguments.
+        """
+        m = _checks.positive_int("m", m)
+        _checks.positive_int("d_hidden", d_hidden)
+        _checks.positive_int("num_experts", num_experts)
+        k = _checks.positive_int("k", k)
+        if d_hidden % m:
+            raise ValueError(f"d_hidden must be divisible by m={m} (each expert is split into m experts of "
+                             f"width d_hidden/m), got d_hidden={d_hidden}")
+        if not isinstance(router, str):
+            raise TypeError(f"router must be a router name for fine_grained (its k is multiplied by m), "
+                            f"got {type(router).__name__}")
+        built = make_router(router, **(router_kwargs or {}), **({"k": m * k} if _takes_k(router) else {}))
+        if built.top_k != m * k:
+            raise ValueError(f"router must take k to be fine-grained (top-(m·k) = {m * k}); {router!r} "
+                             f"routes top-{built.top_k}")
+        layer = cls(d_model, d_hidden // m, m * num_experts, built, **kw)
+        layer.granularity = m
+        return layer
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
@@ -341,4 +414,17 @@ class MoE(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "
-                f"drop_policy={self.drop_policy!r}, dispatch={self.dispatch!r}")
+                f"drop_policy={self.drop_policy!r}, dispatch={self.dispatch!r}"
+                + self._experts_repr())
+
+    def _experts_repr(self) -> str:
+        """The expert kind, shared experts and granularity, where not the defaults."""
+        out = "" if self.expert_kind == "ffn" else f", expert={self.expert_kind!r}"
+        out += f", num_shared_experts={self.num_shared_experts}" if self.num_shared_experts else ""
+        return out + (f", granularity={self.granularity}" if self.granularity != 1 else "")
+
+
+def _takes_k(router: str) -> bool:
+    """Whether the router named ``router`` takes ``k`` (an unknown name is left to make_router)."""
+    cls = ROUTERS.get(router)
+    return cls is not None and "k" in inspect.signature(cls.__init__).parameters

@@ -33,7 +33,7 @@ from torch import Tensor
 from pwlab import losses
 from pwlab.dispatch import sort_by_priority
 from pwlab.distributed.exchange import all_to_all, exchange_counts
-from pwlab.experts import ExpertBank
+from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing.base import Routing
 
@@ -114,13 +114,17 @@ class ExpertParallelMoE(MoE):
     divisible by the group size, or differing configurations raise ``ValueError`` on every
     rank. Weights are initialised as the single-process layer would be (so the same seed
     gives the same weights), then each rank keeps its shard; the router is broadcast from
-    the group's first rank so it is replicated.
+    the group's first rank so it is replicated. The expert kind (``expert="ffn"`` or
+    ``"swiglu"``) shards the same way, every weight of the bank split on its expert axis;
+    shared experts (``num_shared_experts``) run on every token, so they are replicated like the
+    router (broadcast here, their gradients synchronised as the other replicated parameters).
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, router=None, *,
                  capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
                  drop_policy: str = "position", aux_weights: dict[str, float] | None = None,
-                 activation: str = "gelu", num_groups: int | None = None, group=None):
+                 activation: str | None = None, num_groups: int | None = None, group=None,
+                 expert: str = "ffn", num_shared_experts: int = 0):
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("ExpertParallelMoE needs an initialised torch.distributed process group "
                              "(launch with torchrun, or pwlab.distributed.run_local)")
@@ -129,7 +133,8 @@ class ExpertParallelMoE(MoE):
         try:
             super().__init__(d_model, d_hidden, num_experts, router, capacity_factor=capacity_factor,
                              capacity_convention=capacity_convention, drop_policy=drop_policy, dispatch="fast",
-                             aux_weights=aux_weights, activation=activation, num_groups=num_groups)
+                             aux_weights=aux_weights, activation=activation, num_groups=num_groups,
+                             expert=expert, num_shared_experts=num_shared_experts)
             if num_experts % world:
                 raise ValueError(f"num_experts must be divisible by the world size {world} "
                                  f"(each rank holds num_experts/world experts), got num_experts={num_experts}")
@@ -141,13 +146,15 @@ class ExpertParallelMoE(MoE):
         self.num_local_experts = num_experts // world
         src = dist.get_global_rank(group, 0) if group is not None else 0
         nccl = dist.get_backend(group) == "nccl"            # NCCL moves only CUDA tensors
-        for t in self.router.state_dict().values():         # replicated router (detached views)
+        replicated = [*self.router.state_dict().values(),
+                      *(self.shared_experts.state_dict().values() if self.shared_experts is not None else ())]
+        for t in replicated:                                # router, shared experts (detached views)
             buf = t.cuda() if nccl and not t.is_cuda else t
             dist.broadcast(buf, src, group=group)
             if buf is not t:
                 t.copy_(buf)
         full = self.experts
-        self.experts = ExpertBank(self.num_local_experts, d_model, d_hidden, activation)
+        self.experts = make_experts(expert, self.num_local_experts, d_model, d_hidden, activation)
         self._load_shard(full)
 
     # -- construction helpers ----------------------------------------------------------
@@ -157,7 +164,8 @@ class ExpertParallelMoE(MoE):
                 "router": f"{type(r).__name__}({r.extra_repr()})", "capacity_factor": self.capacity_factor,
                 "capacity_convention": self.capacity_convention, "drop_policy": self.drop_policy,
                 "aux_weights": repr(sorted(self.aux_weights.items())), "activation": self.experts.activation,
-                "num_groups": self.num_groups}
+                "num_groups": self.num_groups, "expert": self.expert_kind,
+                "num_shared_experts": self.num_shared_experts}
 
     @property
     def expert_range(self) -> tuple[int, int]:
@@ -165,25 +173,31 @@ class ExpertParallelMoE(MoE):
         return self.rank * self.num_local_experts, (self.rank + 1) * self.num_local_experts
 
     @torch.no_grad()
-    def _load_shard(self, full: ExpertBank) -> None:
+    def _load_shard(self, full: ExpertBank | GatedExpertBank) -> None:
         lo, hi = self.expert_range
         for mine, whole in zip(self.experts.weights(), full.weights()):
             mine.copy_(whole[lo:hi])
 
     @classmethod
     def from_moe(cls, moe: MoE, group=None) -> "ExpertParallelMoE":
-        """The expert-parallel copy of a single-process layer: same router, this rank's expert shard."""
+        """The expert-parallel copy of a single-process layer: same router and shared experts,
+        this rank's shard of every weight of the expert bank (of the layer's kind)."""
         with torch.random.fork_rng(devices=[]):      # the throw-away init must not move the global RNG
             layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
                         capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
                         drop_policy=moe.drop_policy, aux_weights=dict(moe.aux_weights),
-                        activation=moe.experts.activation, num_groups=moe.num_groups, group=group)
+                        activation=moe.experts.activation, num_groups=moe.num_groups, group=group,
+                        expert=expert_kind(moe.experts), num_shared_experts=moe.num_shared_experts)
         layer._load_shard(moe.experts)
+        if moe.shared_experts is not None:
+            layer.shared_experts.load_state_dict(moe.shared_experts.state_dict())
+        layer.granularity = moe.granularity
         layer.enabled.copy_(moe.enabled)
         return layer.to(moe.enabled.device)
 
-    def gather_experts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The full (w1, b1, w2, b2) of all E experts, on every rank (detached; collective)."""
+    def gather_experts(self) -> tuple[Tensor, ...]:
+        """The full ``weights()`` of all E experts — (w1, b1, w2, b2), or (w1, w3, w2) for the
+        gated kind — on every rank (detached; collective)."""
         out = []
         for w in self.experts.weights():
             parts = [torch.empty_like(w) for _ in range(self.world_size)]

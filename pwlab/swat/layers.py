@@ -1,4 +1,4 @@
-"""SWAT layers: drop-in subclasses of ``nn.Linear``, ``nn.Conv2d`` and the MoE expert bank.
+"""SWAT layers: drop-in subclasses of ``nn.Linear``, ``nn.Conv2d`` and the MoE expert banks (plain and gated).
 
 Each layer keeps its masks between refreshes. A *step* is counted when a training-mode forward
 sees weights that changed since the last one (optimizer updates are in place, so the
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pwlab import _checks
-from pwlab.experts import ACTIVATIONS, ExpertBank
+from pwlab.experts import ACTIVATIONS, ExpertBank, GatedExpertBank
 from pwlab.swat import kernels
 from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
                                   check_sparsity, magnitude_threshold, magnitude_topk, weight_mask,
@@ -326,6 +326,75 @@ class SwatExpertBank(ExpertBank, _SwatState):
         m1, m2 = self._dense_mask("w1_mask", self.w1), self._dense_mask("w2_mask", self.w2)
         m1, m2 = (None if m1 is None else m1[e]), (None if m2 is None else m2[e])
         return self._ffn(x, self.w1[e], self.b1[e], self.w2[e], self.b2[e], m1, m2, None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._swat_repr()
+
+
+class SwatGatedExpertBank(GatedExpertBank, _SwatState):
+    """A :class:`~pwlab.experts.GatedExpertBank` (SwiGLU) trained with SWAT, by the rules of
+    :class:`SwatExpertBank`: top-K of each of W1 (gate), W3 (up) and W2 (down), each over the
+    whole stacked tensor, and top-K-sparsified saved inputs — the bank's input x, shared by the
+    gate and up matmuls (one threshold), and the gated hidden ``act(x·W1) ⊙ (x·W3)`` that the
+    down matmul reads. Padding rows of the dispatch buffer are left out of the activation top-K.
+    """
+
+    def __init__(self, num_experts: int, d_model: int, d_hidden: int, activation: str = "silu", *,
+                 weight_sparsity: float = 0.9, act_sparsity: float = 0.9, topk_period: int = 10,
+                 structured: bool = False, fixed_mask: bool = True):
+        super().__init__(num_experts, d_model, d_hidden, activation)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense", fixed_mask)
+        for name in ("w1_mask", "w3_mask", "w2_mask"):
+            self.register_buffer(name, None, persistent=False)
+        self.act_thresholds: list = [None, None]
+
+    def _prepare(self) -> bool:
+        refresh = self._refresh_due((self.w1, self.w3, self.w2))
+        for name in ("w1", "w3", "w2"):
+            setattr(self, f"{name}_mask", self._mask(f"{name}_mask", getattr(self, name), refresh))
+        if refresh:
+            self.act_thresholds = [None, None]
+        return self._wants_act(self.w1)
+
+    def _threshold(self, i: int, x: Tensor, real: Tensor | None) -> Tensor | None:
+        if self.act_thresholds[i] is None:
+            rows = x.reshape(-1, x.shape[-1])
+            rows = rows[real.reshape(-1)] if real is not None else rows
+            self.act_thresholds[i] = act_threshold(rows, self.act_sparsity, self.structured, -1)
+        return self.act_thresholds[i]
+
+    def _masks(self, e: int | None = None) -> list:
+        masks = [self._dense_mask(f"{n}_mask", getattr(self, n)) for n in ("w1", "w3", "w2")]
+        return masks if e is None else [None if m is None else m[e] for m in masks]
+
+    def _glu(self, x: Tensor, w1, w3, w2, masks, real: Tensor | None) -> Tensor:
+        want = self._prepare()
+        m1, m3, m2 = masks
+        t1 = self._threshold(0, x, real) if want else None
+
+        def matmul(inp, w, m, t):
+            # SwatBmmFunction adds a bias: the gated bank has none, so a zero one (no gradient)
+            return SwatBmmFunction.apply(inp, w, w.new_zeros(w.shape[:-2] + w.shape[-1:]), m, t, self.structured)
+
+        h = ACTIVATIONS[self.activation](matmul(x, w1, m1, t1)) * matmul(x, w3, m3, t1)
+        t2 = self._threshold(1, h, real) if want else None
+        return matmul(h, w2, m2, t2)
+
+    def weights(self):
+        """(w1, w3, w2) with the top-K masks applied (plain autograd: masked gradients)."""
+        self._prepare()
+        return tuple(w if m is None else w * m for w, m in zip((self.w1, self.w3, self.w2), self._masks()))
+
+    def forward_padded(self, buf: Tensor) -> Tensor:
+        """``buf (E, C, D) -> (E, C, D)``; all-zero rows are padding."""
+        self._prepare()
+        real = buf.detach().abs().sum(-1) > 0                                   # (E, C)
+        return self._glu(buf, self.w1, self.w3, self.w2, self._masks(), real)
+
+    def forward_expert(self, e: int, x: Tensor) -> Tensor:
+        """Expert ``e`` on ``x (n, D) -> (n, D)`` (reference path; same masks and thresholds)."""
+        self._prepare()
+        return self._glu(x, self.w1[e], self.w3[e], self.w2[e], self._masks(e), None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self._swat_repr()
