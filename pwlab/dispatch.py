@@ -93,7 +93,7 @@ def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: Expert
     slot_weight = x.new_zeros(total + 1).index_put((slot,), routing.weight.to(x.dtype))
     slot_token, slot_weight = slot_token[:total], slot_weight[:total]
     if type(experts).forward_padded is ExpertBank.forward_padded:               # the plain bank only
-        return _FusedExperts.apply(x, slot_token, slot_weight, experts.activation, *experts.weights())
+        return _FusedExperts.apply(x, slot_token, slot_weight, experts.activation, *experts.effective_weights())
     buf = x.index_select(0, slot_token).view(e, slots, d)                        # (E, C', D)
     out = experts.forward_padded(buf).view(total, d)
     return x.new_zeros(n, d).index_add(0, slot_token, out * slot_weight.unsqueeze(-1))

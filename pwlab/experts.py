@@ -5,9 +5,15 @@ biases of GShard and Switch; ``"swiglu"``, :class:`GatedExpertBank`, the gated e
 biases of Mixtral, Qwen-MoE, OLMoE and DeepSeek-MoE. Stacking (``w1 (E, D, H)``,
 ``w2 (E, H, D)``) instead of E separate ``nn.Linear`` modules lets the fast dispatch run every
 expert in one batched matmul, and keeps checkpoints small. Both kinds share one interface —
-``weights()``, ``forward_padded(buf (E, C, D))``, ``forward_expert(e, x)``,
-``expert_parameters(e)``, ``num_experts``/``d_model``/``d_hidden`` — which is all the dispatch
-paths use. Subclasses (SWAT) may change what :meth:`weights` returns; both dispatch paths use it.
+``forward_padded(buf (E, C, D))``, ``forward_expert(e, x)``, ``expert_parameters(e)``,
+``num_experts``/``d_model``/``d_hidden`` — which is all the dispatch paths use.
+
+Parameters and effective weights are two things. ``weight_parameters()`` is the stacked
+parameters as stored (``WEIGHT_NAMES``): what expert parallelism shards, what import, export
+and checkpoints copy; it has no side effects. ``effective_weights()`` is what forward
+multiplies by: the same tensors here, the top-K-masked products in the SWAT banks (whose call
+also advances the refresh schedule). Code that moves experts (sharding, copying) reads the
+first; code that computes with them, the second (``weights()`` is its older name).
 """
 from __future__ import annotations
 
@@ -44,19 +50,34 @@ class ExpertBank(nn.Module):
         nn.init.zeros_(self.b1)
         nn.init.zeros_(self.b2)
 
-    def weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(w1, b1, w2, b2) as used in forward."""
-        return self.w1, self.b1, self.w2, self.b2
+    #: the stacked parameters, in the order of :meth:`weight_parameters` and :meth:`effective_weights`
+    WEIGHT_NAMES = ("w1", "b1", "w2", "b2")
+
+    def weight_parameters(self) -> tuple[Tensor, ...]:
+        """The stacked parameters ``(w1, b1, w2, b2)``, as stored: what to shard, copy or save.
+
+        No side effects. A subclass may compute something else from them in forward (SWAT
+        masks them): that is :meth:`effective_weights`.
+        """
+        return tuple(getattr(self, n) for n in self.WEIGHT_NAMES)
+
+    def effective_weights(self) -> tuple[Tensor, ...]:
+        """``(w1, b1, w2, b2)`` as forward uses them (here the parameters themselves)."""
+        return self.weight_parameters()
+
+    def weights(self) -> tuple[Tensor, ...]:
+        """The same as :meth:`effective_weights` (the older name)."""
+        return self.effective_weights()
 
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (two batched matmuls)."""
-        w1, b1, w2, b2 = self.weights()
+        w1, b1, w2, b2 = self.effective_weights()
         h = ACTIVATIONS[self.activation](torch.baddbmm(b1.unsqueeze(1), buf, w1))    # (E, C, H)
         return torch.baddbmm(b2.unsqueeze(1), h, w2)
 
     def forward_expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` alone on ``x (n, D) -> (n, D)``: the reference path."""
-        w1, b1, w2, b2 = self.weights()
+        w1, b1, w2, b2 = self.effective_weights()
         h = ACTIVATIONS[self.activation](x @ w1[e] + b1[e])
         return h @ w2[e] + b2[e]
 
@@ -97,19 +118,30 @@ class GatedExpertBank(nn.Module):
         for w, fan_in in ((self.w1, self.d_model), (self.w3, self.d_model), (self.w2, self.d_hidden)):
             nn.init.uniform_(w, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
-    def weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(w1, w3, w2) — gate, up, down — as used in forward."""
-        return self.w1, self.w3, self.w2
+    #: the stacked parameters — gate, up, down — in the order of :meth:`weight_parameters`
+    WEIGHT_NAMES = ("w1", "w3", "w2")
+
+    def weight_parameters(self) -> tuple[Tensor, ...]:
+        """The stacked parameters ``(w1, w3, w2)``, as stored (no side effects)."""
+        return tuple(getattr(self, n) for n in self.WEIGHT_NAMES)
+
+    def effective_weights(self) -> tuple[Tensor, ...]:
+        """``(w1, w3, w2)`` as forward uses them (here the parameters themselves)."""
+        return self.weight_parameters()
+
+    def weights(self) -> tuple[Tensor, ...]:
+        """The same as :meth:`effective_weights` (the older name)."""
+        return self.effective_weights()
 
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (three batched matmuls)."""
-        w1, w3, w2 = self.weights()
+        w1, w3, w2 = self.effective_weights()
         h = ACTIVATIONS[self.activation](torch.bmm(buf, w1)) * torch.bmm(buf, w3)     # (E, C, H)
         return torch.bmm(h, w2)
 
     def forward_expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` alone on ``x (n, D) -> (n, D)``: the reference path."""
-        w1, w3, w2 = self.weights()
+        w1, w3, w2 = self.effective_weights()
         return (ACTIVATIONS[self.activation](x @ w1[e]) * (x @ w3[e])) @ w2[e]
 
     def expert_parameters(self, e: int) -> int:

@@ -283,3 +283,20 @@ def test_distributed_trainer_never_applies_a_nonfinite_gradient(skip):
             assert [bool(r.get("skipped")) for r in res["history"]] == [False, True, False]
             assert res["history"][1]["nonfinite"] == "gradient"
             assert any("skipped step 2" in w for w in res["warnings"]), res["warnings"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ffn", "swiglu"])
+def test_a_swatified_moe_keeps_its_sparsity_under_expert_parallelism(kind):
+    """ExpertParallelMoE.from_moe of a SWAT layer shards the parameters and keeps SWAT: each rank's
+    bank is a SWAT bank with the same settings, keeps a quarter of each weight matrix (top-K over
+    its shard), computes exactly what a plain layer with the gathered masked weights computes,
+    and, as SWAT wants, the masked weights still get a gradient (so the top-K set can change)."""
+    results = run_local(worker.swat_to_expert_parallel, 2, kind, timeout=180)
+    for rank, res in enumerate(results):
+        assert res["swat"], f"rank {rank}: the expert-parallel layer dropped SWAT"
+        assert res["settings"] == {"weight_sparsity": 0.75, "act_sparsity": 0.5, "topk_period": 3,
+                                   "structured": False, "fixed_mask": True}
+        assert all(abs(k - 0.25) < 0.01 for k in res["kept"]), res["kept"]
+        assert res["err"] < 1e-5, f"rank {rank}: {res['err']}"
+        assert res["masked_get_gradient"]

@@ -36,6 +36,7 @@ from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing.base import Routing
+from pwlab.swat.layers import is_swat_bank, swat_settings
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +158,15 @@ class ExpertParallelMoE(MoE):
         self.experts = make_experts(expert, self.num_local_experts, d_model, d_hidden, activation)
         self._load_shard(full)
 
+    def _swatify_shard(self, source) -> None:
+        """Make this rank's bank a SWAT bank with ``source``'s settings (top-K over the shard)."""
+        shard = self.experts
+        self.experts = type(source)(self.num_local_experts, self.d_model, self.d_hidden, source.activation,
+                                    **swat_settings(source)).to(shard.w1.device)
+        with torch.no_grad():
+            for mine, theirs in zip(self.experts.weight_parameters(), shard.weight_parameters()):
+                mine.copy_(theirs)
+
     # -- construction helpers ----------------------------------------------------------
     def _config(self) -> dict:
         r = self.router
@@ -175,7 +185,7 @@ class ExpertParallelMoE(MoE):
     @torch.no_grad()
     def _load_shard(self, full: ExpertBank | GatedExpertBank) -> None:
         lo, hi = self.expert_range
-        for mine, whole in zip(self.experts.weights(), full.weights()):
+        for mine, whole in zip(self.experts.weight_parameters(), full.weight_parameters()):
             mine.copy_(whole[lo:hi])
 
     @classmethod
@@ -189,6 +199,8 @@ class ExpertParallelMoE(MoE):
                         activation=moe.experts.activation, num_groups=moe.num_groups, group=group,
                         expert=expert_kind(moe.experts), num_shared_experts=moe.num_shared_experts)
         layer._load_shard(moe.experts)
+        if is_swat_bank(moe.experts):
+            layer._swatify_shard(moe.experts)
         if moe.shared_experts is not None:
             layer.shared_experts.load_state_dict(moe.shared_experts.state_dict())
         layer.granularity = moe.granularity
@@ -196,10 +208,19 @@ class ExpertParallelMoE(MoE):
         return layer.to(moe.enabled.device)
 
     def gather_experts(self) -> tuple[Tensor, ...]:
-        """The full ``weights()`` of all E experts — (w1, b1, w2, b2), or (w1, w3, w2) for the
-        gated kind — on every rank (detached; collective)."""
+        """The full ``weight_parameters()`` of all E experts — (w1, b1, w2, b2), or (w1, w3, w2)
+        for the gated kind — on every rank (detached; collective). For a SWAT bank these are the
+        dense parameters; :meth:`gather_effective_weights` gives the masked ones."""
+        return self._gather(self.experts.weight_parameters())
+
+    def gather_effective_weights(self) -> tuple[Tensor, ...]:
+        """The weights all E experts compute with (SWAT: masked by each rank's top-K), on every
+        rank (detached; collective)."""
+        return self._gather(self.experts.effective_weights())
+
+    def _gather(self, weights) -> tuple[Tensor, ...]:
         out = []
-        for w in self.experts.weights():
+        for w in weights:
             parts = [torch.empty_like(w) for _ in range(self.world_size)]
             dist.all_gather(parts, w.detach().contiguous(), group=self.group)
             out.append(torch.cat(parts))
@@ -243,7 +264,7 @@ class ExpertParallelMoE(MoE):
         if r == 0:
             # nothing to run here, but this rank must still join both backward exchanges: keep
             # the received (empty) rows and the expert weights in the graph
-            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weights()))
+            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weight_parameters()))
         expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
         expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
         order = torch.argsort(expert, stable=True)

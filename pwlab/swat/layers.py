@@ -306,7 +306,7 @@ class SwatExpertBank(ExpertBank, _SwatState):
         t2 = self._threshold(1, h, real) if want else None
         return SwatBmmFunction.apply(h, w2, b2, m2, t2, self.structured)
 
-    def weights(self):
+    def effective_weights(self):
         """(w1, b1, w2, b2) with the top-K masks applied (plain autograd: masked gradients)."""
         self._prepare()
         m1, m2 = self._dense_mask("w1_mask", self.w1), self._dense_mask("w2_mask", self.w2)
@@ -380,7 +380,7 @@ class SwatGatedExpertBank(GatedExpertBank, _SwatState):
         t2 = self._threshold(1, h, real) if want else None
         return matmul(h, w2, m2, t2)
 
-    def weights(self):
+    def effective_weights(self):
         """(w1, w3, w2) with the top-K masks applied (plain autograd: masked gradients)."""
         self._prepare()
         return tuple(w if m is None else w * m for w, m in zip((self.w1, self.w3, self.w2), self._masks()))
@@ -398,3 +398,22 @@ class SwatGatedExpertBank(GatedExpertBank, _SwatState):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self._swat_repr()
+
+
+#: the SWAT expert banks (subclasses of the dense banks with the same stacked parameters)
+SWAT_BANKS = (SwatExpertBank, SwatGatedExpertBank)
+
+
+def is_swat_bank(bank: nn.Module) -> bool:
+    """Whether ``bank`` is a SWAT expert bank (its forward masks its parameters)."""
+    return isinstance(bank, SWAT_BANKS)
+
+
+def swat_settings(bank: nn.Module) -> dict:
+    """The keyword arguments that rebuild a SWAT bank's behaviour on other parameters (a shard,
+    a copy): sparsities, top-K period, structure and mask mode."""
+    if not is_swat_bank(bank):
+        raise TypeError(f"bank must be a SWAT expert bank ({', '.join(c.__name__ for c in SWAT_BANKS)}), "
+                        f"got {type(bank).__name__}")
+    return {"weight_sparsity": bank.weight_sparsity, "act_sparsity": bank.act_sparsity,
+            "topk_period": bank.topk_period, "structured": bank.structured, "fixed_mask": bank.fixed_mask}
