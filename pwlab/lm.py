@@ -227,14 +227,21 @@ class CharMoELM(nn.Module):
         self.embed = nn.Embedding(v, d_model)
         self.pos = nn.Parameter(torch.randn(context, d_model) * 0.02)          # (T_max, D)
         self.blocks = nn.ModuleList(
-            _Block(d_model, num_heads, MoE(d_model, d_hidden or 2 * d_model, num_experts, make_router(router, **kwargs),
+            _Block(d_model, num_heads, MoE(d_model, d_hidden or 2 * d_model, num_experts,
+                                           make_router(router, **self._layer_kwargs(kwargs, i)),
                                            capacity_factor=capacity_factor, aux_weights=aux_weights))
-            for _ in range(num_layers))
+            for i in range(num_layers))
         self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, v)
         # near-zero logits at initialisation: every character starts equally likely (loss ≈ ln V)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.num_experts = num_experts
+
+    def _layer_kwargs(self, kwargs: dict, layer: int) -> dict:
+        # hash tables seeded alike would send a character to the same expert in every layer
+        if self.router_name == "hash":
+            return {**kwargs, "seed": kwargs.get("seed", 0) + layer}
+        return kwargs
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, generator=None) -> LMOutput:
         """idx (B, T) long ids with T ≤ context; targets (B, T) the next ids (optional)."""
