@@ -17,6 +17,7 @@ D d_model, E experts, L MoE layers, K token classes.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -307,7 +308,9 @@ def train_lm(model: CharMoELM, data: Tensor, steps: int, *, batch_size: int = 32
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history = []
     model.train()
-    with tqdm(total=steps, disable=not progress, desc="train", leave=False) as bar:
+    # an explicit disable= overrides tqdm's TQDM_DISABLE default, so read it here
+    quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    with tqdm(total=steps, disable=quiet, desc="train", leave=False) as bar:
         for step in range(1, steps + 1):
             start = torch.randint(0, data.numel() - t, (batch_size,), generator=g)
             rows = start[:, None] + torch.arange(t + 1)                      # (B, T+1)
