@@ -6,8 +6,8 @@ does each character go to?
       ─ CharMoELM: embedding + position ─ L × [pre-norm causal attention + MoE FFN] ─ logits
       ─ LMOutput.experts: the first-choice expert of every character in every MoE layer
 
-ST-MoE (Zoph et al. 2022, Table 13) found encoder experts that specialise in punctuation,
-numbers, proper names or verbs. :func:`class_counts` and :func:`class_mutual_information`
+ST-MoE (Zoph et al. 2022) found encoder experts that specialise in punctuation, numbers,
+proper names or verbs. :func:`class_counts` and :func:`class_mutual_information`
 measure the same thing in miniature: I(expert; token class) in bits, where the class of a
 character is one of :data:`CLASSES`.
 
