@@ -208,5 +208,18 @@ def test_widget_recolours_in_place(text):
     assert [v for row in grid.data[0].z for v in row if v is not None] == want
     app.layer.value = 0
     assert list(grid.data[0].z[0]) == before
+    # a model with another number of experts: the colour scale follows, in the same widget
+    torch.manual_seed(1)
+    models["two"] = lm.CharMoELM(models["topk"].tokenizer, d_model=16, num_layers=1, num_experts=2, num_heads=2,
+                                 context=16)
+    app = LMExplorer(models, text[:128])
+    app.select(router="two")
+    assert list(app.layer.options) == [0] and app.grid.data[0].zmax == 1.5
+    assert [v for row in app.grid.data[0].z for v in row if v is not None] == \
+        lm.char_experts(models["two"], text[:128])[0].tolist()
+    app.select(router="topk", layer=1)
+    assert app.grid.data[0].zmax == 3.5 and list(app.layer.options) == [0, 1]
+    app.select(router="two")                       # from layer 1 to a one-layer model
+    assert app.layer.value == 0 and app.grid.data[0].zmax == 1.5
     with pytest.raises(ValueError, match="models"):
         LMExplorer({}, text[:64])

@@ -35,6 +35,11 @@ def _rows(text: str, columns: int) -> list[list[int]]:
     return rows
 
 
+def _grid_z(rows: list[list[int]], experts: list[int], columns: int) -> list[list]:
+    """The grid's colour values: each character's expert, None (white) where unrouted or past a line's end."""
+    return [[(experts[i] if experts[i] >= 0 else None) for i in r] + [None] * (columns - len(r)) for r in rows]
+
+
 def expert_text(text: str, experts, num_experts: int, *, title: str = "", columns: int = 72) -> go.Figure:
     """``text`` as a grid of characters coloured by expert (``experts (len(text),)``; −1: unrouted, white)."""
     e = [int(v) for v in (experts.tolist() if hasattr(experts, "tolist") else experts)]
@@ -43,14 +48,12 @@ def expert_text(text: str, experts, num_experts: int, *, title: str = "", column
     if not text:
         return empty_figure("no text", title)
     rows = _rows(text, columns)
-    z = [[(e[i] if e[i] >= 0 else None) for i in r] + [None] * (columns - len(r)) for r in rows]
+    z = _grid_z(rows, e, columns)
     chars = [[_SHOWN.get(text[i], text[i]) for i in r] + [""] * (columns - len(r)) for r in rows]
-    hover = [[f"{text[i]!r} → expert {e[i]}" if e[i] >= 0 else f"{text[i]!r}: not routed" for i in r]
-             + [""] * (columns - len(r)) for r in rows]
     legend = [dict(type="scatter", x=[None], y=[None], mode="markers", name=f"expert {k}", hoverinfo="skip",
                    marker=dict(symbol="square", size=12, color=expert_color(k))) for k in range(num_experts)]
     heat = dict(type="heatmap", z=z, text=chars, texttemplate="%{text}", textfont=dict(size=11, family="monospace"),
-                customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorscale=expert_colorscale(num_experts),
+                hovertemplate="%{text} → expert %{z}<extra></extra>", colorscale=expert_colorscale(num_experts),
                 zmin=-0.5, zmax=num_experts - 0.5, showscale=False, xgap=1, ygap=1)
     return figure([heat] + legend, dict(
         title=dict(text=title, font=dict(size=13)), height=60 + 17 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
@@ -101,7 +104,9 @@ class LMExplorer:
         names = list(self.models)
         self.router = W.Dropdown(options=names, value=names[0], description="router")
         self.layer = W.Dropdown(options=list(range(len(self.experts[names[0]]))), value=0, description="layer")
+        self._rows = _rows(text, self.columns)
         self.grid = live_figure(self._grid_figure())
+        self._grid_experts = self.models[names[0]].num_experts      # the grid's colorscale is for this many
         self.bars = live_figure(self._bars_figure())
         self.router.observe(self._on_router, names="value")
         self.layer.observe(lambda _: self.redraw(), names="value")
@@ -122,10 +127,13 @@ class LMExplorer:
         if layer is not None:
             self.layer.value = layer
 
+    def _grid_title(self) -> str:
+        return f"{self.router.value}, layer {self.layer.value}: each character in the colour of its first-choice expert"
+
     def _grid_figure(self) -> go.Figure:
         name, li = self.router.value, int(self.layer.value)
         return expert_text(self.text, self.experts[name][li], self.models[name].num_experts, columns=self.columns,
-                           title=f"{name}, layer {li}: each character in the colour of its first-choice expert")
+                           title=self._grid_title())
 
     def _bars_figure(self) -> go.Figure:
         name, li = self.router.value, int(self.layer.value)
@@ -135,5 +143,14 @@ class LMExplorer:
 
     def redraw(self) -> None:
         """Recolour both figures in place for the current choice."""
-        sync(self.grid, self._grid_figure())
+        name, li = self.router.value, int(self.layer.value)
+        if self.models[name].num_experts == self._grid_experts:
+            # only the colours change: send the new z alone, not the characters again
+            # (a full sync copies and diffs the text grid too, several times the cost)
+            with self.grid.batch_update():
+                self.grid.data[0].z = _grid_z(self._rows, self.experts[name][li].tolist(), self.columns)
+                self.grid.layout.title.text = self._grid_title()
+        else:
+            sync(self.grid, self._grid_figure())
+        self._grid_experts = self.models[name].num_experts
         sync(self.bars, self._bars_figure())
