@@ -403,3 +403,19 @@ def class_mutual_information(model: CharMoELM, text: str) -> list[float]:
     experts = char_experts(model, text)
     classes = model.tokenizer.classes()[model.tokenizer.encode(text)]
     return [mutual_information(class_counts(e, classes, model.num_experts)) for e in experts]
+
+
+def character_share(experts: Tensor, ids: Tensor, vocab_size: int, num_experts: int) -> float:
+    """The share of the characters that go to their character's most common expert.
+
+    1 when the expert is a function of the character alone (hash routing); lower as the
+    context (position, neighbours) sways the router. ``experts (N,)`` first choices (−1,
+    unrouted, counts as a miss), ``ids (N,)`` the characters' ids.
+    """
+    if experts.shape != ids.shape:
+        raise ValueError(f"experts and ids must have the same shape, got {tuple(experts.shape)} and {tuple(ids.shape)}")
+    if ids.numel() == 0:
+        return 0.0
+    keep = experts >= 0
+    table = torch.bincount(ids[keep] * num_experts + experts[keep], minlength=vocab_size * num_experts)
+    return float(table.view(vocab_size, num_experts).max(1).values.sum()) / ids.numel()

@@ -188,6 +188,15 @@ def test_class_mutual_information_of_a_hash_router_equals_its_table(text):
     assert lm.class_mutual_information(m, text)[0] == pytest.approx(want)
 
 
+def test_character_share_by_hand_and_for_a_hash_router(text):
+    # character 0 → experts 2, 2, 1 (best 2 of 3); character 1 → 0, 0 (2 of 2); one unrouted miss
+    ids, experts = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([2, 2, 1, 0, 0, -1])
+    assert lm.character_share(experts, ids, 2, 3) == pytest.approx(4 / 6)
+    m = _tiny(text, "hash")
+    e = lm.char_experts(m, text[:200])
+    assert lm.character_share(e[1], m.tokenizer.encode(text[:200]), len(m.tokenizer), 4) == 1.0
+
+
 # -- the widget ------------------------------------------------------------------------------
 def test_widget_recolours_in_place(text):
     from pwlab.widgets.lm import LMExplorer
