@@ -487,7 +487,14 @@ def test_the_architecture_doc_quotes_the_tested_example():
 
 
 def test_the_documented_example_runs_as_the_doc_says(registry):
-    register_router("top_p", TopP)
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Write your own router")[1].split("\n## ")[0]
+    usage = section.split("Using it:")[1].split("```python\n")[1].split("```")[0]
+    scope = {}
+    exec(usage, scope)                                          # the doc's usage snippet, as written
+    recs = scope["trainer"].step(2)
+    assert len(recs) == 2 and ROUTERS["top_p"] is TopP
+    assert {type(m.router) for m in scope["trainer"].model.moe_blocks().values()} == {TopP}
     torch.manual_seed(0)
     layer = MoE(16, 32, 8, TopP(p=0.9, k=2), capacity_factor=1.25)
     y, stats = layer(torch.randn(64, 16))

@@ -12,7 +12,6 @@ FLOP accounting and the capacity budget (see :class:`pwlab.routing.Router`).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from pwlab.routing import LinearGate, Routing, softmax_experts
