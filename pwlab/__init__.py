@@ -39,7 +39,8 @@ __version__ = "0.1.0"
 __all__ = [
     # sparse activation
     "Routing", "Router", "LinearGate", "token_choice", "ROUTERS", "make_router", "register_router", "TopK",
-    "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice", "HashRouter", "TaskRouter", "ExpertBank", "MoE", "MoEStats", "SoftMoE", "losses",
+    "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice", "HashRouter", "TaskRouter", "ExpertBank", "MoE", "MoEStats",
+    "SoftMoE", "losses",
     # SWAT and FLOPs
     "SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "flops",
     # tasks and senses

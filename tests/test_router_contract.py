@@ -149,10 +149,6 @@ class BadRouter(Router):
         return self.spoil(token_choice(probs, logits, e, w))
 
 
-def _set(**fields):
-    return lambda r: replace(r, **fields)
-
-
 BAD = {
     "not a Routing": (lambda r: (r.expert, r.weight), TypeError, "returned a tuple"),
     "expert 2-D": (lambda r: replace(r, expert=r.expert[:, None]), ValueError, "expert has shape (10, 1)"),
@@ -165,7 +161,8 @@ BAD = {
                       "expert id 4; expert ids must be in [0, num_experts=4)"),
     "negative expert id": (lambda r: replace(r, expert=r.expert.clone().index_fill_(0, torch.tensor([0]), -1)),
                            ValueError, "expert id -1"),
-    "token id = N": (lambda r: replace(r, token=r.token + 1), ValueError, "token id 10; token ids must be in [0, N=10)"),
+    "token id = N": (lambda r: replace(r, token=r.token + 1), ValueError,
+                     "token id 10; token ids must be in [0, N=10)"),
     "negative rank": (lambda r: replace(r, rank=r.rank - 1), ValueError, "rank -1"),
     "probs (N, E+1)": (lambda r: replace(r, probs=torch.zeros(N, E + 1)), ValueError,
                        "probs has shape (10, 5); it must be (N, E) = (10, 4)"),
