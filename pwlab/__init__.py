@@ -5,7 +5,7 @@ figures live in :mod:`pwlab.viz`, apps in :mod:`pwlab.widgets`, multi-process co
 :mod:`pwlab.distributed`, the measured claims in :mod:`pwlab.experiments`).
 
     routing     Routing, Router and every router (TopK, NoisyTopK, Switch, GShardTop2,
-                ExpertChoice, HashRouter, TaskRouter)
+                ExpertChoice, HashRouter, TaskRouter); register_router for your own
     moe         MoE (route → capacity → dispatch → experts → combine), MoEStats; SoftMoE
     losses      load balancing, z-loss, CV², LIMoE entropies
     swat        SwatLinear, SwatConv2d, swatify
@@ -26,8 +26,8 @@ from pwlab.model import ModelOutput, PathwaysModel
 from pwlab.moe import MoE, MoEStats
 from pwlab.pathways import (ExampleRouting, PathwayMap, disable_experts, extract_subnetwork, mutual_information,
                             pathway_map, route_example, top_pathway)
-from pwlab.routing import (ROUTERS, ExpertChoice, GShardTop2, HashRouter, NoisyTopK, Router, Routing, Switch,
-                           TaskRouter, TopK, make_router)
+from pwlab.routing import (ROUTERS, ExpertChoice, GShardTop2, HashRouter, LinearGate, NoisyTopK, Router, Routing,
+                           Switch, TaskRouter, TopK, make_router, register_router, token_choice)
 from pwlab.senses import MODALITIES, Senses, Tokens
 from pwlab.soft_moe import SoftMoE
 from pwlab.swat import SwatConv2d, SwatExpertBank, SwatLinear, swatify
@@ -38,8 +38,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     # sparse activation
-    "Routing", "Router", "ROUTERS", "make_router", "TopK", "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice",
-    "HashRouter", "TaskRouter", "ExpertBank", "GatedExpertBank", "MoE", "MoEStats", "SoftMoE", "losses",
+    "Routing", "Router", "LinearGate", "token_choice", "ROUTERS", "make_router", "register_router", "TopK",
+    "NoisyTopK", "Switch", "GShardTop2", "ExpertChoice", "HashRouter", "TaskRouter", "ExpertBank", "GatedExpertBank",
+    "MoE", "MoEStats", "SoftMoE", "losses",
     # SWAT and FLOPs
     "SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "flops",
     # tasks and senses

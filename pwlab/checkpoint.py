@@ -4,6 +4,7 @@ The file is ``torch.save`` of a dict holding only dicts, lists, tuples, strings,
 booleans, None and tensors::
 
     format "pwlab-checkpoint", version 1, config (Config.to_dict()), tasks (names),
+    router {"name": config's router name, "class": "module.QualName" of its class},
     task_seeds (the data seeds, to rebuild the tasks), step,
     model (state_dict), optimizer (state_dict), sampler (state_dict),
     rng {"generator": routing-noise generator state, "torch": the trainer's dropout RNG state},
@@ -13,6 +14,12 @@ plus ``digest``, ``"sha256:<hex>"`` over everything else (:func:`payload_digest`
 ``torch.load(weights_only=True)`` reads it: the unpickler refuses anything else, and a
 file crafted to run code on load is rejected before any of it runs. Everything is checked
 before anything is changed, so a bad file leaves the trainer as it was.
+
+Routers: a checkpoint names its router (the config's ``router``) and records the class it
+was registered to. A router registered with :func:`pwlab.routing.register_router` loads back
+in a new process once the same registration has run there (import the module that makes
+it); without it, loading fails with an error naming the name, the class and its module.
+The checkpoint never imports that module itself: loading executes no code from the file.
 
 Integrity: the digest is recomputed on load; a file whose contents changed after it was
 written (flipped bytes that still unpickle, an edited value) raises
@@ -43,6 +50,7 @@ from pathlib import Path
 import torch
 
 from pwlab.config import RESUMABLE_DIFFERENCES, Config
+from pwlab.routing import ROUTERS
 
 FORMAT = "pwlab-checkpoint"
 VERSION = 1
@@ -137,6 +145,7 @@ def trainer_state(trainer) -> dict:
         "format": FORMAT, "version": VERSION,
         "config": trainer.config.to_dict(),
         "tasks": [t.name for t in trainer.tasks],
+        "router": _router_record(trainer.config.model.router),
         "task_seeds": [int(t.meta.get("seed", 0)) for t in trainer.tasks],
         "step": int(trainer.step_count),
         "model": trainer.model.state_dict(),
@@ -239,11 +248,33 @@ def read_checkpoint(path) -> dict:
     missing = [k for k in _KEYS if k not in state]
     if missing:
         raise ValueError(f"{str(path)!r} is an incomplete pwlab checkpoint: missing {missing}")
+    _check_router_registered(state, path)
     try:
         Config.from_dict(state["config"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"{str(path)!r} holds an invalid configuration: {e}") from None
     return state
+
+
+def _router_record(name: str) -> dict:
+    """``{"name", "class"}`` of the router a config names (the class as ``module.QualName``)."""
+    cls = ROUTERS[name]
+    return {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _check_router_registered(state: dict, path) -> None:
+    """A clear error when the checkpoint's router is not registered in this process."""
+    model = state.get("config", {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
+    name = model.get("router") if isinstance(model, dict) else None
+    if not isinstance(name, str) or name in ROUTERS:
+        return          # a malformed config is reported by the config check
+    record = state.get("router") if isinstance(state.get("router"), dict) else {}
+    qualified = str(record.get("class", "")) or "its class"
+    module, _, cls = qualified.rpartition(".")
+    how = (f"import {module} (or whichever module calls pwlab.register_router({name!r}, {cls}))"
+           if module else f"call pwlab.register_router({name!r}, <its class>)")
+    raise ValueError(f"{str(path)!r} uses router {name!r} ({qualified}), which is not registered in this process: "
+                     f"{how} before loading; registered routers: {', '.join(map(repr, ROUTERS))}")
 
 
 def _differences(a: dict, b: dict, prefix: str = "", ignore=()) -> list[str]:

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from pwlab import _checks
 from pwlab.experts import EXPERT_KINDS
+from pwlab.routing import make_router, router_class
 
 MOE_LAYER_SPECS = ("every_other", "all", "none")
 POOLINGS = ("mean", "task_token")
 OPTIMIZERS = ("adamw", "sgd")
 SAMPLING = ("proportional", "uniform", "temperature")
-#: routers whose constructor takes ``k``; the others fix it (switch: 1, gshard: 2) or ignore it
-_ROUTERS_WITH_K = ("topk", "noisy_topk", "task")
 
 
 @dataclass
@@ -81,8 +80,7 @@ class ModelConfig:
             raise ValueError(f"num_heads must divide d_model={self.d_model}, got num_heads={self.num_heads}")
         if self.dense_hidden is not None:
             _checks.positive_int("dense_hidden", self.dense_hidden)
-        from pwlab.routing import ROUTERS
-        _checks.one_of("router", self.router, ROUTERS)
+        _router_description(self.router)     # a known or registered router name
         _checks.one_of("pooling", self.pooling, POOLINGS)
         _checks.positive_float("capacity_factor", self.capacity_factor, allow_none=True)
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -108,9 +106,8 @@ class ModelConfig:
     def active_k(self) -> int:
         """Experts a token runs through: ``top_k``, or what the router fixes (switch 1, gshard 2,
         hash 1, expert choice ceil(capacity factor) on average)."""
-        if self.router in _ROUTERS_WITH_K:
+        if _router_description(self.router).k:
             return self.top_k
-        from pwlab.routing import make_router
         router = make_router(self.router, **self.router_arguments(num_tasks=1))
         # the size check binding would make (e.g. expert choice's capacity_factor <= num_experts),
         # without creating parameters (that would draw from the global random stream)
@@ -133,9 +130,10 @@ class ModelConfig:
     def router_arguments(self, num_tasks: int) -> dict:
         """Constructor keywords for ``make_router(self.router, **...)``."""
         kw = dict(self.router_kwargs)
-        if self.router in _ROUTERS_WITH_K:
+        about = _router_description(self.router)
+        if about.k:
             kw.setdefault("k", self.top_k)
-        if self.router == "task":
+        if about.num_tasks:
             kw.setdefault("num_tasks", num_tasks)
         return kw
 
@@ -233,6 +231,12 @@ class Config:
     def with_train(self, **changes) -> "Config":
         """A copy with some train fields changed (validated)."""
         return replace(self, train=replace(self.train, **changes))
+
+
+def _router_description(name: str):
+    """The :class:`pwlab.routing.RouterDescription` of a router name (built-in or registered); a
+    ``ValueError`` naming the known ones and :func:`pwlab.routing.register_router` otherwise."""
+    return router_class(name).describe()
 
 
 def _known(cls, d: dict, what: str) -> dict:

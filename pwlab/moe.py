@@ -6,7 +6,14 @@ A assignments (A = N·k for token choice), C capacity per expert.
 Capacity. ``capacity_factor=None`` is dropless. Otherwise the default convention
 ``"k_tokens"`` gives ``C = ceil(cf · k · N / E)`` (DeepSpeed, megablocks, tutel: cf = 1 means
 "exactly enough slots if routing is balanced"); ``"tokens"`` gives ``C = ceil(cf · N / E)``
-(Mesh-TF, flaxformer: the k is folded into cf). When an expert is over capacity, assignments
+(Mesh-TF, flaxformer: the k is folded into cf). A router whose number of experts per token
+varies (top-p) may propose more assignments A than the ``N · k`` its ``top_k`` declares:
+``"k_tokens"`` then sizes capacity from what it proposed, ``C = ceil(cf · A / E)`` (the same
+formula when A = N·k), so cf = 1 keeps meaning "enough slots if balanced". The layer reads
+how to treat a routing from the routing itself: ``Routing.kind == "expert_choice"`` (the
+router filled every expert) gets no capacity. The routing is checked first
+(:func:`pwlab.routing.check_routing`): a router that breaks the contract gets an error that
+names it, not an ``IndexError`` deep in dispatch. When an expert is over capacity, assignments
 are kept in priority order: ``drop_policy="position"`` takes first choices before second
 choices, then earlier tokens first (GShard's cumsum order); ``"probability"`` takes first
 choices before second choices, then higher router weight first (batch-prioritized routing,
@@ -139,11 +146,20 @@ class _FusedStats(MoEStats):
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
-                    convention: str = "k_tokens") -> int | None:
-    """Slots per expert for ``num_tokens`` tokens, or None (dropless)."""
+                    convention: str = "k_tokens", num_assignments: int | None = None) -> int | None:
+    """Slots per expert for ``num_tokens`` tokens, or None (dropless).
+
+    ``num_assignments``: the A the router proposed, when known. With ``"k_tokens"`` the budget
+    is ``max(A, N·top_k)`` assignments: a router proposing more than it declares (top-p) gets
+    slots for them, one proposing fewer (GShard's dropped second experts) keeps the declared
+    budget. ``"tokens"`` ignores both k and A.
+    """
     if capacity_factor is None:
         return None
-    slots = capacity_factor * num_tokens * (top_k if convention == "k_tokens" else 1) / num_experts
+    budget = num_tokens * top_k
+    if num_assignments is not None:
+        budget = max(budget, num_assignments)
+    slots = capacity_factor * (budget if convention == "k_tokens" else num_tokens) / num_experts
     return int(math.ceil(slots - 1e-9)) if num_tokens else 0
 
 
@@ -213,14 +229,20 @@ class MoE(nn.Module):
     def top_k(self) -> int:
         return self.router.top_k
 
-    def capacity(self, num_tokens: int) -> int | None:
-        if self.router_kind == "expert_choice":
+    def capacity(self, num_tokens: int, num_assignments: int | None = None, kind: str | None = None) -> int | None:
+        """C for ``num_tokens`` tokens (and ``num_assignments`` proposed ones, when known), or None.
+
+        ``kind``: the routing's kind (default: the kind the router declares); expert choice
+        gets None, its router having filled every expert already."""
+        if (kind or self.router_kind) == "expert_choice":
             return None
-        return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor, self.capacity_convention)
+        return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor, self.capacity_convention,
+                               num_assignments)
 
     @property
     def router_kind(self) -> str:
-        return "expert_choice" if type(self.router).__name__ == "ExpertChoice" else "token_choice"
+        """The :attr:`Routing.kind` the router declares (``Router.kind``); forward reads each routing's own."""
+        return self.router.kind
 
     @contextmanager
     def disabled(self, experts):
@@ -341,7 +363,7 @@ class MoE(nn.Module):
         _checks.finite_tensor("x", x)                   # once here; the router trusts its caller
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
         position, counts = slot_positions(proposed, self.drop_policy)
-        cap = self.capacity(x.shape[0])
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
         if self._all_enabled:
             kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
             kept_counts = counts.clamp(max=cap) if cap is not None else counts

@@ -230,7 +230,7 @@ class ExpertParallelMoE(MoE):
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
         proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        cap = self.capacity(x.shape[0])
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
         # capacity exactly as the single-process layer: each expert's queue in priority order
         order, pos_sorted = sort_by_priority(proposed, self.drop_policy)
         position = torch.empty_like(pos_sorted)

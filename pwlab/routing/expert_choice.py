@@ -28,6 +28,9 @@ def expert_choice_capacity(num_tokens: int, num_experts: int, capacity_factor: f
 class ExpertChoice(LinearGate):
     """Each expert takes its ``C`` highest-scoring tokens."""
 
+    trusted = True
+    kind = "expert_choice"     # experts fill themselves: the layer applies no capacity
+
     def __init__(self, *, capacity_factor: float = 2.0, d_model: int | None = None, num_experts: int | None = None):
         self.capacity_factor = _checks.positive_float("capacity_factor", capacity_factor)
         # top_k is the *average* number of experts per token, rounded up, for FLOP accounting

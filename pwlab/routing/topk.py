@@ -55,6 +55,8 @@ class TopK(LinearGate):
             synchronised.
     """
 
+    trusted = True
+
     def __init__(self, *, k: int = 2, order: str = "softmax_topk", renormalize: bool = True,
                  gate: str = "softmax", bias_update_rate: float | None = None,
                  d_model: int | None = None, num_experts: int | None = None):
@@ -69,8 +71,8 @@ class TopK(LinearGate):
         self.bias_update_rate = rate or None
         super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
 
-    def _build(self) -> None:
-        super()._build()
+    def build(self) -> None:
+        super().build()
         if self.bias_update_rate:
             # only with balancing on, so the state_dict (and checkpoints) of a plain TopK is unchanged
             self.register_buffer("expert_bias", torch.zeros(self.num_experts))
