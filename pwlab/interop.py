@@ -72,6 +72,7 @@ _INSTALL = "pip install 'pwlab[hf]'"
 def require_transformers():
     """The ``transformers`` module, or an ImportError saying how to install it."""
     try:
+        # an optional dependency, imported only when a function needs it
         return importlib.import_module("transformers")
     except ImportError as err:
         raise ImportError(f"pwlab.interop needs the optional 'transformers' package: {_INSTALL}") from err
@@ -158,6 +159,10 @@ def moe_from_hf(block: nn.Module) -> MoE:
     if name not in SUPPORTED_BLOCKS:
         raise TypeError(f"block must be one of {', '.join(SUPPORTED_BLOCKS)}; got {name}")
     gate, experts = block.gate, block.experts
+    missing = [a for a in ("weight", "top_k") if not hasattr(gate, a)]
+    if missing:
+        raise ValueError(f"{name}.gate has no {', '.join(missing)} (the router module of transformers >= 5.0); "
+                         f"upgrade transformers")
     if not (hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj")):
         raise ValueError(f"{name}.experts has no fused gate_up_proj/down_proj parameters (the layout of "
                          f"transformers >= 5.0); upgrade transformers")
