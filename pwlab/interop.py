@@ -143,7 +143,7 @@ def moe_from_hf(block: nn.Module) -> MoE:
     """A pwlab :class:`~pwlab.moe.MoE` equal to a transformers sparse MoE block.
 
     The layer is dropless with the fast dispatch, swiglu experts, the block's router, and its
-    shared experts where it has them; weights are copied (float32 as the block's dtype allows).
+    shared experts where it has them; the weights are copied in the block's dtype.
     Compare in eval mode: ``layer(x.reshape(-1, D))[0]`` equals ``block(x).reshape(-1, D)``.
 
     Args:

@@ -241,3 +241,10 @@ def test_shared_gate_scales_the_shared_experts():
     gated = model_flops(layer, tokens=10).forward
     ungated = MoE(D, 8, 4, expert="swiglu", num_shared_experts=2)
     assert gated - model_flops(ungated, tokens=10).forward == linear_flops(10, D, 1).forward
+
+
+def test_the_expert_parallel_copy_refuses_a_shared_gate():
+    from pwlab.distributed.ep_moe import ExpertParallelMoE
+
+    with pytest.raises(ValueError, match="shared_gate"):
+        ExpertParallelMoE.from_moe(MoE(D, 8, 4, expert="swiglu", num_shared_experts=1, shared_gate=True))
