@@ -214,6 +214,8 @@ def _walk(module: nn.Module, prefix: str, rows: dict, default_rows: int | None, 
             raise ValueError(f"tokens must be given to count MoE layer {prefix!r}")
         router: list = []
         _walk(module.router, prefix + ".router", rows, n, router)
+        if module.shared_gate is not None:                   # Qwen-MoE's shared-expert gate: a D→1 linear
+            _walk(module.shared_gate, prefix + ".shared_gate", rows, n, router)
         gate = sum((f for _, _, f in router), ZERO)
         kind, experts = _bank_flops(module.experts, n * module.top_k)
         if module.shared_experts is not None:                # always on: every token, every shared expert

@@ -39,7 +39,8 @@ bank takes the fast padded dispatch (plain autograd through ``forward_padded``) 
 DeepSeek-MoE (Dai et al. 2024, arXiv 2401.06066). ``num_shared_experts=s`` adds s always-on
 experts of the same kind and width: ``y = routed(x) + Σ_i shared_i(x)`` for every token (the
 routing, and so :class:`MoEStats`, covers the routed experts only; ablation with
-:meth:`MoE.disabled` leaves the shared ones on). :meth:`MoE.fine_grained` splits each of E
+:meth:`MoE.disabled` leaves the shared ones on); ``shared_gate=True`` scales their sum by a
+per-token ``sigmoid(x·w_s)``, as Qwen-MoE. :meth:`MoE.fine_grained` splits each of E
 experts into m experts of width H/m and routes top-(m·k): the same expert FLOPs per token and
 the same expert weights, many more combinations of experts.
 """
@@ -184,6 +185,9 @@ class MoE(nn.Module):
             no biases; see :data:`pwlab.experts.EXPERT_KINDS`).
         num_shared_experts: s ≥ 0 always-on experts of the same kind and width, added to the
             routed output of every token (DeepSeek-MoE); kept in ``layer.shared_experts``.
+        shared_gate: scale the shared experts' sum by a learned per-token sigmoid gate,
+            ``sigmoid(x·w_s)`` with ``w_s`` in ``layer.shared_gate`` (a bias-free
+            ``nn.Linear(d_model, 1)``), as Qwen-MoE does; needs ``num_shared_experts ≥ 1``.
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, router: Router | None = None, *,
@@ -191,7 +195,7 @@ class MoE(nn.Module):
                  drop_policy: str = "position", dispatch: str = "fast",
                  aux_weights: dict[str, float] | None = None, activation: str | None = None,
                  num_groups: int | None = None,
-                 expert: str = "ffn", num_shared_experts: int = 0):
+                 expert: str = "ffn", num_shared_experts: int = 0, shared_gate: bool = False):
         super().__init__()
         _checks.positive_int("num_experts", num_experts)
         _checks.positive_int("d_model", d_model)
@@ -216,6 +220,10 @@ class MoE(nn.Module):
         self.num_shared_experts = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
         self.shared_experts = (make_experts(expert, num_shared_experts, d_model, d_hidden, activation)
                                if num_shared_experts else None)
+        if shared_gate and not num_shared_experts:
+            raise ValueError("shared_gate=True needs num_shared_experts >= 1 (it gates the shared experts), "
+                             "got num_shared_experts=0")
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
         self.granularity = 1         # m of MoE.fine_grained (shown in the repr)
         self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
@@ -305,7 +313,10 @@ class MoE(nn.Module):
             per_token = {k: v[keep] for k, v in per_token.items()}
         y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
         if self.shared_experts is not None:
-            y_flat = y_flat + self._shared_forward(flat)
+            shared = self._shared_forward(flat)
+            if self.shared_gate is not None:          # Qwen-MoE: a per-token sigmoid gate on the shared sum
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            y_flat = y_flat + shared
         if mask is not None:
             y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
         else:
@@ -443,6 +454,7 @@ class MoE(nn.Module):
         """The expert kind, shared experts and granularity, where not the defaults."""
         out = "" if self.expert_kind == "ffn" else f", expert={self.expert_kind!r}"
         out += f", num_shared_experts={self.num_shared_experts}" if self.num_shared_experts else ""
+        out += ", shared_gate=True" if self.shared_gate is not None else ""
         return out + (f", granularity={self.granularity}" if self.granularity != 1 else "")
 
 

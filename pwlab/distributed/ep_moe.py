@@ -192,6 +192,9 @@ class ExpertParallelMoE(MoE):
     def from_moe(cls, moe: MoE, group=None) -> "ExpertParallelMoE":
         """The expert-parallel copy of a single-process layer: same router and shared experts,
         this rank's shard of every weight of the expert bank (of the layer's kind)."""
+        if moe.shared_gate is not None:
+            raise ValueError("moe has a shared_gate (Qwen-MoE's gated shared experts), which the expert-parallel "
+                             "layer does not replicate; use the single-process layer")
         with torch.random.fork_rng(devices=[]):      # the throw-away init must not move the global RNG
             layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
                         capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
