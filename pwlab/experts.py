@@ -27,7 +27,27 @@ from pwlab import _checks
 ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": nn.functional.silu}
 
 
-class ExpertBank(nn.Module):
+class _StackedWeights:
+    """Parameters vs effective weights, for a bank whose stacked parameters are ``WEIGHT_NAMES``."""
+
+    WEIGHT_NAMES: tuple[str, ...] = ()
+
+    def weight_parameters(self) -> tuple[Tensor, ...]:
+        """The stacked parameters in ``WEIGHT_NAMES`` order, as stored: what to shard, copy or
+        save. No side effects; what forward computes with is :meth:`effective_weights`."""
+        return tuple(getattr(self, n) for n in self.WEIGHT_NAMES)
+
+    def effective_weights(self) -> tuple[Tensor, ...]:
+        """The weights as forward uses them, in ``WEIGHT_NAMES`` order (here the parameters
+        themselves; the SWAT banks return their top-K-masked products)."""
+        return self.weight_parameters()
+
+    def weights(self) -> tuple[Tensor, ...]:
+        """The same as :meth:`effective_weights` (the older name)."""
+        return self.effective_weights()
+
+
+class ExpertBank(_StackedWeights, nn.Module):
     """E independent two-layer FFNs ``x ↦ act(x·W1_e + b1_e)·W2_e + b2_e``."""
 
     def __init__(self, num_experts: int, d_model: int, d_hidden: int, activation: str = "gelu"):
@@ -53,22 +73,6 @@ class ExpertBank(nn.Module):
     #: the stacked parameters, in the order of :meth:`weight_parameters` and :meth:`effective_weights`
     WEIGHT_NAMES = ("w1", "b1", "w2", "b2")
 
-    def weight_parameters(self) -> tuple[Tensor, ...]:
-        """The stacked parameters ``(w1, b1, w2, b2)``, as stored: what to shard, copy or save.
-
-        No side effects. A subclass may compute something else from them in forward (SWAT
-        masks them): that is :meth:`effective_weights`.
-        """
-        return tuple(getattr(self, n) for n in self.WEIGHT_NAMES)
-
-    def effective_weights(self) -> tuple[Tensor, ...]:
-        """``(w1, b1, w2, b2)`` as forward uses them (here the parameters themselves)."""
-        return self.weight_parameters()
-
-    def weights(self) -> tuple[Tensor, ...]:
-        """The same as :meth:`effective_weights` (the older name)."""
-        return self.effective_weights()
-
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (two batched matmuls)."""
         w1, b1, w2, b2 = self.effective_weights()
@@ -89,7 +93,7 @@ class ExpertBank(nn.Module):
         return f"num_experts={self.num_experts}, d_model={self.d_model}, d_hidden={self.d_hidden}, activation={self.activation!r}"
 
 
-class GatedExpertBank(nn.Module):
+class GatedExpertBank(_StackedWeights, nn.Module):
     """E gated (GLU) experts without biases: ``x ↦ (act(x·W1_e) ⊙ (x·W3_e))·W2_e``.
 
     With ``activation="silu"`` (the default) this is SwiGLU (Shazeer 2020), the expert of
@@ -120,18 +124,6 @@ class GatedExpertBank(nn.Module):
 
     #: the stacked parameters — gate, up, down — in the order of :meth:`weight_parameters`
     WEIGHT_NAMES = ("w1", "w3", "w2")
-
-    def weight_parameters(self) -> tuple[Tensor, ...]:
-        """The stacked parameters ``(w1, w3, w2)``, as stored (no side effects)."""
-        return tuple(getattr(self, n) for n in self.WEIGHT_NAMES)
-
-    def effective_weights(self) -> tuple[Tensor, ...]:
-        """``(w1, w3, w2)`` as forward uses them (here the parameters themselves)."""
-        return self.weight_parameters()
-
-    def weights(self) -> tuple[Tensor, ...]:
-        """The same as :meth:`effective_weights` (the older name)."""
-        return self.effective_weights()
 
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (three batched matmuls)."""

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import ipywidgets as W
 import plotly.graph_objects as go
 
+from pwlab import lm
+from pwlab.pathways import mutual_information
 from pwlab.viz._common import empty_figure, expert_color, expert_colorscale, figure
 from pwlab.widgets._live import live_figure, sync
 
@@ -88,8 +90,6 @@ class LMExplorer:
     """
 
     def __init__(self, models: Mapping, text: str, *, columns: int = 72):
-        from pwlab import lm
-        from pwlab.pathways import mutual_information
         if not isinstance(models, Mapping) or not models:
             raise ValueError("models must be a non-empty dict of name -> pwlab.lm.CharMoELM")
         self.models, self.text, self.columns = dict(models), text, int(columns)
