@@ -503,3 +503,30 @@ def test_the_documented_example_runs_as_the_doc_says(registry):
     model = pwlab.PathwaysModel(tasks.load(["wine"]), cfg)
     routers = [m.router for m in model.moe_blocks().values()]
     assert len(routers) == 1 and type(routers[0]) is TopP and routers[0].p == 0.9 and routers[0].top_k == 2
+
+
+def test_each_router_slices_itself_to_a_subset_of_experts():
+    """Router.sliced_state: the routers say which tensors run over the experts. A learned task
+    router with as many tasks as experts (4 and 4) is sliced on its expert axis (1), which a
+    guess from shapes cannot tell from its task axis; a gate on axis 0; hash and fixed task
+    tables remapped, dropped experts' ids to 0."""
+    from pwlab.routing import HashRouter, TaskRouter, TopK
+    keep = [1, 3]
+    task = TaskRouter(num_tasks=4, k=1, mode="learned", d_model=6, num_experts=4)
+    w = task.state_dict()["task_logits.weight"]
+    assert torch.equal(task.sliced_state(keep)["task_logits.weight"], w[:, keep])
+    topk = TopK(k=1, bias_update_rate=1e-3, d_model=6, num_experts=4)
+    got = topk.sliced_state(keep)
+    assert torch.equal(got["gate.weight"], topk.gate.weight.detach()[keep])
+    assert got["expert_bias"].shape == (2,)
+    fixed = TaskRouter(num_tasks=4, k=1, mode="fixed", d_model=6, num_experts=4)
+    assert fixed.table.flatten().tolist() == [0, 1, 2, 3]
+    assert fixed.sliced_state(keep)["table"].flatten().tolist() == [0, 0, 0, 1]
+    h = HashRouter(num_buckets=8, d_model=6, num_experts=4)
+    want = [{1: 0, 3: 1}.get(int(e), 0) for e in h.table]
+    assert h.sliced_state(keep)["table"].tolist() == want
+    small = TaskRouter(num_tasks=4, k=1, mode="learned", d_model=6, num_experts=2)
+    small.load_state_dict(task.sliced_state(keep))           # loads into a 2-expert router
+    t = torch.arange(4)
+    x = torch.zeros(4, 6)
+    assert torch.allclose(small(x, task=t).logits, task(x, task=t).logits[:, keep])

@@ -151,6 +151,39 @@ class Router(nn.Module):
                 raise ValueError("give both d_model and num_experts to bind a router at construction, or neither")
             self.bind(d_model, num_experts)
 
+    # -- slicing to a subset of experts ---------------------------------------------------
+    #: state entries holding expert ids (remapped when slicing), e.g. a hash table
+    expert_id_tables: tuple[str, ...] = ()
+
+    def expert_axis(self, name: str, tensor: Tensor) -> int | None:
+        """The axis of state entry ``name`` that runs over the experts (None: not per expert).
+
+        The default covers linear gates (``nn.Linear(d_model, num_experts)`` stores its weight
+        as (E, D)) and per-expert buffers such as a balancing bias (E,): axis 0 when its size is
+        num_experts. A router whose state lays experts out otherwise overrides this.
+        """
+        return 0 if tensor.dim() >= 1 and tensor.shape[0] == self.num_experts else None
+
+    def sliced_state(self, keep) -> dict[str, Tensor]:
+        """This router's state for a copy that routes over the experts ``keep`` only.
+
+        ``keep``: the kept expert ids; the copy's expert i is this router's ``keep[i]``. Per-expert
+        axes (:meth:`expert_axis`) are indexed by ``keep``; expert-id tables
+        (``expert_id_tables``) are remapped, ids of dropped experts going to the copy's expert 0.
+        Used by :func:`pwlab.pathways.extract_subnetwork`.
+        """
+        keep = torch.as_tensor(list(keep), dtype=torch.long)
+        remap = torch.zeros(self.num_experts, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        out = {}
+        for name, t in self.state_dict().items():
+            if name in self.expert_id_tables:
+                out[name] = remap.to(t.device)[t]
+                continue
+            axis = self.expert_axis(name, t)
+            out[name] = t if axis is None else t.index_select(axis, keep.to(t.device))
+        return out
+
     # -- sizes -------------------------------------------------------------------------
     def bind(self, d_model: int, num_experts: int) -> "Router":
         """Fix the sizes and create the parameters; binding twice to the same sizes is a no-op."""

@@ -17,6 +17,8 @@ from pwlab.routing.base import Router, Routing, token_choice
 class HashRouter(Router):
     """expert = table[token_id mod num_buckets]; weight 1."""
 
+    expert_id_tables = ("table",)
+
     trusted = True
     needs_token_ids = True
 

@@ -31,6 +31,14 @@ class TaskRouter(Router):
         self.mode = _checks.one_of("mode", mode, MODES)
         super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
 
+    expert_id_tables = ("table",)
+
+    def expert_axis(self, name: str, tensor: Tensor) -> int | None:
+        """``task_logits.weight`` is (num_tasks, E): experts on axis 1; the token gate's on 0."""
+        if name == "task_logits.weight":
+            return 1
+        return 0 if name == "gate.weight" else None
+
     def build(self) -> None:
         e, k = self.num_experts, self.top_k
         if self.mode == "fixed":
