@@ -507,8 +507,8 @@ def test_the_documented_example_runs_as_the_doc_says(registry):
 
 def test_each_router_slices_itself_to_a_subset_of_experts():
     """Router.sliced_state: the routers say which tensors run over the experts. A learned task
-    router with as many tasks as experts (4 and 4) is sliced on its expert axis (1), which a
-    guess from shapes cannot tell from its task axis; a gate on axis 0; hash and fixed task
+    router with as many tasks as experts (4 and 4) is sliced on its expert axis (1), a gate on
+    axis 0; hash and fixed task
     tables remapped, dropped experts' ids to 0."""
     from pwlab.routing import HashRouter, TaskRouter, TopK
     keep = [1, 3]
