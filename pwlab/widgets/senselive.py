@@ -32,7 +32,7 @@ class SenseRoutingLive:
     Args:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
-        seed: seeds the model and its training (the config's ``train.seed`` is replaced).
+        seed: seeds the model and its training (default: the config's ``train.seed``).
         trainer: continue this :class:`pwlab.train.Trainer` instead (``tasks``, ``config`` and
             ``seed`` are then taken from it); Reset rebuilds its untrained model from its config.
         steps_per_tick: training steps per Step (and per tick of Play).
@@ -44,18 +44,19 @@ class SenseRoutingLive:
     :meth:`reset` are its buttons.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, trainer=None, steps_per_tick: int = 5,
+    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, trainer=None, steps_per_tick: int = 5,
                  refresh_s: float = 0.5, pathway_examples: int = 32, max_steps: int = 300):
         if trainer is not None:
             if not isinstance(trainer, Trainer):
                 raise ValueError(f"trainer must be a pwlab.train.Trainer, got {type(trainer).__name__}")
             self.tasks, cfg = list(trainer.tasks), trainer.config
         else:
-            self.tasks = load_tasks(tasks, seed)
             cfg = preset(config) if isinstance(config, str) else config
             if not isinstance(cfg, Config):
                 raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(cfg).__name__}")
-            cfg = cfg.with_train(seed=int(seed))
+            if seed is not None:
+                cfg = cfg.with_train(seed=positive_int("seed", seed, minimum=0))
+            self.tasks = load_tasks(tasks, cfg.train.seed)
         if not cfg.model.moe_layer_indices():
             raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
         self.cfg = cfg

@@ -48,7 +48,8 @@ class TaskMixExplorer:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``) with a
             token-level router; "task" routing swaps in a learned task router, top-k kept.
-        seed: seeds every trained model and its sampler (each run starts from the same init).
+        seed: seeds every trained model and its sampler (each run starts from the same init);
+            default: the config's ``train.seed``.
         steps: training steps per "Train".
         steps_per_tick: steps between two progress updates (and two UI events, while playing).
         single: task name → single-task accuracy (a fraction, as ``Trainer.evaluate`` gives),
@@ -59,17 +60,18 @@ class TaskMixExplorer:
     ``.widget`` is the app; :meth:`set` moves the controls, :meth:`train` presses "Train".
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, steps: int = 100, steps_per_tick: int = 2,
+    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, steps: int = 100, steps_per_tick: int = 2,
                  single: dict | None = None, max_examples: int | None = 256, temperature: float = 1.0):
-        self.tasks = load_tasks(tasks, seed)
         base = preset(config) if isinstance(config, str) else config
         if not isinstance(base, Config):
             raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
+        seed = base.train.seed if seed is None else positive_int("seed", seed, minimum=0)
+        self.tasks = load_tasks(tasks, seed)
         if not base.model.moe_layer_indices():
             raise ValueError("config must have at least one MoE layer (moe_layers='none' has no routing level)")
         if base.model.router == "task":
             raise ValueError("config must use a token-level router; the routing toggle switches to the task router")
-        self.base, self.seed = base, int(seed)
+        self.base, self.seed = base, seed
         self.steps = positive_int("steps", steps)
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.max_examples = None if max_examples is None else positive_int("max_examples", max_examples)
@@ -159,7 +161,8 @@ class TaskMixExplorer:
     def _tick(self) -> None:
         n = min(self.steps_per_tick, self.steps - self.trainer.step_count)
         self.trainer.step(n)
-        self.progress.value = f"training {self._label(self.key_of_trainer())}: step {self.trainer.step_count} / {self.steps}"
+        self.progress.value = (f"training {self._label(self.key_of_trainer())}: "
+                               f"step {self.trainer.step_count} / {self.steps}")
 
     def key_of_trainer(self) -> tuple:
         """(temperature, routing) of the model being (or last) trained."""
