@@ -3,7 +3,7 @@
 Each bar is the share of one sense's assignments that go to one expert, per MoE block
 (:func:`pwlab.viz.sense_bars`, after Mustafa et al. 2022, fig. 5): an expert whose bars are
 all one colour would be a modality expert. Step trains ``steps_per_tick`` steps and redraws;
-Play runs tick after tick as an asyncio task on the kernel's event loop, yielding between
+Play runs one step after another as an asyncio task on the kernel's event loop, yielding between
 ticks (as :class:`pwlab.widgets.RoutingPlayground` does), so Pause and the other buttons are
 handled while it trains; Reset rebuilds the untrained model from the seed. Next to the bars,
 ``I(E; M)`` (bits) per block over the steps drawn so far says how much the routing depends on
@@ -35,7 +35,7 @@ class SenseRoutingLive:
         seed: seeds the model and its training (default: the config's ``train.seed``).
         trainer: continue this :class:`pwlab.train.Trainer` instead (``tasks``, ``config`` and
             ``seed`` are then taken from it); Reset rebuilds its untrained model from its config.
-        steps_per_tick: training steps per Step (and per tick of Play).
+        steps_per_tick: training steps per Step (Play trains one step per tick).
         refresh_s: least time between two redraws while playing (Step always redraws).
         pathway_examples: test examples per task behind the bars.
         max_steps: Play stops here.
@@ -91,9 +91,9 @@ class SenseRoutingLive:
         """True while Play's task is ticking on the event loop."""
         return self._task is not None and not self._task.done()
 
-    def tick(self, force_redraw: bool = False) -> None:
-        """``steps_per_tick`` steps (fewer at ``max_steps``), then a redraw when one is due."""
-        n = min(self.steps_per_tick, self.max_steps - self.trainer.step_count)
+    def tick(self, force_redraw: bool = False, steps: int | None = None) -> None:
+        """``steps`` steps (default ``steps_per_tick``; fewer at ``max_steps``), then a redraw when one is due."""
+        n = min(self.steps_per_tick if steps is None else steps, self.max_steps - self.trainer.step_count)
         if n > 0:
             self.trainer.step(n)
         if force_redraw or time.perf_counter() - self._last_draw >= self.refresh_s:
@@ -125,7 +125,7 @@ class SenseRoutingLive:
     async def _loop(self) -> None:
         try:
             while self.trainer.step_count < self.max_steps:
-                self.tick()
+                self.tick(steps=1)              # one step per tick: a click waits for one step at most
                 await asyncio.sleep(0)          # let the kernel handle UI events between ticks
         finally:
             self.redraw()
