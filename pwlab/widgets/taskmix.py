@@ -36,6 +36,14 @@ _PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#
 _LOG_T = (-1.0, 1.0)
 
 
+def _check_temperature(temperature) -> float:
+    lo, hi = _LOG_T
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 10 ** lo <= temperature <= 10 ** hi:
+        raise ValueError(f"temperature must be a number in [{10 ** lo:g}, {10 ** hi:g}], got {temperature!r}")
+    return float(temperature)
+
+
 def _key(temperature: float, routing: str) -> tuple:
     # the slider's values are rounded to 3 significant digits: equal settings give equal keys
     return float(f"{temperature:.3g}"), routing
@@ -80,8 +88,7 @@ class TaskMixExplorer:
         if self.single is not None and set(self.single) != set(names):
             raise ValueError(f"single must give an accuracy for exactly the tasks {names}, got {sorted(self.single)}")
         lo, hi = _LOG_T
-        if not (isinstance(temperature, (int, float)) and 10 ** lo <= temperature <= 10 ** hi):
-            raise ValueError(f"temperature must be a number in [{10 ** lo:g}, {10 ** hi:g}], got {temperature!r}")
+        _check_temperature(temperature)
         self.sizes = [len(t.y_train) for t in self.tasks]
         self.results: dict[tuple, dict] = {}      # (temperature, routing) → accuracies, in training order
         self.trainer: Trainer | None = None
@@ -125,10 +132,7 @@ class TaskMixExplorer:
         if routing is not None and routing not in ROUTING:
             raise ValueError(f"routing must be one of {list(ROUTING)}, got {routing!r}")
         if temperature is not None:
-            lo, hi = _LOG_T
-            if not (isinstance(temperature, (int, float)) and 10 ** lo <= temperature <= 10 ** hi):
-                raise ValueError(f"temperature must be a number in [{10 ** lo:g}, {10 ** hi:g}], got {temperature!r}")
-            self.temperature.value = float(temperature)
+            self.temperature.value = float(_check_temperature(temperature))
         if routing is not None:
             self.routing.value = routing
 
