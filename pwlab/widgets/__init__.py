@@ -13,5 +13,9 @@ from pwlab.widgets.explorer import PathwayExplorer, trained_trainer
 from pwlab.widgets.lm import LMExplorer
 from pwlab.widgets.playground import RoutingPlayground
 from pwlab.widgets.swat_explorer import SwatExplorer
+from pwlab.widgets.senselive import SenseRoutingLive
+from pwlab.widgets.taskmix import TaskMixExplorer
+from pwlab.widgets.tradeoff import TradeoffExplorer
 
-__all__ = ["RoutingPlayground", "PathwayExplorer", "ExpertAblation", "SwatExplorer", "LMExplorer", "trained_trainer"]
+__all__ = ["RoutingPlayground", "PathwayExplorer", "ExpertAblation", "SwatExplorer", "LMExplorer", "trained_trainer",
+           "SenseRoutingLive", "TaskMixExplorer", "TradeoffExplorer"]
