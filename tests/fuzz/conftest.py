@@ -1,0 +1,20 @@
+"""The fuzz suite's tally: probes and their outcomes, printed at the end and kept as JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.fuzz._probe import COUNTS, OUTCOMES
+
+ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "fuzz_counts.json"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the tally and write it to ``test-artifacts/fuzz_counts.json`` (only when probes ran)."""
+    if not COUNTS["probes"]:
+        return
+    counts = {k: COUNTS[k] for k in OUTCOMES}
+    terminalreporter.write_sep("=", "pwlab fuzz probes")
+    terminalreporter.write_line(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text(json.dumps(counts, indent=2) + "\n")
