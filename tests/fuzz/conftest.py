@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.fuzz._probe import COUNTS, OUTCOMES
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "fuzz_counts.json"
@@ -18,3 +20,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(json.dumps(counts, indent=2) + "\n")
+
+
+# Probes that still fail, each with why it is not fixed here; strict, so a fix makes them fail
+# until they are taken off this list. Keyed by the end of the test id.
+_LOSS_SYNC = ("losses take router outputs in the training hot path: a finiteness check there costs a "
+              "device synchronisation per step; NaN in gives NaN out, and meta tensors fail in torch")
+_FLOPS = "flops.py delegates to linear_flops, whose message names d_in/d_out instead of the caller's argument"
+KNOWN = {
+    **{f"test_losses_refuse_bad_tensors_naming_them[{f}-{b}]": _LOSS_SYNC
+       for f in ("cv_squared", "entropy", "router_entropy", "z_loss", "load_balancing", "group_entropies",
+                 "limoe_entropy_losses") for b in ("nan", "meta")},
+    **{f"test_losses_refuse_bad_tensors_naming_them[{f}-rank3]":
+       "group_entropies indexes probs with a per-token mask before checking that probs is (N, E): IndexError"
+       for f in ("group_entropies", "limoe_entropy_losses")},
+    **{f"test_flop_counts_refuse_bad_arguments[{f}]": _FLOPS
+       for f in ("conv2d_flops-c_in", "conv2d_flops-c_out", "conv2d_flops-kernel_size", "conv2d_flops-out_hw",
+                 "swat_conv2d_flops-c_in", "swat_conv2d_flops-c_out", "swat_conv2d_flops-kernel_size",
+                 "swat_conv2d_flops-out_hw", "ffn_flops-d_model", "ffn_flops-d_hidden", "moe_ffn_flops-tokens",
+                 "moe_ffn_flops-d_model", "moe_ffn_flops-d_hidden")},
+    "test_model_flops_refuses_what_is_not_a_model[model-model]": "model_flops checks tokens before model",
+    "test_model_flops_refuses_what_is_not_a_model[None-model]": "model_flops checks tokens before model",
+    "test_senses_constructor_refuses_bad_arguments[<lambda>-tasks0]": "Senses('wine', d): AttributeError 'sense'",
+    "test_senses_constructor_refuses_bad_arguments[<lambda>-tasks2]": "Senses(None, d): TypeError not naming tasks",
+    "test_senses_constructor_refuses_bad_arguments[<lambda>-patch_size]": "Senses accepts patch_size=0",
+    "test_senses_forward[meta]": "Senses.forward has no device check: RuntimeError from torch",
+    "test_senses_forward[nan]": "Senses.forward passes NaN features through (no finiteness check)",
+    "test_model_config_refuses_bad_fields[kw10-activation]": "ModelConfig checks activation only at model build",
+    "test_train_config_refuses_bad_fields[kw7-seed]": "TrainConfig accepts seed=-1",
+    "test_train_config_refuses_bad_fields[kw9-device]": "TrainConfig checks device only when the trainer starts",
+    "test_trainer_constructor_refuses_bad_arguments[<lambda>-callbacks]": "Trainer accepts a non-callable callback",
+    "test_pathway_map_refuses_bad_arguments[kw1-max_examples]": "pathway_map accepts max_examples=0 (empty map)",
+    "test_pathway_map_refuses_bad_arguments[kw4-max_examples]": "pathway_map accepts max_examples=-1",
+    "test_pathway_map_refuses_bad_arguments[kw3-nope]": "pathway_map(tasks=['nope']): AttributeError 'name'",
+    "test_pathway_map_refuses_what_is_not_a_model": "pathway_map('model'): AttributeError 'tasks'",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for suffix, reason in KNOWN.items():
+            if item.nodeid.endswith(suffix):
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
