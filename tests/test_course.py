@@ -128,7 +128,7 @@ def test_new_skeleton_follows_the_conventions(tmp_path):
     assert nb.cells[0].source.startswith("# 07 · Some topic")
     # only "not run" remains once executed: every other convention holds from the start
     assert {p.split(": ", 1)[1] for p in checks.problems(nb)} == {"code cell not run"}
-    assert course.main(["new", str(path)]) == 1                  # never overwrites
+    assert course.main(["new", str(path)]) == 2                  # never overwrites (a usage error)
     with pytest.raises(ValueError, match="path"):
         nbt.skeleton(tmp_path / "topic.ipynb")
 

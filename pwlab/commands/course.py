@@ -12,10 +12,10 @@ The conventions and the functions behind these commands live in :mod:`pwlab.comm
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from pwlab.commands import _args
 from pwlab.commands import notebook_checks as checks
 from pwlab.commands import notebooks as nbt
 
@@ -66,15 +66,15 @@ def _check(args) -> int:
 def _new(args) -> int:
     path = Path(args.path)
     if path.exists():
-        print(f"{path} exists; not overwritten", file=sys.stderr)
-        return 1
+        print(f"pwlab course new: error: {path} exists; not overwritten", file=sys.stderr)
+        return 2
     nbt.write(nbt.skeleton(path), path)
     print(f"wrote {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab course", description=__doc__.split("\n\n")[0])
+    p = _args.Parser(prog="pwlab course", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("student", help="write student versions of the notebooks")
     s.add_argument("src", help="a notebook or a folder of notebooks")

@@ -54,6 +54,12 @@ KNOWN = {
     "test_pathway_map_refuses_bad_arguments[kw4-max_examples]": "pathway_map accepts max_examples=-1",
     "test_pathway_map_refuses_bad_arguments[kw3-nope]": "pathway_map(tasks=['nope']): AttributeError 'name'",
     "test_pathway_map_refuses_what_is_not_a_model": "pathway_map('model'): AttributeError 'tasks'",
+    "test_paths_that_are_missing_or_of_the_wrong_kind[course student-file_for_directory]":
+        "a file that is not JSON: the message ('Notebook does not appear to be JSON') does not name the file",
+    "test_paths_that_are_missing_or_of_the_wrong_kind[course check-file_for_directory]":
+        "a file that is not JSON: the message ('Notebook does not appear to be JSON') does not name the file",
+    "test_paths_that_are_missing_or_of_the_wrong_kind[course check-directory_for_file]":
+        "course check on a folder without notebooks exits 0 having checked nothing",
 }
 
 
