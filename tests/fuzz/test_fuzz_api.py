@@ -17,7 +17,7 @@ from pwlab import (CheckpointIntegrityError, ModelConfig, MultiTaskSampler, Sens
                    losses, pathway_map, preset, tasks)
 from tests.fuzz._probe import finite_of_shape, probe
 
-FEW = settings(max_examples=6, derandomize=True, deadline=None)
+FEW = settings(max_examples=3, derandomize=True, deadline=None)
 HUGE = 10**13
 
 
