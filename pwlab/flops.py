@@ -261,6 +261,8 @@ def model_flops(model: nn.Module, tokens: int | None = None, *, example_input=No
     Returns:
         :class:`ModelFlops` (``.total()``, ``.training``, ``.per_token()``, ``.run(steps)``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if tokens is None and example_input is None:
         raise ValueError("tokens or example_input must be given")
     if tokens is not None:

@@ -87,6 +87,9 @@ def group_entropies(probs: Tensor, groups: Tensor, num_groups: int | None = None
     """
     _checks.float_input("probs", probs)
     _checks.integer_ids("groups", groups)
+    if probs.dim() != 2 or groups.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be (N, E) and groups (N,), got probs {tuple(probs.shape)}, "
+                         f"groups {tuple(groups.shape)}")
     g = int(num_groups if num_groups is not None else (int(groups.max()) + 1 if groups.numel() else 0))
     local = probs.new_zeros(g)
     glob = probs.new_zeros(g)

@@ -23,7 +23,10 @@ from pwlab.commands import notebooks as nbt
 def _notebooks(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
-        out += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
+        found = sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
+        if not found:                    # checking nothing must not pass as "all ok"
+            raise FileNotFoundError(f"{p} holds no .ipynb notebooks")
+        out += found
     return out
 
 
