@@ -71,7 +71,16 @@ def _density(name: str, sparsity: float) -> float:
 
 
 def _count(name: str, value) -> int:
-    return _checks.positive_int(name, value, minimum=0)
+    # counts of a whole run exceed 2**31 (a layer size would not)
+    return _checks.positive_int(name, value, minimum=0, maximum=2**63 - 1)
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    """An int or a pair of ints (a kernel size, an output height and width)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return _count(name, pair[0]), _count(name, pair[1])
 
 
 def swat_linear_flops(tokens: int, d_in: int, d_out: int, weight_sparsity: float = 0.0,
@@ -95,9 +104,9 @@ def swat_conv2d_flops(batch: int, c_in: int, c_out: int, kernel_size, out_hw, gr
                       weight_sparsity: float = 0.0, act_sparsity: float = 0.0) -> LayerFlops:
     """A (SWAT) Conv2d: forward 2·B·H_out·W_out·c_out·(c_in/groups)·kh·kw, scaled as in
     :func:`swat_linear_flops` (a convolution is a matmul over the B·H_out·W_out positions)."""
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    ho, wo = (out_hw, out_hw) if isinstance(out_hw, int) else out_hw
-    _count("groups", groups)
+    kh, kw = _pair("kernel_size", kernel_size)
+    ho, wo = _pair("out_hw", out_hw)
+    _count("c_in", c_in), _count("c_out", c_out), _count("groups", groups)
     if c_in % max(groups, 1) or c_out % max(groups, 1):
         raise ValueError(f"groups must divide c_in and c_out, got groups={groups}, c_in={c_in}, c_out={c_out}")
     positions = _count("batch", batch) * _count("out_hw", ho) * _count("out_hw", wo)
@@ -112,6 +121,7 @@ def conv2d_flops(batch: int, c_in: int, c_out: int, kernel_size, out_hw, groups:
 def ffn_flops(tokens: int, d_model: int, d_hidden: int, weight_sparsity: float = 0.0,
               act_sparsity: float = 0.0) -> LayerFlops:
     """A two-layer FFN ``D -> H -> D`` on N tokens: 4·N·D·H forward (dense)."""
+    _count("tokens", tokens), _count("d_model", d_model), _count("d_hidden", d_hidden)
     return (swat_linear_flops(tokens, d_model, d_hidden, weight_sparsity, act_sparsity)
             + swat_linear_flops(tokens, d_hidden, d_model, weight_sparsity, act_sparsity))
 
@@ -121,6 +131,7 @@ def moe_ffn_flops(tokens: int, d_model: int, d_hidden: int, num_experts: int, to
     """An MoE FFN, active experts only: N·k assignments through one expert FFN each, plus the
     router's linear gate (2·N·D·E forward; the gate stays dense)."""
     _checks.positive_int("top_k", top_k)
+    _count("tokens", tokens)
     experts = ffn_flops(tokens * top_k, d_model, d_hidden, weight_sparsity, act_sparsity)
     return experts + linear_flops(tokens, d_model, _checks.positive_int("num_experts", num_experts))
 
