@@ -47,6 +47,15 @@ def index(name: str, value, size: int) -> int:
     return int(value)
 
 
+def device_name(name: str, value) -> str:
+    """A device torch can parse (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...); whether it is present is checked where it is used."""
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+    return value
+
+
 def generator(name: str, g) -> None:
     """``g`` is None or a ``torch.Generator``."""
     if g is not None and not isinstance(g, torch.Generator):
@@ -115,6 +124,8 @@ def float_input(name: str, x, device: torch.device | None = None, dtype: torch.d
                         f"convert it with {name}.float()")
     if device is not None:
         same_device(name, x, device)
+    elif x.device.type == "meta":        # no layer to compare with: a meta tensor has no values to compute on
+        raise ValueError(f"{name} is on the meta device (no values); pass a tensor with data")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {dtype}; "
                         f"convert one of them, e.g. {name}.to({dtype})")
