@@ -6,15 +6,60 @@ no device synchronisation and can sit at the entry of every forward."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
 
 
-def positive_int(name: str, value, *, minimum: int = 1) -> int:
+# A size above 2**31 - 1 is a typo or a probe (and overflows many kernels' int32 indexing); a
+# tensor above MAX_ELEMENTS (400 GB in float32) is refused before it is allocated, since torch
+# would fail with an allocator error or, where memory is overcommitted, take the machine down.
+MAX_SIZE = 2**31 - 1
+MAX_ELEMENTS = 10**11
+
+
+def positive_int(name: str, value, *, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return value
+
+
+def num_elements(what: str, **sizes: int) -> int:
+    """The product of ``sizes`` (already checked ints): the element count of a tensor about to be
+    allocated; above :data:`MAX_ELEMENTS` it is refused, naming every size."""
+    count = math.prod(sizes.values())
+    if count > MAX_ELEMENTS:
+        named = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(f"{named} would allocate {count:.3g} elements for {what}, "
+                         f"more than the limit {MAX_ELEMENTS:.0e}; choose smaller sizes")
+    return count
+
+
+def index(name: str, value, size: int) -> int:
+    """An int in ``[0, size)`` (a Python or NumPy int; bool refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, {size}), got {value!r}")
+    if not 0 <= value < size:
+        raise ValueError(f"{name} must be an int in [0, {size}), got {value!r}")
+    return int(value)
+
+
+def device_name(name: str, value) -> str:
+    """A device torch can parse (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...); whether it is present is checked where it is used."""
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+    return value
+
+
+def generator(name: str, g) -> None:
+    """``g`` is None or a ``torch.Generator``."""
+    if g is not None and not isinstance(g, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(g).__name__}")
 
 
 def positive_float(name: str, value, *, allow_none: bool = False):
@@ -71,15 +116,31 @@ def same_device(name: str, x: torch.Tensor, device: torch.device) -> torch.Tenso
     return x
 
 
-def float_input(name: str, x, device: torch.device | None = None) -> torch.Tensor:
-    """``x`` is a floating-point tensor (on ``device`` when given): the input of a layer."""
+def float_input(name: str, x, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` is a floating-point tensor (on ``device`` and of ``dtype`` when given): the input of a layer."""
     tensor(name, x)
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype (e.g. torch.float32), got {x.dtype}; "
                         f"convert it with {name}.float()")
     if device is not None:
         same_device(name, x, device)
+    elif x.device.type == "meta":        # no layer to compare with: a meta tensor has no values to compute on
+        raise ValueError(f"{name} is on the meta device (no values); pass a tensor with data")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {dtype}; "
+                        f"convert one of them, e.g. {name}.to({dtype})")
     return x
+
+
+def bool_mask(name: str, mask, shape, device: torch.device) -> torch.Tensor:
+    """``mask`` is a bool (or 0/1 integer) tensor of ``shape`` on ``device``."""
+    tensor(name, mask)
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(f"{name} must be a bool tensor (True for real tokens), got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    same_device(name, mask, device)
+    return mask
 
 
 def integer_ids(name: str, ids) -> torch.Tensor:
@@ -91,4 +152,6 @@ def integer_ids(name: str, ids) -> torch.Tensor:
         raise TypeError(f"{name} must be a tensor of integer ids, got {type(ids).__name__}: {ids!r:.80}") from None
     if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
         raise TypeError(f"{name} must hold integer ids (an integer dtype such as torch.long), got dtype {ids.dtype}")
+    if ids.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (no values); pass ids on the layer's device")
     return ids

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pwlab import _checks
 from pwlab.experts import EXPERT_KINDS
 from pwlab.routing import make_router, router_class
+from pwlab.experts import ACTIVATIONS
 
 MOE_LAYER_SPECS = ("every_other", "all", "none")
 POOLINGS = ("mean", "task_token")
@@ -82,6 +83,7 @@ class ModelConfig:
             _checks.positive_int("dense_hidden", self.dense_hidden)
         _router_description(self.router)     # a known or registered router name
         _checks.one_of("pooling", self.pooling, POOLINGS)
+        _checks.one_of("activation", self.activation, ACTIVATIONS)
         _checks.positive_float("capacity_factor", self.capacity_factor, allow_none=True)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -191,8 +193,8 @@ class TrainConfig:
         _checks.positive_int("eval_every", self.eval_every, minimum=0)
         if self.eval_examples is not None:
             _checks.positive_int("eval_examples", self.eval_examples)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        _checks.positive_int("seed", self.seed, minimum=0, maximum=2**63 - 1)   # the CLI's range
+        _checks.device_name("device", self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)

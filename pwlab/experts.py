@@ -56,6 +56,7 @@ class ExpertBank(_StackedWeights, nn.Module):
         self.d_model = _checks.positive_int("d_model", d_model)
         self.d_hidden = _checks.positive_int("d_hidden", d_hidden)
         self.activation = _checks.one_of("activation", activation, ACTIVATIONS)
+        _checks.num_elements("the expert weights", num_experts=num_experts, d_model=d_model, d_hidden=d_hidden)
         e, d, h = num_experts, d_model, d_hidden
         self.w1 = nn.Parameter(torch.empty(e, d, h))
         self.b1 = nn.Parameter(torch.zeros(e, h))
@@ -81,6 +82,7 @@ class ExpertBank(_StackedWeights, nn.Module):
 
     def forward_expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` alone on ``x (n, D) -> (n, D)``: the reference path."""
+        _checks.index("e", e, self.num_experts)
         w1, b1, w2, b2 = self.effective_weights()
         h = ACTIVATIONS[self.activation](x @ w1[e] + b1[e])
         return h @ w2[e] + b2[e]
@@ -133,6 +135,7 @@ class GatedExpertBank(_StackedWeights, nn.Module):
 
     def forward_expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` alone on ``x (n, D) -> (n, D)``: the reference path."""
+        _checks.index("e", e, self.num_experts)
         w1, w3, w2 = self.effective_weights()
         return (ACTIVATIONS[self.activation](x @ w1[e]) * (x @ w3[e])) @ w2[e]
 

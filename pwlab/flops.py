@@ -73,7 +73,16 @@ def _density(name: str, sparsity: float) -> float:
 
 
 def _count(name: str, value) -> int:
-    return _checks.positive_int(name, value, minimum=0)
+    # counts of a whole run exceed 2**31 (a layer size would not)
+    return _checks.positive_int(name, value, minimum=0, maximum=2**63 - 1)
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    """An int or a pair of ints (a kernel size, an output height and width)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return _count(name, pair[0]), _count(name, pair[1])
 
 
 def swat_linear_flops(tokens: int, d_in: int, d_out: int, weight_sparsity: float = 0.0,
@@ -97,9 +106,9 @@ def swat_conv2d_flops(batch: int, c_in: int, c_out: int, kernel_size, out_hw, gr
                       weight_sparsity: float = 0.0, act_sparsity: float = 0.0) -> LayerFlops:
     """A (SWAT) Conv2d: forward 2·B·H_out·W_out·c_out·(c_in/groups)·kh·kw, scaled as in
     :func:`swat_linear_flops` (a convolution is a matmul over the B·H_out·W_out positions)."""
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    ho, wo = (out_hw, out_hw) if isinstance(out_hw, int) else out_hw
-    _count("groups", groups)
+    kh, kw = _pair("kernel_size", kernel_size)
+    ho, wo = _pair("out_hw", out_hw)
+    _count("c_in", c_in), _count("c_out", c_out), _count("groups", groups)
     if c_in % max(groups, 1) or c_out % max(groups, 1):
         raise ValueError(f"groups must divide c_in and c_out, got groups={groups}, c_in={c_in}, c_out={c_out}")
     positions = _count("batch", batch) * _count("out_hw", ho) * _count("out_hw", wo)
@@ -114,6 +123,7 @@ def conv2d_flops(batch: int, c_in: int, c_out: int, kernel_size, out_hw, groups:
 def ffn_flops(tokens: int, d_model: int, d_hidden: int, weight_sparsity: float = 0.0,
               act_sparsity: float = 0.0) -> LayerFlops:
     """A two-layer FFN ``D -> H -> D`` on N tokens: 4·N·D·H forward (dense)."""
+    _count("tokens", tokens), _count("d_model", d_model), _count("d_hidden", d_hidden)
     return (swat_linear_flops(tokens, d_model, d_hidden, weight_sparsity, act_sparsity)
             + swat_linear_flops(tokens, d_hidden, d_model, weight_sparsity, act_sparsity))
 
@@ -137,6 +147,7 @@ def moe_ffn_flops(tokens: int, d_model: int, d_hidden: int, num_experts: int, to
     through the ``num_shared_experts`` s. ``expert`` is ``"ffn"`` (:func:`ffn_flops`) or
     ``"swiglu"`` (:func:`gated_ffn_flops`)."""
     _checks.positive_int("top_k", top_k)
+    _count("tokens", tokens)
     per_expert = _EXPERT_FLOPS[_checks.one_of("expert", expert, _EXPERT_FLOPS)]
     shared = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
     experts = per_expert(tokens * (top_k + shared), d_model, d_hidden, weight_sparsity, act_sparsity)
@@ -285,6 +296,8 @@ def model_flops(model: nn.Module, tokens: int | None = None, *, example_input=No
     Returns:
         :class:`ModelFlops` (``.total()``, ``.training``, ``.per_token()``, ``.run(steps)``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if tokens is None and example_input is None:
         raise ValueError("tokens or example_input must be given")
     if tokens is not None:

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from pwlab import _checks
+
 
 def _upcast(x: Tensor) -> Tensor:
     """Half precision to float32 (losses of small numbers need it); float32/64 unchanged."""
@@ -18,6 +20,7 @@ def _upcast(x: Tensor) -> Tensor:
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     """Squared coefficient of variation ``var(x) / mean(x)²`` (population variance); 0 for one element."""
+    _checks.float_input("x", x)
     if x.numel() <= 1:
         return x.new_zeros(())
     x = _upcast(x)
@@ -37,6 +40,8 @@ def load_balancing(probs: Tensor, expert: Tensor, counts: Tensor | None = None) 
         expert: (A,) chosen experts (proposed, before capacity).
         counts: optional (E,) ``bincount(expert)`` if the caller has it already.
     """
+    _checks.float_input("probs", probs)
+    _checks.integer_ids("expert", expert)
     n, e = probs.shape
     if n == 0 or expert.numel() == 0:
         return probs.new_zeros(())
@@ -51,6 +56,7 @@ def z_loss(logits: Tensor) -> Tensor:
 
     Zero logits give ``(log E)²``. Keeps logits small, which keeps the softmax numerically sane.
     """
+    _checks.float_input("logits", logits)
     if logits.shape[0] == 0:
         return logits.new_zeros(())
     return torch.logsumexp(_upcast(logits), dim=-1).pow(2).mean()
@@ -58,11 +64,13 @@ def z_loss(logits: Tensor) -> Tensor:
 
 def entropy(probs: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """Shannon entropy in nats along ``dim``."""
+    _checks.float_input("probs", probs)
     return -(probs * (probs + eps).log()).sum(dim)
 
 
 def router_entropy(probs: Tensor) -> Tensor:
     """Mean per-token routing entropy in nats (0: certain; log E: uniform)."""
+    _checks.float_input("probs", probs)
     if probs.shape[0] == 0:
         return probs.new_zeros(())
     return entropy(_upcast(probs)).mean()
@@ -77,6 +85,11 @@ def group_entropies(probs: Tensor, groups: Tensor, num_groups: int | None = None
 
     Returns (local (G,), global (G,)); a group without tokens gives 0 for both.
     """
+    _checks.float_input("probs", probs)
+    _checks.integer_ids("groups", groups)
+    if probs.dim() != 2 or groups.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be (N, E) and groups (N,), got probs {tuple(probs.shape)}, "
+                         f"groups {tuple(groups.shape)}")
     g = int(num_groups if num_groups is not None else (int(groups.max()) + 1 if groups.numel() else 0))
     local = probs.new_zeros(g)
     glob = probs.new_zeros(g)
@@ -94,6 +107,8 @@ def limoe_entropy_losses(probs: Tensor, groups: Tensor, num_groups: int | None =
     """LIMoE's two regularisers summed over groups: ``entropy_local`` (minimise the mean
     per-token entropy) and ``entropy_global`` (minimise ``-H(mean p)``, only below
     ``global_threshold`` nats if given, as LIMoE's thresholded variant)."""
+    _checks.float_input("probs", probs)
+    _checks.integer_ids("groups", groups)
     local, glob = group_entropies(probs, groups, num_groups)
     present = torch.zeros_like(local, dtype=torch.bool)
     if groups.numel():
@@ -106,4 +121,5 @@ def limoe_entropy_losses(probs: Tensor, groups: Tensor, num_groups: int | None =
 
 def max_entropy(num_experts: int) -> float:
     """log E: the entropy of uniform routing, in nats."""
+    _checks.positive_int("num_experts", num_experts)
     return math.log(num_experts)

@@ -208,7 +208,7 @@ class MoE(nn.Module):
             _checks.one_of("aux_weights key", name, AUX_LOSSES)
             weights[name] = _checks.non_negative_float(f"aux_weights[{name!r}]", w)
         self.aux_weights = weights
-        self.num_groups = num_groups
+        self.num_groups = None if num_groups is None else _checks.positive_int("num_groups", num_groups)
         if router is None:
             router = TopK(k=2)
         if not isinstance(router, Router):
@@ -294,8 +294,9 @@ class MoE(nn.Module):
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
-        _checks.float_input("x", x, self.enabled.device)      # attributes only: no sync
+        _checks.float_input("x", x, self.enabled.device, self.experts.w1.dtype)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
+        _checks.generator("generator", generator)
         lead = x.shape[:-1]
         flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
@@ -306,8 +307,7 @@ class MoE(nn.Module):
                     raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
                 per_token[name] = ids.reshape(-1)
         if mask is not None:
-            if _checks.tensor("mask", mask).shape != lead:
-                raise ValueError(f"mask must have shape {tuple(lead)}, got {tuple(mask.shape)}")
+            _checks.bool_mask("mask", mask, lead, x.device)
             keep = mask.reshape(-1).bool()
             flat = flat[keep]
             per_token = {k: v[keep] for k, v in per_token.items()}

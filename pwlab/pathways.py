@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pwlab import _checks
 from pwlab.model import PathwaysModel, eval_mode, make_moe
 from pwlab.senses import MODALITIES
 from pwlab.tasks.base import TaskBatch
@@ -96,10 +97,16 @@ def mutual_information(counts: Tensor) -> float:
 @torch.no_grad()
 def pathway_map(model: PathwaysModel, tasks=None, split: str = "test", max_examples: int | None = 256,
                 batch_size: int = 256) -> PathwayMap:
-    """Count the routing of ``model`` (in eval mode) on up to ``max_examples`` per task."""
+    """Count the routing of ``model`` (in eval mode) on up to ``max_examples`` per task
+    (``tasks``: Task objects or names of the model's tasks; None for all of them)."""
+    if not isinstance(model, PathwaysModel):
+        raise TypeError(f"model must be a pwlab.PathwaysModel, got {type(model).__name__}")
+    if max_examples is not None:
+        _checks.positive_int("max_examples", max_examples)
+    _checks.positive_int("batch_size", batch_size)
     tasks = list(model.tasks if tasks is None else tasks)
-    for task in tasks:
-        model.task(task.name)            # unknown names list the model's tasks
+    # unknown names list the model's tasks
+    tasks = [model.task(t if isinstance(t, str) else getattr(t, "name", t)) for t in tasks]
     moe = model.moe_blocks()
     blocks = tuple(moe)
     e = max((m.num_experts for m in moe.values()), default=0)

@@ -29,16 +29,17 @@ class SoftMoE(nn.Module):
         self.d_model = _checks.positive_int("d_model", d_model)
         self.num_experts = _checks.positive_int("num_experts", num_experts)
         self.slots_per_expert = _checks.positive_int("slots_per_expert", slots_per_expert)
+        _checks.num_elements("phi", d_model=d_model, num_experts=num_experts, slots_per_expert=slots_per_expert)
         self.phi = nn.Parameter(torch.randn(d_model, num_experts * slots_per_expert) * d_model ** -0.5)
         self.experts = ExpertBank(num_experts, d_model, d_hidden, activation)
         self.top_k = 1
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, **_ignored) -> tuple[Tensor, MoEStats]:
-        _checks.float_input("x", x, self.phi.device)
+        _checks.float_input("x", x, self.phi.device, self.phi.dtype)
         _checks.last_dim("x", x, self.d_model)
         _checks.finite_tensor("x", x)
         if mask is not None:
-            _checks.tensor("mask", mask)
+            _checks.bool_mask("mask", mask, x.shape[:-1], x.device)
         squeeze = x.dim() == 2
         if squeeze:
             x = x.unsqueeze(0)

@@ -283,6 +283,8 @@ class Trainer:
         self.history: list[dict] = []
         self.step_count = 0
         self.callbacks = list(callbacks)
+        if not all(callable(cb) for cb in self.callbacks):
+            raise TypeError(f"callbacks must be callables cb(trainer, record), got {self.callbacks!r:.80}")
 
     @property
     def skipped_steps(self) -> int:

@@ -17,6 +17,8 @@ from typing import NoReturn
 # torch.Generator.manual_seed takes up to 2**64 - 1, and the trainer seeds its generators with
 # seed + 1 and seed + 2: below 2**63 every derived seed fits.
 MAX_SEED = 2**63 - 1
+# A count above this is a typo (it would overflow torch's thread count, or run for ever).
+MAX_COUNT = 2**31 - 1
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,6 +50,8 @@ def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be an integer <= {MAX_COUNT}, got {text!r}")
     return value
 
 
@@ -56,6 +60,8 @@ def nonnegative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be an integer <= {MAX_COUNT}, got {text!r}")
     return value
 
 

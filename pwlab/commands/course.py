@@ -19,7 +19,6 @@ The conventions and the functions behind these commands live in :mod:`pwlab.comm
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import base64
 import copy
@@ -30,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import nbformat
-
+from pwlab.commands import _args
 from pwlab.commands import notebook_checks as checks
 from pwlab.commands import notebooks as nbt
 
@@ -441,7 +440,7 @@ def _new(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab course", description=__doc__.split("\n\n")[0])
+    p = _args.Parser(prog="pwlab course", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("student", help="write self-contained student hand-outs of the notebooks")
     s.add_argument("src", help="a notebook or a folder of notebooks")

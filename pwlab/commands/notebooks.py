@@ -75,7 +75,10 @@ EXECUTION_ENV = {"TQDM_DISABLE": "1", "PLOTLY_RENDERER": "plotly_mimetype", "PYD
 def read(path):
     import nbformat
 
-    return nbformat.read(str(path), as_version=4)
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except ValueError as e:              # nbformat's NotJSONError does not say which file
+        raise ValueError(f"{path} is not a readable notebook: {e}") from None
 
 
 def write(nb, path) -> None:

@@ -197,6 +197,7 @@ class Router(nn.Module):
                 )
             return self
         self._check_top_k(num_experts)
+        _checks.num_elements("the router's weight", d_model=d_model, num_experts=num_experts)
         self.d_model, self.num_experts = d_model, num_experts
         if type(self)._build is not Router._build:
             # a router written before build() was public: its _build still runs
@@ -229,6 +230,7 @@ class Router(nn.Module):
             raise ValueError(f"x must be (N, d_model), got shape {tuple(x.shape)}")
         _checks.last_dim("x", x, self.d_model)
         _checks.finite_tensor("x", x)
+        _checks.generator("generator", generator)
         return self.route_checked(x, task=task, token_ids=token_ids, generator=generator)
 
     def _device(self) -> torch.device | None:

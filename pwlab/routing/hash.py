@@ -25,7 +25,7 @@ class HashRouter(Router):
     def __init__(self, *, num_buckets: int = 4096, seed: int = 0, d_model: int | None = None,
                  num_experts: int | None = None):
         self.num_buckets = _checks.positive_int("num_buckets", num_buckets)
-        self.seed = int(seed)
+        self.seed = _checks.positive_int("seed", seed, minimum=0, maximum=2**63 - 1)
         super().__init__(top_k=1, d_model=d_model, num_experts=num_experts)
 
     def build(self) -> None:

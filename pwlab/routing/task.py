@@ -41,6 +41,7 @@ class TaskRouter(Router):
 
     def build(self) -> None:
         e, k = self.num_experts, self.top_k
+        _checks.num_elements("the task table", num_tasks=self.num_tasks, num_experts=e)
         if self.mode == "fixed":
             table = (torch.arange(self.num_tasks)[:, None] * k + torch.arange(k)) % e
             self.register_buffer("table", table, persistent=True)

@@ -9,11 +9,12 @@ encoders share an id (``num_token_ids`` is the total, what a hash router hashes 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from pwlab import _checks
 from pwlab.senses._common import check_d_model
 from pwlab.senses.audio import AudioEncoder
 from pwlab.senses.base import MODALITIES, Tokens
@@ -51,6 +52,11 @@ class Senses(nn.Module):
 
     def __init__(self, tasks: Sequence, d_model: int, *, patch_size: int = 2):
         super().__init__()
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable) \
+                or not all(hasattr(t, "sense") and hasattr(t, "name") for t in tasks):
+            raise TypeError(f"tasks must be a list of pwlab Task objects (e.g. pwlab.tasks.load(['wine'])), "
+                            f"got {tasks!r:.80}")
+        _checks.positive_int("patch_size", patch_size)
         tasks = list(tasks)
         if not tasks:
             raise ValueError("tasks must hold at least one Task, got an empty list")
@@ -110,7 +116,14 @@ class Senses(nn.Module):
         Returns:
             Tokens with tokens (B, T, D), mask (B, T), token_ids (B, T), modality.
         """
-        return self.encoder(task)(x)
+        encoder = self.encoder(task)
+        if isinstance(x, torch.Tensor):
+            # checked here, where the task is known, rather than as NaN tokens in every later layer
+            for p in encoder.parameters():
+                _checks.same_device("x", x, p.device)
+                break
+            _checks.finite_tensor("x", x)
+        return encoder(x)
 
 
 def pad_cat(parts: Sequence[Tokens]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -135,6 +135,8 @@ def swatify(model: nn.Module, weight_sparsity: float, act_sparsity: float | None
     Returns:
         ``model`` (modified).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     weight_sparsity = check_sparsity("weight_sparsity", weight_sparsity)
     act_sparsity = check_sparsity("act_sparsity", weight_sparsity if act_sparsity is None else act_sparsity)
     _checks.one_of("variant", variant, VARIANTS)

@@ -141,6 +141,9 @@ class SwatLinear(nn.Linear, _SwatState):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_sparsity: float = 0.9,
                  act_sparsity: float = 0.9, topk_period: int = 10, structured: bool = False, kernel: str = "auto",
                  fixed_mask: bool = True, device=None, dtype=None):
+        _checks.positive_int("in_features", in_features)
+        _checks.positive_int("out_features", out_features)
+        _checks.num_elements("the weight", in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, kernel, fixed_mask)
         self.register_buffer("weight_mask", None, persistent=False)
@@ -148,11 +151,12 @@ class SwatLinear(nn.Linear, _SwatState):
         self._plans: dict = {}
 
     def forward(self, x: Tensor) -> Tensor:
-        _checks.float_input("x", x, self.weight.device)
+        _checks.float_input("x", x, self.weight.device, self.weight.dtype)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             # checked here: the reshape below would otherwise regroup a wrong width into rows
             raise ValueError(f"x must have last dimension in_features={self.in_features}, "
                              f"got shape {tuple(x.shape)} (last dimension {x.shape[-1] if x.dim() else None})")
+        _checks.finite_tensor("x", x)
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:
             # nothing is dropped: SWAT is exactly nn.Linear, and its own autograd node would only
@@ -219,6 +223,32 @@ class SwatLinear(nn.Linear, _SwatState):
         return super().extra_repr() + ", " + self._swat_repr()
 
 
+
+def _pair(name: str, value, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair (what nn.Conv2d accepts)."""
+    values = tuple(value) if isinstance(value, (tuple, list)) and len(value) == 2 else (value, value)
+    for v in values:
+        _checks.positive_int(name, v, minimum=minimum)
+    return values
+
+
+def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups) -> None:
+    """SwatConv2d's sizes, checked before nn.Conv2d allocates (it accepts zero and negative sizes)."""
+    _checks.positive_int("in_channels", in_channels)
+    _checks.positive_int("out_channels", out_channels)
+    _checks.positive_int("groups", groups)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups must divide in_channels={in_channels} and out_channels={out_channels}, "
+                         f"got groups={groups}")
+    kh, kw = _pair("kernel_size", kernel_size, 1)
+    _pair("stride", stride, 1)
+    _pair("dilation", dilation, 1)
+    if not (isinstance(padding, str) and padding in ("same", "valid")):
+        _pair("padding", padding, 0)
+    _checks.num_elements("the weight", out_channels=out_channels, in_channels=in_channels // groups,
+                         kernel_size=kh * kw)
+
+
 class SwatConv2d(nn.Conv2d, _SwatState):
     """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``,
     or unbatched ``(C_in, H, W) -> (C_out, H', W')`` as ``nn.Conv2d``.
@@ -227,6 +257,7 @@ class SwatConv2d(nn.Conv2d, _SwatState):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, weight_sparsity: float = 0.9, act_sparsity: float = 0.9,
                  topk_period: int = 10, structured: bool = False, fixed_mask: bool = True, device=None, dtype=None):
+        _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          device=device, dtype=dtype)
         self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense", fixed_mask)
@@ -243,7 +274,7 @@ class SwatConv2d(nn.Conv2d, _SwatState):
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' for SwatConv2d, got {self.padding_mode!r}")
-        _checks.float_input("x", x, self.weight.device)
+        _checks.float_input("x", x, self.weight.device, self.weight.dtype)
         if x.dim() not in (3, 4):
             raise ValueError(f"x must be (B, C_in, H, W) or unbatched (C_in, H, W), got shape {tuple(x.shape)}")
         if x.dim() == 3:
@@ -253,6 +284,7 @@ class SwatConv2d(nn.Conv2d, _SwatState):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x must have in_channels={self.in_channels} channels (dimension 1 of (B, C_in, H, W)), "
                              f"got shape {tuple(x.shape)}")
+        _checks.finite_tensor("x", x)
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:                 # exactly nn.Conv2d
             return self._conv_forward(x, self.weight, self.bias)

@@ -68,7 +68,7 @@ class MultiTaskSampler:
         self.batch_size = positive_int("batch_size", batch_size)
         self.strategy = one_of("strategy", strategy, STRATEGIES)
         self.temperature = positive_float("temperature", temperature)
-        self.seed = positive_int("seed", seed, minimum=0)
+        self.seed = positive_int("seed", seed, minimum=0, maximum=2**63 - 1)
         self.probabilities = mixing_probabilities([len(t.y_train) for t in self.tasks], strategy, temperature)
         self._gen = torch.Generator().manual_seed(seed)
         self._perm = [torch.randperm(len(t.y_train), generator=self._gen) for t in self.tasks]

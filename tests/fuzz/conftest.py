@@ -1,0 +1,40 @@
+"""The fuzz suite's tally: probes and their outcomes, printed at the end and kept as JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz._probe import COUNTS, OUTCOMES
+
+ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "fuzz_counts.json"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the tally and write it to ``test-artifacts/fuzz_counts.json`` (only when probes ran)."""
+    if not COUNTS["probes"]:
+        return
+    counts = {k: COUNTS[k] for k in OUTCOMES}
+    terminalreporter.write_sep("=", "pwlab fuzz probes")
+    terminalreporter.write_line(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text(json.dumps(counts, indent=2) + "\n")
+
+
+# Probes that still fail, each with why it is not fixed here; strict, so a fix makes them fail
+# until they are taken off this list. Keyed by the end of the test id.
+_LOSS_SYNC = ("losses take router outputs in the training hot path: a finiteness check there costs a "
+              "device synchronisation per step; NaN in gives NaN out")
+KNOWN = {
+    **{f"test_losses_refuse_bad_tensors_naming_them[{f}-{b}]": _LOSS_SYNC
+       for f in ("cv_squared", "entropy", "router_entropy", "z_loss", "load_balancing", "group_entropies",
+                 "limoe_entropy_losses") for b in ("nan",)},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for suffix, reason in KNOWN.items():
+            if item.nodeid.endswith(suffix):
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
