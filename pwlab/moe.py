@@ -125,7 +125,7 @@ class MoEStats:
 
     @cached_property
     def router_entropy(self) -> Tensor:
-        return losses.router_entropy(self.proposed.probs.detach())
+        return losses.router_entropy(self.proposed.probs.detach(), check_finite=False)
 
 
 class _FusedStats(MoEStats):
@@ -429,8 +429,8 @@ class MoE(nn.Module):
     def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}
         if proposed.kind == "token_choice":
-            aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert, counts=counts)
-        aux["z_loss"] = losses.z_loss(proposed.logits)
+            aux["load_balancing"] = losses.load_balancing(proposed.probs, proposed.expert, counts=counts, check_finite=False)
+        aux["z_loss"] = losses.z_loss(proposed.logits, check_finite=False)
         aux.update(proposed.aux_losses)
         aux.update(self._group_entropies(proposed.probs, groups))
         total = proposed.probs.new_zeros(())
@@ -443,7 +443,7 @@ class MoE(nn.Module):
         """LIMoE's per-group local/global entropy losses, when groups are given and either is weighted."""
         if groups is None or not (self.aux_weights["entropy_local"] or self.aux_weights["entropy_global"]):
             return {}
-        return losses.limoe_entropy_losses(probs, groups, self.num_groups)
+        return losses.limoe_entropy_losses(probs, groups, self.num_groups, check_finite=False)
 
     def extra_repr(self) -> str:
         return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import torch
 
 from pwlab import losses
@@ -75,3 +77,20 @@ def test_losses_have_gradients_where_they_should():
     total = losses.load_balancing(probs, expert) + losses.z_loss(logits)
     total.backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name, call", [
+    ("probs", lambda p, e: losses.load_balancing(p, e)),
+    ("logits", lambda p, e: losses.z_loss(p)),
+    ("probs", lambda p, e: losses.router_entropy(p)),
+    ("probs", lambda p, e: losses.limoe_entropy_losses(p, torch.zeros(4, dtype=torch.long))),
+])
+def test_losses_refuse_nan_input_unless_the_caller_vouches_for_it(name, call):
+    """NaN in a public call is an error naming the argument; the MoE layer, whose router
+    outputs come from checked input, passes check_finite=False and pays no extra check."""
+    probs = torch.full((4, 3), 1 / 3)
+    probs[2, 1] = float("nan")
+    expert = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=f"{name} contains NaN"):
+        call(probs, expert)
+    assert not torch.isfinite(losses.load_balancing(probs, expert, check_finite=False))

@@ -290,7 +290,7 @@ class ExpertParallelMoE(MoE):
             dropped, total = n - int(torch.unique(routing.token).numel()), n
         else:
             dropped, total = proposed.num_assignments - routing.num_assignments, proposed.num_assignments
-        entropy = float(losses.router_entropy(proposed.probs.detach())) * n
+        entropy = float(losses.router_entropy(proposed.probs.detach(), check_finite=False)) * n
         pack = torch.cat([local_counts.double(), local_proposed.double(),
                           torch.tensor([n, entropy, dropped, total], dtype=torch.float64, device=local_counts.device)])
         dist.all_reduce(pack, group=self.group)            # one small collective per layer call

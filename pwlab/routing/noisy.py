@@ -57,5 +57,5 @@ class NoisyTopK(LinearGate):
             load = torch.special.ndtr((clean - threshold) / sigma).sum(0)          # Φ(·), eq. 9
         else:   # no noise (eval) or k == E: the load is the hard count
             load = (gates > 0).to(clean.dtype).sum(0)
-        loss = cv_squared(importance) + cv_squared(load)
+        loss = cv_squared(importance, check_finite=False) + cv_squared(load, check_finite=False)
         return token_choice(softmax_experts(noisy), noisy, expert, weight, aux_losses={"importance_load": loss})

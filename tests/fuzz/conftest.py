@@ -24,13 +24,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 # Probes that still fail, each with why it is not fixed here; strict, so a fix makes them fail
 # until they are taken off this list. Keyed by the end of the test id.
-_LOSS_SYNC = ("losses take router outputs in the training hot path: a finiteness check there costs a "
-              "device synchronisation per step; NaN in gives NaN out")
-KNOWN = {
-    **{f"test_losses_refuse_bad_tensors_naming_them[{f}-{b}]": _LOSS_SYNC
-       for f in ("cv_squared", "entropy", "router_entropy", "z_loss", "load_balancing", "group_entropies",
-                 "limoe_entropy_losses") for b in ("nan",)},
-}
+KNOWN: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):
