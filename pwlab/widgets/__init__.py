@@ -4,12 +4,19 @@
 ``PathwayExplorer``    a task, a sense or one example → its pathway and its tokens coloured by expert
 ``ExpertAblation``     experts on/off per block → per-task accuracy
 ``SwatExplorer``       weight / activation sparsity → mask, training FLOPs, accuracy after retraining
+``CostExplorer``       experts, top-k, widths → parameters, FLOPs per token, measured time (dense vs MoE)
+``CapacityExplorer``   capacity factor, balance and z-loss weights → dropped tokens, load per expert, entropy
+``AllToAllExplorer``   devices, tokens, width, top-k, bandwidth → all-to-all bytes and time, measured bytes
 
 Each app has a ``.widget`` to display and a ``seed`` that makes its state reproducible.
 """
+from pwlab.widgets.a2a import AllToAllExplorer
 from pwlab.widgets.ablation import ExpertAblation
+from pwlab.widgets.capacity import CapacityExplorer
+from pwlab.widgets.cost import CostExplorer
 from pwlab.widgets.explorer import PathwayExplorer, trained_trainer
 from pwlab.widgets.playground import RoutingPlayground
 from pwlab.widgets.swat_explorer import SwatExplorer
 
-__all__ = ["RoutingPlayground", "PathwayExplorer", "ExpertAblation", "SwatExplorer", "trained_trainer"]
+__all__ = ["RoutingPlayground", "PathwayExplorer", "ExpertAblation", "SwatExplorer", "CostExplorer", "CapacityExplorer",
+           "AllToAllExplorer", "trained_trainer"]
