@@ -39,6 +39,11 @@ def _check_measured(measured) -> list[dict]:
     return out
 
 
+def _sig(v: float) -> float:
+    """``v`` to 8 significant digits (what the figure carries: enough, and short JSON)."""
+    return float(f"{v:.8g}")
+
+
 def step_seconds(total_bytes: float, world_size: int, bandwidth: float) -> float:
     """Seconds for the exchanges of one step: each of the P devices sends ``total_bytes / P`` over
     its own link of ``bandwidth`` bytes per second, all at once."""
@@ -158,14 +163,14 @@ class AllToAllExplorer:
         meas = self.applicable_measured()
         curve = dict(type="scatter", mode="lines+markers", x=ps, line=dict(color="#1f77b4"), marker=dict(size=6))
         mark = dict(type="scatter", mode="markers", x=[p_now], marker=dict(size=14, color="crimson", symbol="x"))
-        data = [dict(curve, y=[round(t / 1e6, 6) for t in totals], name="cost model: MB per step"),
-                dict(mark, y=[round(now["total"] / 1e6, 6)], name="the sliders' world size"),
+        data = [dict(curve, y=[_sig(t / 1e6) for t in totals], name="cost model: MB per step"),
+                dict(mark, y=[_sig(now["total"] / 1e6)], name="the sliders' world size"),
                 dict(type="scatter", mode="markers", x=[m["world_size"] for m in meas],
-                     y=[round(m["bytes"] / 1e6, 6) for m in meas], name="measured",
+                     y=[_sig(m["bytes"] / 1e6) for m in meas], name="measured",
                      marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color="green", width=3))),
-                dict(curve, y=[round(v, 6) for v in ms], name="ms per step at the bandwidth", xaxis="x2", yaxis="y2",
+                dict(curve, y=[_sig(v) for v in ms], name="ms per step at the bandwidth", xaxis="x2", yaxis="y2",
                      line=dict(color="#ff7f0e")),
-                dict(mark, y=[round(t_now, 6)], name="the sliders' world size", xaxis="x2", yaxis="y2",
+                dict(mark, y=[_sig(t_now)], name="the sliders' world size", xaxis="x2", yaxis="y2",
                      showlegend=False)]
         axis = dict(type="log", tickvals=list(WORLD_SIZES), title=dict(text="devices P"))
         layout = dict(title=dict(text="All-to-all of one MoE layer, one training step"), height=380,
