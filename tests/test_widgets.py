@@ -291,6 +291,8 @@ def test_cost_explorer_rejects_bad_settings():
         CostExplorer(num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="tokens"):
         CostExplorer(tokens=0)
+    with pytest.raises(ValueError, match=r"d_model must be in \[16, 256\]"):
+        CostExplorer(d_model=512)
 
 
 # -- CapacityExplorer (notebook 03) -------------------------------------------------------

@@ -8,7 +8,8 @@
 ``CapacityExplorer``   capacity factor, balance and z-loss weights → dropped tokens, load per expert, entropy
 ``AllToAllExplorer``   devices, tokens, width, top-k, bandwidth → all-to-all bytes and time, measured bytes
 
-Each app has a ``.widget`` to display and a ``seed`` that makes its state reproducible.
+Each app has a ``.widget`` to display and a ``seed`` that makes its state reproducible (the
+AllToAllExplorer draws a cost model: nothing random, no seed).
 """
 from pwlab.widgets.a2a import AllToAllExplorer
 from pwlab.widgets.ablation import ExpertAblation

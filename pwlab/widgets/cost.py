@@ -113,18 +113,23 @@ class CostExplorer:
         self.repeats = _checks.positive_int("repeats", repeats)
         self.live_timing_params = _checks.positive_int("live_timing_params", live_timing_params, minimum=0)
         self.seed = int(seed)
-        _checks.positive_int("top_k", top_k)
+        # the sliders' ranges: a value outside would be clamped silently by the slider
+        for name, value, lo, hi in (("num_experts", num_experts, 1, 64), ("top_k", top_k, 1, 8),
+                                    ("d_hidden", d_hidden, 16, 1024), ("d_model", d_model, 16, 256)):
+            _checks.positive_int(name, value)
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
         if top_k > num_experts:
             raise ValueError(f"top_k must be at most num_experts={num_experts}, got {top_k}")
         style = dict(description_width="110px")
         lay = W.Layout(width="420px")
         opts = dict(style=style, layout=lay, continuous_update=False)
-        self.num_experts = W.IntSlider(value=_checks.positive_int("num_experts", num_experts), min=1, max=64,
+        self.num_experts = W.IntSlider(value=num_experts, min=1, max=64,
                                        description="experts E", **opts)
         self.top_k = W.IntSlider(value=top_k, min=1, max=min(8, num_experts), description="top-k", **opts)
-        self.d_hidden = W.IntSlider(value=_checks.positive_int("d_hidden", d_hidden), min=16, max=1024, step=16,
+        self.d_hidden = W.IntSlider(value=d_hidden, min=16, max=1024, step=16,
                                     description="expert width H", **opts)
-        self.d_model = W.IntSlider(value=_checks.positive_int("d_model", d_model), min=16, max=256, step=16,
+        self.d_model = W.IntSlider(value=d_model, min=16, max=256, step=16,
                                    description="d_model D", **opts)
         self.measure_button = W.Button(description="Measure", icon="clock-o",
                                        tooltip="time one forward of the MoE and of the same-FLOPs dense layer")
