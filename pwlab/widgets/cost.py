@@ -122,7 +122,7 @@ class CostExplorer:
         if top_k > num_experts:
             raise ValueError(f"top_k must be at most num_experts={num_experts}, got {top_k}")
         style = dict(description_width="110px")
-        lay = W.Layout(width="420px")
+        lay = W.Layout(width="460px")               # room for the readout of a 4-digit width
         opts = dict(style=style, layout=lay, continuous_update=False)
         self.num_experts = W.IntSlider(value=num_experts, min=1, max=64,
                                        description="experts E", **opts)
