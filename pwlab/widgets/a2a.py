@@ -104,12 +104,14 @@ class AllToAllExplorer:
         self.controls = (self.world_size, self.num_experts, self.tokens, self.d_model, self.top_k, self.bandwidth,
                          self.precision)
         self._quiet = False
-        self.figure = live_figure(go.Figure())
+        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
+        self.figure = live_figure(self.current_figure())
         for w in self.controls:
             w.observe(self._on_change, names="value")
         self.redraw()
-        self.widget = W.VBox([W.HBox([W.VBox(list(self.controls[:4])), W.VBox(list(self.controls[4:]) + [self.status])]),
-                              self.figure])
+        column = W.Layout(min_width="440px")           # the sliders keep their readouts beside the status
+        self.widget = W.VBox([W.HBox([W.VBox(list(self.controls[:4]), layout=column),
+                                      W.VBox(list(self.controls[4:]) + [self.status], layout=column)]), self.figure])
 
     def setting(self) -> dict:
         """The sliders' setting, in :func:`a2a_volume`'s names."""
@@ -151,8 +153,8 @@ class AllToAllExplorer:
             self._quiet = False
         self.redraw()
 
-    def redraw(self) -> None:
-        """Recompute the model and refresh the figure in place."""
+    def current_figure(self) -> go.Figure:
+        """Bytes and time against the world size at the sliders' setting, with the markers."""
         s = self.setting()
         p_now, bw = s["world_size"], self.bandwidth_bytes()
         ps = [p for p in WORLD_SIZES if s["num_experts"] % p == 0]
@@ -179,7 +181,15 @@ class AllToAllExplorer:
                       xaxis2=dict(axis, domain=[0.56, 1], anchor="y2"),
                       yaxis2=dict(title=dict(text="ms per step (bandwidth only)"), anchor="x2", rangemode="tozero"),
                       legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=60, b=10))
-        sync(self.figure, figure(data, layout))
+        return figure(data, layout)
+
+    def redraw(self) -> None:
+        """Recompute the model and refresh the figure in place."""
+        sync(self.figure, self.current_figure())
+        p_now = int(self.world_size.value)
+        now = self.volume()
+        t_now = 1e3 * step_seconds(now["total"], p_now, self.bandwidth_bytes())
+        meas = self.applicable_measured()
         found = ""
         if meas:
             found = "<br>" + "; ".join(f"measured at P = {m['world_size']}: {m['bytes']:,.0f} bytes "

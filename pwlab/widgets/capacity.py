@@ -151,12 +151,15 @@ class CapacityExplorer:
         self.train_s: dict[tuple, float] = {}     # seconds each pair of weights took to train
         self.stats = call_with_capacity(self.layer(), self.eval_x, self.capacity_factor())
         self.load = live_figure(viz.expert_load(self.stats))
-        self.curves = live_figure(go.Figure())
+        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
+        self.curves = live_figure(dropped_curves(self._curves, self.weights(), self.capacity_factor(),
+                                                 float(self.stats.dropped_fraction)))
         self.capacity.observe(lambda _: self.redraw(curves=False), names="value")
         self.load_balancing.observe(lambda _: self.redraw(), names="value")
         self.z_loss.observe(lambda _: self.redraw(), names="value")
         self.redraw()
-        self.widget = W.VBox([W.HBox([W.VBox([self.capacity, self.load_balancing, self.z_loss]), self.status]),
+        sliders = W.VBox([self.capacity, self.load_balancing, self.z_loss], layout=W.Layout(min_width="440px"))
+        self.widget = W.VBox([W.HBox([sliders, self.status]),
                               W.HBox([self.load, self.curves])])
 
     def weights(self) -> tuple[float, float]:

@@ -138,13 +138,15 @@ class CostExplorer:
         self.times: dict[str, float] | None = None
         self._timed_at = None
         self._quiet = False
-        self.figure = live_figure(go.Figure())
+        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
+        self.figure = live_figure(cost_figure(self.costs(), None))
         for w in self.controls:
             w.observe(self._on_change, names="value")
         self.measure_button.on_click(lambda _: self.measure())
         self.redraw(measure=self.moe_params() <= self.live_timing_params)
-        self.widget = W.VBox([W.HBox([W.VBox(list(self.controls)), W.VBox([self.measure_button, self.status])]),
-                              self.figure])
+        # a fixed-width column for the sliders: shrunk by the status beside it, they would lose their readouts
+        sliders = W.VBox(list(self.controls), layout=W.Layout(min_width="480px"))
+        self.widget = W.VBox([W.HBox([sliders, W.VBox([self.measure_button, self.status])]), self.figure])
 
     def setting(self) -> tuple[int, int, int, int]:
         """(d_model, d_hidden, num_experts, top_k) the sliders describe."""

@@ -126,7 +126,8 @@ def test_dense_vs_sparse_cost_explorer(lab_page):
     experts = slider_named(app, "experts E")
     was, before = readout(experts), plot_data(app)
     drag_slider(page, experts, 0.4)
-    wait_until(lambda: readout(experts) != was, "the experts slider to move", page=page)
+    wait_until(lambda: re.fullmatch(r"\d+", readout(experts)) and readout(experts) != was,
+               "the experts slider to move (a new number in its readout)", page=page)
     wait_until(lambda: plot_data(app) != before, "the cost figure to change after moving the slider", page=page)
     wait_kernel_settled(page)
     e = int(readout(experts))
@@ -146,7 +147,8 @@ def test_balance_and_capacity_explorer(lab_page):
     capacity = slider_named(app, label)
     was, before = readout(capacity), plot_data(app)
     drag_slider(page, capacity, 0.2)
-    wait_until(lambda: readout(capacity) != was, "the capacity slider to move", page=page)
+    wait_until(lambda: re.fullmatch(r"\d+\.\d+", readout(capacity)) and readout(capacity) != was,
+               "the capacity slider to move (a new number in its readout)", page=page)
     wait_until(lambda: plot_data(app) != before, "the load figure to change after moving the slider", page=page)
     wait_kernel_settled(page)
     cf = float(readout(capacity))
