@@ -104,11 +104,12 @@ class AllToAllExplorer:
         self.controls = (self.world_size, self.num_experts, self.tokens, self.d_model, self.top_k, self.bandwidth,
                          self.precision)
         self._quiet = False
-        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
+        # built whole and not updated before it is shown: a FigureWidget updated before its first view
+        # drew an empty plot in JupyterLab
         self.figure = live_figure(self.current_figure())
+        self._update_status()
         for w in self.controls:
             w.observe(self._on_change, names="value")
-        self.redraw()
         column = W.Layout(min_width="440px")           # the sliders keep their readouts beside the status
         self.widget = W.VBox([W.HBox([W.VBox(list(self.controls[:4]), layout=column),
                                       W.VBox(list(self.controls[4:]) + [self.status], layout=column)]), self.figure])
@@ -186,6 +187,9 @@ class AllToAllExplorer:
     def redraw(self) -> None:
         """Recompute the model and refresh the figure in place."""
         sync(self.figure, self.current_figure())
+        self._update_status()
+
+    def _update_status(self) -> None:
         p_now = int(self.world_size.value)
         now = self.volume()
         t_now = 1e3 * step_seconds(now["total"], p_now, self.bandwidth_bytes())

@@ -151,13 +151,14 @@ class CapacityExplorer:
         self.train_s: dict[tuple, float] = {}     # seconds each pair of weights took to train
         self.stats = call_with_capacity(self.layer(), self.eval_x, self.capacity_factor())
         self.load = live_figure(viz.expert_load(self.stats))
-        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
+        # built whole and not updated before they are shown: a FigureWidget updated before its first
+        # view drew an empty plot in JupyterLab
         self.curves = live_figure(dropped_curves(self._curves, self.weights(), self.capacity_factor(),
                                                  float(self.stats.dropped_fraction)))
+        self._update_status()
         self.capacity.observe(lambda _: self.redraw(curves=False), names="value")
         self.load_balancing.observe(lambda _: self.redraw(), names="value")
         self.z_loss.observe(lambda _: self.redraw(), names="value")
-        self.redraw()
         sliders = W.VBox([self.capacity, self.load_balancing, self.z_loss], layout=W.Layout(min_width="440px"))
         self.widget = W.VBox([W.HBox([sliders, self.status]),
                               W.HBox([self.load, self.curves])])
@@ -192,9 +193,7 @@ class CapacityExplorer:
         layer = self.layer()
         cf = self.capacity_factor()
         self.stats = s = call_with_capacity(layer, self.eval_x, cf)
-        dropped, entropy = float(s.dropped_fraction), float(s.router_entropy)
-        share = s.proposed_counts.float() / max(int(s.proposed_counts.sum()), 1)
-        cv = float(share.std(unbiased=False) / share.mean())
+        dropped = float(s.dropped_fraction)
         sync(self.load, viz.expert_load(s, title="Load per expert"))
         if curves:
             sync(self.curves, dropped_curves(self._curves, self.weights(), cf, dropped))
@@ -203,6 +202,13 @@ class CapacityExplorer:
             with self.curves.batch_update():
                 marker.x, marker.y = ([cf], [round(dropped, 4)]) if cf else ([], [])
             self.curves._pwlab_last = (None, None)   # the next full sync must not diff against a stale marker
+        self._update_status()
+
+    def _update_status(self) -> None:
+        s = self.stats
+        dropped, entropy = float(s.dropped_fraction), float(s.router_entropy)
+        share = s.proposed_counts.float() / max(int(s.proposed_counts.sum()), 1)
+        cv = float(share.std(unbiased=False) / share.mean())
         dead = int((s.proposed_counts == 0).sum())
         cap = "dropless" if s.capacity is None else f"capacity C = {s.capacity} slots per expert"
         self.status.value = (f"<b>{_label(*self.weights())}</b>, {self.steps} steps "

@@ -138,12 +138,15 @@ class CostExplorer:
         self.times: dict[str, float] | None = None
         self._timed_at = None
         self._quiet = False
-        # built whole before it is shown: a view drawn from an empty widget filled later stayed blank
-        self.figure = live_figure(cost_figure(self.costs(), None))
+        if self.moe_params() <= self.live_timing_params:
+            self._time()
+        # built whole and not updated before it is shown: a FigureWidget updated before its first
+        # view drew an empty plot in JupyterLab
+        self.figure = live_figure(cost_figure(self.costs(), self.times))
+        self._update_status()
         for w in self.controls:
             w.observe(self._on_change, names="value")
         self.measure_button.on_click(lambda _: self.measure())
-        self.redraw(measure=self.moe_params() <= self.live_timing_params)
         # a fixed-width column for the sliders: shrunk by the status beside it, they would lose their readouts
         sliders = W.VBox(list(self.controls), layout=W.Layout(min_width="480px"))
         self.widget = W.VBox([W.HBox([sliders, W.VBox([self.measure_button, self.status])]), self.figure])
@@ -173,6 +176,11 @@ class CostExplorer:
 
     def measure(self) -> dict[str, float]:
         """Time one forward of the MoE and of the same-FLOPs dense layer; redraw; returns ms by layer."""
+        self._time()
+        self.redraw(measure=False)
+        return self.times
+
+    def _time(self) -> None:
         d, h, e, k = self.setting()
         torch.manual_seed(self.seed)
         moe = MoE(d, h, e, TopK(k=k))
@@ -180,18 +188,20 @@ class CostExplorer:
         x = torch.randn(self.tokens, d, generator=torch.Generator().manual_seed(self.seed))
         self.times = {LAYERS[0]: _median_ms(moe, x, self.repeats), LAYERS[2]: _median_ms(dense, x, self.repeats)}
         self._timed_at = self.setting()
-        self.redraw(measure=False)
-        return self.times
 
     def redraw(self, measure: bool = False) -> None:
         """Refresh the figure in place (``measure``: time the current setting first)."""
         if measure:
             self.measure()
             return
+        current = self._timed_at == self.setting()
+        sync(self.figure, cost_figure(self.costs(), self.times if current else None))
+        self._update_status()
+
+    def _update_status(self) -> None:
         d, h, e, k = self.setting()
         current = self._timed_at == self.setting()
         costs = self.costs()
-        sync(self.figure, cost_figure(costs, self.times if current else None))
         moe, same = costs[LAYERS[0]], costs[LAYERS[1]]
         if current and self.times:
             ratio = self.times[LAYERS[0]] / max(self.times[LAYERS[2]], 1e-9)
