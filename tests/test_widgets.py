@@ -422,3 +422,14 @@ def test_new_apps_figures_are_valid_plotly(capacity_app):
     for fig in (CostExplorer(tokens=8, repeats=1).figure, capacity_app.load, capacity_app.curves,
                 AllToAllExplorer(measured=MEASURED).figure):
         go.Figure(fig.to_plotly_json())
+
+
+def test_new_apps_send_no_figure_update_before_they_are_shown():
+    # JupyterLab drew an empty plot for a FigureWidget that was sent an update before its first
+    # view: the apps build their figures whole and leave them alone until a control moves
+    cap = CapacityExplorer(steps=1, tokens=32, eval_tokens=64)
+    figs = [CostExplorer(tokens=8, repeats=1).figure, cap.load, cap.curves, AllToAllExplorer().figure]
+    assert all(f._last_trace_edit_id == 0 and f._last_layout_edit_id == 0 for f in figs)
+    assert all(len(f.data) > 0 for f in figs)
+    cap.capacity.value = 0.5
+    assert cap.load._last_trace_edit_id > 0                            # a control's move does send updates
