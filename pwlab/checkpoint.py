@@ -4,38 +4,148 @@ The file is ``torch.save`` of a dict holding only dicts, lists, tuples, strings,
 booleans, None and tensors::
 
     format "pwlab-checkpoint", version 1, config (Config.to_dict()), tasks (names),
+    router {"name": config's router name, "class": "module.QualName" of its class},
     task_seeds (the data seeds, to rebuild the tasks), step,
     model (state_dict), optimizer (state_dict), sampler (state_dict),
     rng {"generator": routing-noise generator state, "torch": the trainer's dropout RNG state},
     history (list of plain dict records)
 
-so ``torch.load(weights_only=True)`` reads it: the unpickler refuses anything else, and a
+plus ``digest``, ``"sha256:<hex>"`` over everything else (:func:`payload_digest`), so
+``torch.load(weights_only=True)`` reads it: the unpickler refuses anything else, and a
 file crafted to run code on load is rejected before any of it runs. Everything is checked
-before anything is changed, so a bad file leaves the trainer as it was. Files are written
-to a temporary file in the same folder and renamed over the target (atomic on POSIX), so an
-interrupted save never leaves a half-written checkpoint behind.
+before anything is changed, so a bad file leaves the trainer as it was.
+
+Routers: a checkpoint names its router (the config's ``router``) and records the class it
+was registered to. A router registered with :func:`pwlab.routing.register_router` loads back
+in a new process once the same registration has run there (import the module that makes
+it); without it, loading fails with an error naming the name, the class and its module.
+The checkpoint never imports that module itself: loading executes no code from the file.
+
+Integrity: the digest is recomputed on load; a file whose contents changed after it was
+written (flipped bytes that still unpickle, an edited value) raises
+:class:`CheckpointIntegrityError` (a ``ValueError``). A file written before digests existed
+loads with a :class:`UserWarning` saying it could not be checked.
+
+Files are written to a temporary file ``.<name>.<pid>.<random>.tmp`` in the same folder and
+renamed over the target (atomic on POSIX), so an interrupted save never leaves a half-written
+checkpoint behind. A save killed outright (SIGKILL, power loss) leaves its temporary file;
+the next save or load of that checkpoint removes such files when they are stale: the process
+that wrote them is no longer running on this machine, or they are older than
+``STALE_TEMP_AGE_S`` (older pwlab names, ``.<name>.<random>.tmp``, carry no process id).
+
+Devices: tensors are read onto the CPU (``map_location="cpu"``), so a checkpoint written on
+a GPU reads on a machine without one; :meth:`pwlab.train.Trainer.load` then builds the
+trainer on ``device`` (default: the checkpoint's device when it is available, else the CPU).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from pwlab.config import RESUMABLE_DIFFERENCES, Config
+from pwlab.routing import ROUTERS
 
 FORMAT = "pwlab-checkpoint"
 VERSION = 1
 _KEYS = ("format", "version", "config", "tasks", "step", "model", "optimizer", "sampler", "rng", "history")
+DIGEST = "sha256"
+#: a temporary file of a save is stale after this many seconds even if its process id is in use
+STALE_TEMP_AGE_S = 600.0
+_IN_FLIGHT: set[str] = set()        # temporary files this process is writing right now
+
+
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint's contents do not match the digest written with them (changed or damaged file)."""
+
+
+def payload_digest(state: dict) -> str:
+    """``"sha256:<hex>"`` over every entry of ``state`` except ``"digest"``.
+
+    The hash covers the contents, not the file's bytes: keys (in sorted order), types, and
+    every tensor's dtype, shape and raw data (on the CPU), so it is the same for a state
+    saved from a GPU and read onto the CPU. Lists and tuples hash alike.
+    """
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return f"{DIGEST}:{h.hexdigest()}"
+
+
+def _feed(h, obj) -> None:
+    # a tag and a length before every value, so no two different states share a byte stream
+    def tagged(tag: bytes, data: bytes) -> None:
+        h.update(tag + len(data).to_bytes(8, "little") + data)
+
+    if obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bool):
+        h.update(b"B1" if obj else b"B0")
+    elif isinstance(obj, int):
+        tagged(b"I", str(obj).encode())
+    elif isinstance(obj, float):
+        tagged(b"F", obj.hex().encode())
+    elif isinstance(obj, str):
+        tagged(b"S", obj.encode("utf-8", "surrogatepass"))
+    elif isinstance(obj, bytes):
+        tagged(b"Y", obj)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.layout != torch.strided:
+            raise TypeError(f"cannot digest a {t.layout} tensor")
+        tagged(b"T", f"{t.dtype}{tuple(t.shape)}".encode())
+        data = t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(memoryview(data))
+    elif isinstance(obj, dict):
+        items = [(_key_bytes(k), v) for k, v in obj.items()]
+        items.sort(key=lambda kv: kv[0])
+        h.update(b"D" + len(items).to_bytes(8, "little"))
+        for kb, v in items:
+            h.update(kb)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L" + len(obj).to_bytes(8, "little"))
+        for v in obj:
+            _feed(h, v)
+    else:
+        raise TypeError(f"cannot digest a value of type {type(obj).__name__}")
+
+
+def _key_bytes(key) -> bytes:
+    sub = hashlib.sha256()
+    _feed(sub, key)
+    return sub.digest()
+
+
+def _check_digest(state: dict, path) -> None:
+    recorded = state.get("digest")
+    if recorded is None:
+        warnings.warn(f"{str(path)!r} has no integrity digest (written by an older pwlab): it is loaded "
+                      "unchecked; save it again to add one", UserWarning, stacklevel=5)
+        return
+    try:
+        actual = payload_digest(state)
+    except TypeError as e:
+        raise CheckpointIntegrityError(f"{str(path)!r} failed its integrity check: {e}") from None
+    if not isinstance(recorded, str) or recorded != actual:
+        raise CheckpointIntegrityError(
+            f"{str(path)!r} failed its integrity check: its contents hash to {actual}, the file records "
+            f"{recorded!r}; it was changed or damaged after it was written (use another copy)")
 
 
 def trainer_state(trainer) -> dict:
-    """The checkpoint dict of a trainer (plain containers only)."""
-    return {
+    """The checkpoint dict of a trainer (plain containers only), with its ``digest``."""
+    state = {
         "format": FORMAT, "version": VERSION,
         "config": trainer.config.to_dict(),
         "tasks": [t.name for t in trainer.tasks],
+        "router": _router_record(trainer.config.model.router),
         "task_seeds": [int(t.meta.get("seed", 0)) for t in trainer.tasks],
         "step": int(trainer.step_count),
         "model": trainer.model.state_dict(),
@@ -44,6 +154,8 @@ def trainer_state(trainer) -> dict:
         "rng": {"generator": trainer.generator.get_state(), "torch": trainer.torch_rng.clone()},
         "history": [dict(r) for r in trainer.history],
     }
+    state["digest"] = payload_digest(state)
+    return state
 
 
 def save_trainer(trainer, path) -> None:
@@ -51,7 +163,9 @@ def save_trainer(trainer, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = trainer_state(trainer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    _IN_FLIGHT.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -62,14 +176,62 @@ def save_trainer(trainer, path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(tmp)
+
+
+def clean_stale_temps(path) -> list[Path]:
+    """Remove stale temporary files of saves of ``path`` (see the module docstring); returns them.
+
+    Best effort: a file that cannot be removed (read-only folder) is left in place.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir()) if path.parent.is_dir() else []
+    except OSError:
+        return removed
+    now = time.time()
+    for f in candidates:
+        m = pattern.fullmatch(f.name)
+        if m is None or str(f) in _IN_FLIGHT:
+            continue
+        try:
+            old = now - f.stat().st_mtime > STALE_TEMP_AGE_S
+            pid = int(m.group(1)) if m.group(1) else None
+            if old or (pid is not None and not _running(pid)):
+                f.unlink()
+                removed.append(f)
+        except OSError:
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    # this process's own files are in _IN_FLIGHT while written; any other of them is left over
+    if pid == os.getpid():
+        return False
+    if os.name != "posix":
+        return True                 # no cheap probe: only the age rule applies
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def read_checkpoint(path) -> dict:
     """Read and validate a checkpoint file; a clear ``ValueError`` for anything else.
 
-    Never executes code from the file (``weights_only=True``).
+    Never executes code from the file (``weights_only=True``); tensors are read onto the CPU.
+    Raises :class:`CheckpointIntegrityError` (a ``ValueError``) when the contents do not match
+    the recorded digest; warns when the file has none (written by an older pwlab).
     """
     path = Path(path)
+    clean_stale_temps(path)
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} is not a file")
     try:
@@ -82,14 +244,37 @@ def read_checkpoint(path) -> dict:
         raise ValueError(f"{str(path)!r} is not a pwlab checkpoint (no format marker {FORMAT!r})")
     if state.get("version") != VERSION:
         raise ValueError(f"{str(path)!r} has checkpoint version {state.get('version')!r}; this pwlab reads version {VERSION}")
+    _check_digest(state, path)
     missing = [k for k in _KEYS if k not in state]
     if missing:
         raise ValueError(f"{str(path)!r} is an incomplete pwlab checkpoint: missing {missing}")
+    _check_router_registered(state, path)
     try:
         Config.from_dict(state["config"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"{str(path)!r} holds an invalid configuration: {e}") from None
     return state
+
+
+def _router_record(name: str) -> dict:
+    """``{"name", "class"}`` of the router a config names (the class as ``module.QualName``)."""
+    cls = ROUTERS[name]
+    return {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _check_router_registered(state: dict, path) -> None:
+    """A clear error when the checkpoint's router is not registered in this process."""
+    model = state.get("config", {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
+    name = model.get("router") if isinstance(model, dict) else None
+    if not isinstance(name, str) or name in ROUTERS:
+        return          # a malformed config is reported by the config check
+    record = state.get("router") if isinstance(state.get("router"), dict) else {}
+    qualified = str(record.get("class", "")) or "its class"
+    module, _, cls = qualified.rpartition(".")
+    how = (f"import {module} (or whichever module calls pwlab.register_router({name!r}, {cls}))"
+           if module else f"call pwlab.register_router({name!r}, <its class>)")
+    raise ValueError(f"{str(path)!r} uses router {name!r} ({qualified}), which is not registered in this process: "
+                     f"{how} before loading; registered routers: {', '.join(map(repr, ROUTERS))}")
 
 
 def _differences(a: dict, b: dict, prefix: str = "", ignore=()) -> list[str]:
@@ -133,7 +318,7 @@ def _apply(trainer, state: dict, path) -> None:
         s = trainer.sampler
         type(s)(trainer.tasks, batch_size=s.batch_size, strategy=s.strategy, temperature=s.temperature,
                 seed=s.seed).load_state_dict(state["sampler"])
-        torch.Generator(device=trainer.generator.device).set_state(state["rng"]["generator"])
+        gen_state = _generator_state(trainer, state, path)
         rng = state["rng"]["torch"]
         if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
             raise ValueError("rng['torch'] is not a generator state")
@@ -146,10 +331,45 @@ def _apply(trainer, state: dict, path) -> None:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.sampler.load_state_dict(state["sampler"])
-    trainer.generator.set_state(state["rng"]["generator"])
+    if gen_state is not None:
+        trainer.generator.set_state(gen_state)
+    else:
+        trainer.generator.manual_seed(trainer.config.train.seed + 1 + step)
     trainer.torch_rng = rng.clone()
     trainer.history = history
     trainer.step_count = step
+
+
+def _generator_state(trainer, state: dict, path):
+    """The routing-noise generator state to restore, or None when it belongs to another device type.
+
+    A CUDA generator's state (Philox seed and offset) does not fit a CPU generator, nor the
+    reverse: a checkpoint moved between device types resumes with the generator reseeded
+    from ``seed + 1 + step`` (a warning says so); only noisy routers draw from it.
+    """
+    gen = state["rng"]["generator"]
+    try:
+        torch.Generator(device=trainer.generator.device).set_state(gen)
+        return gen
+    except (RuntimeError, ValueError, TypeError):
+        saved = str(state["config"]["train"].get("device", "cpu"))
+        if torch.device(saved).type == trainer.generator.device.type:
+            raise
+    warnings.warn(f"{str(path)!r} was saved on {saved!r}; its routing-noise generator state does not fit "
+                  f"{str(trainer.generator.device)!r}, so the generator is reseeded: the run continues, "
+                  "but noisy routing differs from an uninterrupted run on the original device", UserWarning,
+                  stacklevel=5)
+    return None
+
+
+def available_device(device: str) -> str:
+    """``device`` when this machine has it, else ``"cpu"`` (for loading a GPU checkpoint anywhere)."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        return "cpu"
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        return "cpu"
+    return device
 
 
 def restore_trainer(trainer, path) -> None:
@@ -159,10 +379,28 @@ def restore_trainer(trainer, path) -> None:
     _apply(trainer, state, path)
 
 
-def load_trainer(cls, path, tasks=None, *, callbacks=()):
-    """A new ``cls`` trainer from a checkpoint; ``tasks`` default to the checkpoint's task names."""
+def load_trainer(cls, path, tasks=None, *, callbacks=(), device=None, **kwargs):
+    """A new ``cls`` trainer from a checkpoint; ``tasks`` default to the checkpoint's task names.
+
+    ``device`` (e.g. ``"cpu"``) overrides the checkpoint's; by default the checkpoint's device
+    is used when this machine has it, else the CPU (with a warning).
+    """
     state = read_checkpoint(path)
     config = Config.from_dict(state["config"])
+    saved = config.train.device
+    if device is None:
+        device = available_device(saved)
+        if device != saved:
+            warnings.warn(f"{str(path)!r} was saved for device {saved!r}, which this machine does not have; "
+                          f"loading it onto {device!r} (pass device= to choose)", UserWarning, stacklevel=3)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a device name such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        device = str(torch.device(device))
+    except RuntimeError as e:
+        raise ValueError(f"device must be a device name such as 'cpu' or 'cuda', got {device!r}: {e}") from None
+    if device != saved:
+        config = config.with_train(device=device)
     if tasks is None:
         from pwlab import tasks as registry
         unknown = [n for n in state["tasks"] if n not in registry.names()]
@@ -171,7 +409,7 @@ def load_trainer(cls, path, tasks=None, *, callbacks=()):
                              f"({', '.join(registry.names())}); pass tasks=")
         seeds = state.get("task_seeds") or [0] * len(state["tasks"])
         tasks = [registry.get(n, seed=int(sd)) for n, sd in zip(state["tasks"], seeds)]
-    trainer = cls(tasks, config, callbacks=callbacks)
+    trainer = cls(tasks, config, callbacks=callbacks, **kwargs)
     _check_matches(trainer, state, path)
     _apply(trainer, state, path)
     return trainer

@@ -17,13 +17,13 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from pwlab import _checks
+from pwlab.experts import EXPERT_KINDS
+from pwlab.routing import make_router, router_class
 
 MOE_LAYER_SPECS = ("every_other", "all", "none")
 POOLINGS = ("mean", "task_token")
 OPTIMIZERS = ("adamw", "sgd")
 SAMPLING = ("proportional", "uniform", "temperature")
-#: routers whose constructor takes ``k``; the others fix it (switch: 1, gshard: 2) or ignore it
-_ROUTERS_WITH_K = ("topk", "noisy_topk", "task")
 
 
 @dataclass
@@ -48,7 +48,11 @@ class ModelConfig:
         task_token: prepend a learned token per task (the trunk then knows the task).
         pooling: ``"mean"`` over real tokens, or the ``"task_token"``'s output.
         dropout: dropout after attention and FFN (0 keeps runs deterministic without a seed).
-        activation: expert and dense FFN nonlinearity.
+        activation: expert and dense FFN nonlinearity (the ``"swiglu"`` experts are SiLU-gated
+            whatever it says; it then applies to the dense FFNs only).
+        expert: the expert kind, ``"ffn"`` (two matrices with biases) or ``"swiglu"`` (gated:
+            three matrices, no biases). With ``"swiglu"`` the default dense width is
+            ``3·top_k·d_hidden/2``, which matches the gated experts' active FLOPs.
     """
 
     d_model: int = 32
@@ -67,6 +71,7 @@ class ModelConfig:
     pooling: str = "mean"
     dropout: float = 0.0
     activation: str = "gelu"
+    expert: str = "ffn"
 
     def __post_init__(self):
         for name in ("d_model", "num_layers", "num_heads", "num_experts", "d_hidden", "top_k"):
@@ -75,8 +80,7 @@ class ModelConfig:
             raise ValueError(f"num_heads must divide d_model={self.d_model}, got num_heads={self.num_heads}")
         if self.dense_hidden is not None:
             _checks.positive_int("dense_hidden", self.dense_hidden)
-        from pwlab.routing import ROUTERS
-        _checks.one_of("router", self.router, ROUTERS)
+        _router_description(self.router)     # a known or registered router name
         _checks.one_of("pooling", self.pooling, POOLINGS)
         _checks.positive_float("capacity_factor", self.capacity_factor, allow_none=True)
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -84,6 +88,7 @@ class ModelConfig:
         if self.pooling == "task_token" and not self.task_token:
             raise ValueError("pooling='task_token' needs task_token=True")
         self.moe_layer_indices()     # validates moe_layers
+        _checks.one_of("expert", self.expert, EXPERT_KINDS)
 
     def moe_layer_indices(self) -> tuple[int, ...]:
         """The indices of the blocks whose FFN is an MoE layer."""
@@ -101,22 +106,34 @@ class ModelConfig:
     def active_k(self) -> int:
         """Experts a token runs through: ``top_k``, or what the router fixes (switch 1, gshard 2,
         hash 1, expert choice ceil(capacity factor) on average)."""
-        if self.router in _ROUTERS_WITH_K:
+        if _router_description(self.router).k:
             return self.top_k
-        from pwlab.routing import make_router
-        return make_router(self.router, **self.router_arguments(num_tasks=1)).top_k
+        router = make_router(self.router, **self.router_arguments(num_tasks=1))
+        # the size check binding would make (e.g. expert choice's capacity_factor <= num_experts),
+        # without creating parameters (that would draw from the global random stream)
+        router._check_top_k(self.num_experts)
+        return router.top_k
 
     @property
     def ffn_hidden(self) -> int:
         """Hidden width of the dense FFN blocks."""
-        return self.dense_hidden if self.dense_hidden is not None else self.active_k * self.d_hidden
+        return self.dense_hidden if self.dense_hidden is not None else self.active_width
+
+    @property
+    def active_width(self) -> int:
+        """The dense hidden width with an MoE layer's active FLOPs per token: k·H for
+        ``"ffn"`` experts (two D×H matmuls each), 3·k·H/2 (rounded down) for ``"swiglu"`` ones
+        (three)."""
+        width = self.active_k * self.d_hidden
+        return width if self.expert == "ffn" else (3 * width) // 2
 
     def router_arguments(self, num_tasks: int) -> dict:
         """Constructor keywords for ``make_router(self.router, **...)``."""
         kw = dict(self.router_kwargs)
-        if self.router in _ROUTERS_WITH_K:
+        about = _router_description(self.router)
+        if about.k:
             kw.setdefault("k", self.top_k)
-        if self.router == "task":
+        if about.num_tasks:
             kw.setdefault("num_tasks", num_tasks)
         return kw
 
@@ -216,6 +233,12 @@ class Config:
         return replace(self, train=replace(self.train, **changes))
 
 
+def _router_description(name: str):
+    """The :class:`pwlab.routing.RouterDescription` of a router name (built-in or registered); a
+    ``ValueError`` naming the known ones and :func:`pwlab.routing.register_router` otherwise."""
+    return router_class(name).describe()
+
+
 def _known(cls, d: dict, what: str) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be built from a dict, got {type(d).__name__}")
@@ -243,14 +266,14 @@ def dense_baseline(cfg: Config | None = None) -> Config:
     """The dense twin of ``cfg`` (default :func:`tiny`) with the same active FLOPs per token.
 
     Every block gets a dense FFN of hidden width ``top_k · d_hidden``, the width a top-k MoE
-    layer activates per token (the router's D·E multiply-adds are the only difference).
+    layer activates per token (the router's D·E multiply-adds are the only difference); for
+    ``"swiglu"`` experts ``3 · top_k · d_hidden / 2`` (:attr:`ModelConfig.active_width`).
     """
     cfg = cfg if cfg is not None else tiny()
     m = cfg.model
-    k = m.active_k
-    width = k * m.d_hidden
+    width = m.active_width
     if m.ffn_hidden != width and len(m.moe_layer_indices()) < m.num_layers:
-        raise ValueError(f"dense_hidden={m.dense_hidden} differs from top_k·d_hidden={width}: the dense blocks "
+        raise ValueError(f"dense_hidden={m.dense_hidden} differs from the active width {width}: the dense blocks "
                          "of cfg and its MoE blocks would need different widths in the baseline")
     model = replace(m, moe_layers="none", dense_hidden=width)
     return Config(model, replace(cfg.train), name=f"{cfg.name}-dense")

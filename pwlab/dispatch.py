@@ -7,7 +7,10 @@ per expert).
 (E, C, D) buffer and runs all experts with two batched matmuls. For the plain
 :class:`~pwlab.experts.ExpertBank` the gather → experts → weighted scatter chain is one
 autograd function with a hand-written backward (the same maths as autograd, fewer graph
-nodes: on a CPU the per-op overhead, not the FLOPs, dominates small MoE layers).
+nodes: on a CPU the per-op overhead, not the FLOPs, dominates small MoE layers). Any other
+bank — the gated :class:`~pwlab.experts.GatedExpertBank`, the SWAT banks — takes the generic
+padded path: gather into the buffer, ``experts.forward_padded(buf)``, weighted scatter, all
+plain autograd.
 ``dispatch_loop`` is the reference, one expert at a time; tests tie the two together.
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pwlab.experts import ACTIVATIONS, ExpertBank
+from pwlab.experts import ACTIVATIONS, ExpertBank, GatedExpertBank
 from pwlab.routing.base import Routing
 
 
@@ -70,7 +73,8 @@ def apply_capacity(routing: Routing, capacity: int | None, policy: str = "positi
     return routing.select(order), position
 
 
-def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: ExpertBank, slots: int) -> Tensor:
+def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: ExpertBank | GatedExpertBank,
+                  slots: int) -> Tensor:
     """Padded batched dispatch.
 
     Every assignment with ``position < slots`` goes to slot ``expert·slots + position`` of an
@@ -88,14 +92,14 @@ def dispatch_fast(x: Tensor, routing: Routing, position: Tensor, experts: Expert
     slot_token = torch.zeros(total + 1, dtype=torch.long, device=x.device).index_put_((slot,), routing.token)
     slot_weight = x.new_zeros(total + 1).index_put((slot,), routing.weight.to(x.dtype))
     slot_token, slot_weight = slot_token[:total], slot_weight[:total]
-    if type(experts).forward_padded is ExpertBank.forward_padded:
-        return _FusedExperts.apply(x, slot_token, slot_weight, experts.activation, *experts.weights())
+    if type(experts).forward_padded is ExpertBank.forward_padded:               # the plain bank only
+        return _FusedExperts.apply(x, slot_token, slot_weight, experts.activation, *experts.effective_weights())
     buf = x.index_select(0, slot_token).view(e, slots, d)                        # (E, C', D)
     out = experts.forward_padded(buf).view(total, d)
     return x.new_zeros(n, d).index_add(0, slot_token, out * slot_weight.unsqueeze(-1))
 
 
-def dispatch_loop(x: Tensor, routing: Routing, experts: ExpertBank) -> Tensor:
+def dispatch_loop(x: Tensor, routing: Routing, experts: ExpertBank | GatedExpertBank) -> Tensor:
     """Reference dispatch of the kept ``routing``: one expert at a time, tokens gathered and scattered back."""
     y = x.new_zeros(x.shape)
     for e in range(experts.num_experts):

@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pwlab.flops import ffn_flops, linear_flops, moe_ffn_flops
+from pwlab.losses import entropy, load_balancing, router_entropy
+from pwlab.moe import expert_capacity
+from pwlab.routing import TopK
+
 __all__ = ["ExerciseError", "Passed", "check_moe_flops", "check_topk_routing", "check_router_entropy",
            "check_capacity", "check_load_balancing"]
 
@@ -69,8 +74,6 @@ def _diagnose(got: float, want: float, mistakes: dict[str, float], case: str) ->
 def check_moe_flops(moe_forward_flops) -> Passed:
     """``moe_forward_flops(tokens, d_model, d_hidden, num_experts, top_k) -> int``: forward FLOPs
     of an MoE FFN layer (router + the active experts), one multiply-add = 2 FLOPs."""
-    from pwlab.flops import ffn_flops, linear_flops, moe_ffn_flops
-
     for n, d, h, e, k in [(8, 4, 16, 8, 2), (100, 32, 64, 4, 1), (3, 16, 8, 16, 2), (64, 8, 32, 64, 4)]:
         case = f"tokens={n}, d_model={d}, d_hidden={h}, num_experts={e}, top_k={k}"
         want = moe_ffn_flops(n, d, h, e, k).forward
@@ -92,8 +95,6 @@ def check_moe_flops(moe_forward_flops) -> Passed:
 
 # -- 02 routers ---------------------------------------------------------------------------
 def _topk_reference(logits: torch.Tensor, k: int):
-    from pwlab.routing import TopK
-
     e = logits.shape[1]
     router = TopK(k=k, d_model=e, num_experts=e)
     with torch.no_grad():
@@ -140,8 +141,6 @@ def check_topk_routing(topk_route) -> Passed:
 def check_router_entropy(mean_entropy) -> Passed:
     """``mean_entropy(probs (N, E)) -> scalar``: the mean over tokens of each token's routing
     entropy ``-Σ_e p log p``, in nats."""
-    from pwlab.losses import entropy, router_entropy
-
     g = torch.Generator().manual_seed(3)
     cases = {"uniform probs (4, 8)": torch.full((4, 8), 1 / 8),
              "one-hot probs (3, 4)": torch.eye(4)[:3],
@@ -165,8 +164,6 @@ def check_router_entropy(mean_entropy) -> Passed:
 def check_capacity(capacity) -> Passed:
     """``capacity(num_tokens, num_experts, top_k, capacity_factor, convention) -> int`` for the
     conventions ``"k_tokens"`` (C = ceil(cf·k·N/E)) and ``"tokens"`` (C = ceil(cf·N/E))."""
-    from pwlab.moe import expert_capacity
-
     for n, e, k, cf in [(64, 8, 2, 1.0), (100, 8, 2, 1.25), (10, 4, 1, 1.0), (30, 16, 2, 0.5)]:
         for conv in ("k_tokens", "tokens"):
             case = f"N={n}, E={e}, k={k}, cf={cf}, convention={conv!r}"
@@ -189,8 +186,6 @@ def check_capacity(capacity) -> Passed:
 def check_load_balancing(load_balancing_loss) -> Passed:
     """``load_balancing_loss(probs (N, E), expert (A,)) -> scalar``: the Switch loss without α,
     ``E · Σ_i f_i · P_i`` (f_i: fraction of the A assignments to expert i; P_i: mean probability)."""
-    from pwlab.losses import load_balancing
-
     g = torch.Generator().manual_seed(11)
     for n, e, k in [(12, 4, 1), (20, 8, 2), (9, 3, 2)]:
         case = f"N={n} tokens, E={e} experts, top-{k} assignments"

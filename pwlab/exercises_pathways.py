@@ -25,6 +25,10 @@ import math
 import torch
 
 from pwlab.exercises import ExerciseError, Passed, _close, _diagnose, _number
+from pwlab.experts import ExpertBank
+from pwlab.pathways import entropy, mutual_information
+from pwlab.senses import AudioEncoder, ImageEncoder, TabularEncoder, TextEncoder
+from pwlab.tasks import mixing_probabilities
 
 __all__ = ["check_expert_shares", "check_mixing_probabilities", "check_mmoe_gate", "check_token_count",
            "check_modality_mi", "check_top_pathway", "check_expert_fraction"]
@@ -84,8 +88,6 @@ def check_expert_shares(expert_shares) -> Passed:
 def check_mixing_probabilities(mixing) -> Passed:
     """``mixing(sizes, strategy, temperature) -> (K,)`` task-sampling probabilities for the
     strategies ``"proportional"`` (p ∝ n), ``"uniform"`` and ``"temperature"`` (p ∝ n^(1/T))."""
-    from pwlab.tasks import mixing_probabilities
-
     for sizes in ([1437, 360, 2000], [100, 900], [10, 1000, 100, 1]):
         for strategy, temp in (("proportional", 2.0), ("uniform", 2.0), ("temperature", 2.0), ("temperature", 4.0)):
             case = f"sizes={sizes}, strategy={strategy!r}, temperature={temp}"
@@ -136,8 +138,6 @@ def check_mmoe_gate(gate_mix) -> Passed:
 
 # -- 05 senses ----------------------------------------------------------------------------
 def _token_reference(sense: str, x: torch.Tensor, patch_size: int, hop_length: int) -> int:
-    from pwlab.senses import AudioEncoder, ImageEncoder, TabularEncoder, TextEncoder
-
     if sense == "image":
         enc = ImageEncoder(8, tuple(x.shape[1:]), patch_size)
     elif sense == "audio":
@@ -188,8 +188,6 @@ def check_token_count(num_tokens) -> Passed:
 def check_modality_mi(mutual_information_bits) -> Passed:
     """``mutual_information_bits(counts (E, M)) -> float``: I(E; M) = H(E) − H(E|M) in bits from
     a table of assignment counts (rows: experts, columns: modalities)."""
-    from pwlab.pathways import entropy, mutual_information
-
     cases = {"one expert per modality, [[5, 0], [0, 5]]": torch.tensor([[5, 0], [0, 5]]),
              "every modality spread alike, [[2, 4], [2, 4]]": torch.tensor([[2, 4], [2, 4]]),
              "random counts (8 experts, 4 modalities)": _count_table(3, 8, 4),
@@ -256,8 +254,6 @@ def check_expert_fraction(expert_fraction) -> Passed:
     """``expert_fraction(kept, num_experts, d_model, d_hidden) -> float``: the share of the MoE
     blocks' expert parameters a subnetwork keeps, where ``kept`` maps each MoE block to its
     kept experts and every block has ``num_experts`` experts of (W1, b1, W2, b2)."""
-    from pwlab.experts import ExpertBank
-
     cases = [({1: [0, 3]}, 4, 32, 64), ({0: [2, 5], 1: [1, 6]}, 8, 32, 64), ({0: [1], 1: [0, 2, 3]}, 4, 8, 16)]
     for kept, e, d, h in cases:
         case = f"kept={kept}, num_experts={e}, d_model={d}, d_hidden={h}"

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from pwlab.distributed.cost import COUNT_BYTES, a2a_volume
 from pwlab.exercises import ExerciseError, Passed, _close, _diagnose, _number
 from pwlab.exercises_pathways import _tensor
+from pwlab.flops import ffn_flops, linear_flops, moe_ffn_flops, swat_linear_flops
+from pwlab.swat import SwatLinearFunction, act_threshold, weight_mask
 
 __all__ = ["check_swat_step", "check_swat_flops", "check_swat_moe_flops", "check_a2a_bytes"]
 
@@ -28,8 +31,6 @@ __all__ = ["check_swat_step", "check_swat_flops", "check_swat_moe_flops", "check
 # -- 07 SWAT ------------------------------------------------------------------------------
 def _swat_reference(x, w, g, weight_sparsity, act_sparsity):
     """SWAT Alg. 1 on one bias-free layer, through pwlab.swat's own autograd function."""
-    from pwlab.swat import SwatLinearFunction, act_threshold, weight_mask
-
     wmask = weight_mask(w, weight_sparsity)
     athr = act_threshold(x, act_sparsity) if act_sparsity else None
     xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
@@ -85,8 +86,6 @@ def check_swat_step(swat_step) -> Passed:
 def check_swat_flops(swat_training_flops) -> Passed:
     """``swat_training_flops(tokens, d_in, d_out, weight_sparsity, act_sparsity) -> number``:
     forward + backward FLOPs of one SWAT linear layer step (a multiply-add is 2 FLOPs)."""
-    from pwlab.flops import swat_linear_flops
-
     for n, a, b, ws, as_ in [(64, 256, 256, 0.9, 0.9), (32, 100, 10, 0.8, 0.5), (8, 16, 32, 0.5, 0.0),
                              (10, 20, 30, 0.0, 0.75)]:
         case = f"tokens={n}, d_in={a}, d_out={b}, weight_sparsity={ws}, act_sparsity={as_}"
@@ -115,8 +114,6 @@ def check_swat_moe_flops(swat_moe_flops) -> Passed:
     """``swat_moe_flops(tokens, d_model, d_hidden, num_experts, top_k, sparsity) -> number``:
     training FLOPs of one MoE FFN step whose experts use SWAT (weights and activations both at
     ``sparsity``); the router stays dense."""
-    from pwlab.flops import ffn_flops, linear_flops, moe_ffn_flops
-
     for n, d, h, e, k, s in [(128, 32, 64, 4, 2, 0.8), (64, 16, 32, 8, 1, 0.9), (10, 8, 16, 4, 2, 0.5)]:
         case = f"tokens={n}, d_model={d}, d_hidden={h}, num_experts={e}, top_k={k}, sparsity={s}"
         want = moe_ffn_flops(n, d, h, e, k, s, s).training
@@ -144,8 +141,6 @@ def check_a2a_bytes(a2a_bytes) -> Passed:
     """``a2a_bytes(num_tokens, d_model, top_k, num_experts, world_size, bytes_per_element) -> number``:
     bytes one expert-parallel MoE layer sends between devices in one training step (forward and
     backward, balanced routing, dropless), counts included."""
-    from pwlab.distributed.cost import COUNT_BYTES, a2a_volume
-
     for n, d, k, e, p, b in [(4096, 64, 2, 8, 2, 4), (1024, 128, 1, 8, 4, 2), (512, 32, 2, 16, 8, 4),
                              (100, 16, 2, 4, 1, 4)]:
         case = f"num_tokens={n}, d_model={d}, top_k={k}, num_experts={e}, world_size={p}, bytes_per_element={b}"

@@ -14,10 +14,12 @@ is never sparsified.
 
 MoE: only the experts a token is routed to do work: ``N·k`` token-expert assignments run one
 expert FFN each, plus the router's ``N·D·E`` multiply-adds. Capacity drops are not modelled
-(an upper bound when tokens are dropped).
+(an upper bound when tokens are dropped). A gated (SwiGLU) expert does three D×H matmuls per
+token instead of two: forward 2·3·D·H per token-expert (:func:`gated_ffn_flops`). Shared
+experts (DeepSeek-MoE) run on every token: N·s more token-expert pairs.
 
 :func:`model_flops` walks a module tree (``nn.Linear``, ``nn.Conv2d``, :class:`~pwlab.moe.MoE`,
-:class:`~pwlab.experts.ExpertBank`, and the SWAT layers, recognised by their
+:class:`~pwlab.experts.ExpertBank` / :class:`~pwlab.experts.GatedExpertBank`, and the SWAT layers, recognised by their
 ``weight_sparsity``/``act_sparsity`` attributes) and returns per-layer counts and totals.
 """
 from __future__ import annotations
@@ -28,9 +30,11 @@ import torch
 from torch import nn
 
 from pwlab import _checks
+from pwlab.experts import BANKS, GatedExpertBank
+from pwlab.moe import MoE
 
 __all__ = ["LayerFlops", "ModelFlops", "linear_flops", "swat_linear_flops", "conv2d_flops", "swat_conv2d_flops",
-           "ffn_flops", "moe_ffn_flops", "attention_flops", "model_flops", "train_flops"]
+           "ffn_flops", "gated_ffn_flops", "moe_ffn_flops", "attention_flops", "model_flops", "train_flops"]
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,28 @@ def ffn_flops(tokens: int, d_model: int, d_hidden: int, weight_sparsity: float =
             + swat_linear_flops(tokens, d_hidden, d_model, weight_sparsity, act_sparsity))
 
 
+def gated_ffn_flops(tokens: int, d_model: int, d_hidden: int, weight_sparsity: float = 0.0,
+                    act_sparsity: float = 0.0) -> LayerFlops:
+    """A gated FFN ``down(act(gate(x)) * up(x))`` (SwiGLU) on N tokens: three matmuls of D×H,
+    6·N·D·H forward (dense); the elementwise gate product is not counted."""
+    return (swat_linear_flops(tokens, d_model, d_hidden, weight_sparsity, act_sparsity).scaled(2)
+            + swat_linear_flops(tokens, d_hidden, d_model, weight_sparsity, act_sparsity))
+
+
+_EXPERT_FLOPS = {"ffn": ffn_flops, "swiglu": gated_ffn_flops}
+
+
 def moe_ffn_flops(tokens: int, d_model: int, d_hidden: int, num_experts: int, top_k: int,
-                  weight_sparsity: float = 0.0, act_sparsity: float = 0.0) -> LayerFlops:
-    """An MoE FFN, active experts only: N·k assignments through one expert FFN each, plus the
-    router's linear gate (2·N·D·E forward; the gate stays dense)."""
+                  weight_sparsity: float = 0.0, act_sparsity: float = 0.0, *, expert: str = "ffn",
+                  num_shared_experts: int = 0) -> LayerFlops:
+    """An MoE FFN, active experts only: N·k assignments through one expert each, plus the
+    router's linear gate (2·N·D·E forward; the gate stays dense), plus N·s assignments
+    through the ``num_shared_experts`` s. ``expert`` is ``"ffn"`` (:func:`ffn_flops`) or
+    ``"swiglu"`` (:func:`gated_ffn_flops`)."""
     _checks.positive_int("top_k", top_k)
-    experts = ffn_flops(tokens * top_k, d_model, d_hidden, weight_sparsity, act_sparsity)
+    per_expert = _EXPERT_FLOPS[_checks.one_of("expert", expert, _EXPERT_FLOPS)]
+    shared = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
+    experts = per_expert(tokens * (top_k + shared), d_model, d_hidden, weight_sparsity, act_sparsity)
     return experts + linear_flops(tokens, d_model, _checks.positive_int("num_experts", num_experts))
 
 
@@ -179,12 +199,11 @@ def _sparsities(m: nn.Module) -> tuple[float, float] | None:
 def _bank_flops(bank: nn.Module, assignments: int) -> tuple[str, LayerFlops]:
     sp = _sparsities(bank)
     ws, as_ = sp or (0.0, 0.0)
-    return ("swat_experts" if sp else "experts"), ffn_flops(assignments, bank.d_model, bank.d_hidden, ws, as_)
+    count = gated_ffn_flops if isinstance(bank, GatedExpertBank) else ffn_flops
+    return ("swat_experts" if sp else "experts"), count(assignments, bank.d_model, bank.d_hidden, ws, as_)
 
 
 def _walk(module: nn.Module, prefix: str, rows: dict, default_rows: int | None, out: list) -> None:
-    from pwlab.experts import ExpertBank
-    from pwlab.moe import MoE
 
     n = rows.get(prefix, default_rows)
     sp = _sparsities(module)
@@ -195,11 +214,15 @@ def _walk(module: nn.Module, prefix: str, rows: dict, default_rows: int | None, 
             raise ValueError(f"tokens must be given to count MoE layer {prefix!r}")
         router: list = []
         _walk(module.router, prefix + ".router", rows, n, router)
+        if module.shared_gate is not None:                   # Qwen-MoE's shared-expert gate: a D→1 linear
+            _walk(module.shared_gate, prefix + ".shared_gate", rows, n, router)
         gate = sum((f for _, _, f in router), ZERO)
         kind, experts = _bank_flops(module.experts, n * module.top_k)
+        if module.shared_experts is not None:                # always on: every token, every shared expert
+            experts = experts + _bank_flops(module.shared_experts, n * module.shared_experts.num_experts)[1]
         out.append((prefix, "moe" if kind == "experts" else "swat_moe", gate + experts))
         return
-    if isinstance(module, ExpertBank):
+    if isinstance(module, BANKS):
         if n is None:
             raise ValueError(f"tokens must be given to count expert bank {prefix!r}")
         kind, f = _bank_flops(module, n)
@@ -253,7 +276,8 @@ def model_flops(model: nn.Module, tokens: int | None = None, *, example_input=No
     """FLOPs of one training step of ``model``.
 
     Args:
-        model: any module tree of ``nn.Linear``, ``nn.Conv2d``, MoE / expert banks and SWAT layers.
+        model: any module tree of ``nn.Linear``, ``nn.Conv2d``, MoE / expert banks (plain or
+            gated, with shared experts) and SWAT layers.
         tokens: rows each linear / MoE layer processes per step (tokens, or examples for an MLP).
         example_input: alternatively, one batch (tensor or tuple of arguments); a forward pass
             under ``no_grad`` records the rows of every layer (needed for Conv2d output sizes,

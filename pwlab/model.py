@@ -26,7 +26,8 @@ from pwlab.config import ModelConfig
 from pwlab.experts import ACTIVATIONS
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing import make_router
-from pwlab.senses import MODALITIES, Tokens, pad_cat
+from pwlab.senses import MODALITIES, Senses, Tokens, pad_cat
+from pwlab.tasks import batches as task_batches
 
 #: first task-token id when the sense encoders do not say how many ids they use
 TASK_TOKEN_ID = 1 << 20
@@ -127,7 +128,8 @@ def make_moe(cfg: ModelConfig, num_tasks: int, num_experts: int | None = None) -
     router = make_router(cfg.router, **cfg.router_arguments(num_tasks))
     return MoE(cfg.d_model, cfg.d_hidden, num_experts or cfg.num_experts, router,
                capacity_factor=cfg.capacity_factor, aux_weights=cfg.aux_weights,
-               activation=cfg.activation, num_groups=len(MODALITIES))
+               activation=cfg.activation if cfg.expert == "ffn" else None, num_groups=len(MODALITIES),
+               expert=cfg.expert)
 
 
 class PathwaysModel(nn.Module):
@@ -152,7 +154,6 @@ class PathwaysModel(nn.Module):
             raise ValueError(f"tasks must have distinct names, got {list(self.task_names)}")
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
         if senses is None:
-            from pwlab.senses import Senses
             senses = Senses(list(tasks), cfg.d_model)
         self.senses = senses
         d = cfg.d_model
@@ -247,10 +248,9 @@ class PathwaysModel(nn.Module):
     def batches(self, task: str, split: str = "test", max_examples: int | None = None,
                 batch_size: int = 256) -> Iterator:
         """The first ``max_examples`` (None: all) of a task's split, as TaskBatches in order."""
-        from pwlab.tasks import batches
         t = self.task(task)
         seen = 0
-        for b in batches(t, split=split, batch_size=batch_size, task_index=self.task_index[task]):
+        for b in task_batches(t, split=split, batch_size=batch_size, task_index=self.task_index[task]):
             if max_examples is not None:
                 if seen >= max_examples:
                     return

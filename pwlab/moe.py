@@ -6,7 +6,14 @@ A assignments (A = N·k for token choice), C capacity per expert.
 Capacity. ``capacity_factor=None`` is dropless. Otherwise the default convention
 ``"k_tokens"`` gives ``C = ceil(cf · k · N / E)`` (DeepSpeed, megablocks, tutel: cf = 1 means
 "exactly enough slots if routing is balanced"); ``"tokens"`` gives ``C = ceil(cf · N / E)``
-(Mesh-TF, flaxformer: the k is folded into cf). When an expert is over capacity, assignments
+(Mesh-TF, flaxformer: the k is folded into cf). A router whose number of experts per token
+varies (top-p) may propose more assignments A than the ``N · k`` its ``top_k`` declares:
+``"k_tokens"`` then sizes capacity from what it proposed, ``C = ceil(cf · A / E)`` (the same
+formula when A = N·k), so cf = 1 keeps meaning "enough slots if balanced". The layer reads
+how to treat a routing from the routing itself: ``Routing.kind == "expert_choice"`` (the
+router filled every expert) gets no capacity. The routing is checked first
+(:func:`pwlab.routing.check_routing`): a router that breaks the contract gets an error that
+names it, not an ``IndexError`` deep in dispatch. When an expert is over capacity, assignments
 are kept in priority order: ``drop_policy="position"`` takes first choices before second
 choices, then earlier tokens first (GShard's cumsum order); ``"probability"`` takes first
 choices before second choices, then higher router weight first (batch-prioritized routing,
@@ -22,10 +29,27 @@ bank, fast dispatch — runs as a single autograd node (:mod:`pwlab.fused`): the
 two thirds of the operations; set ``layer.fused = False`` to force the general path. Its
 routing comes back rank-major (all first choices, then all second choices); ``token`` and
 ``rank`` say which assignment is which, as for every router.
+
+Expert kinds. ``expert="ffn"`` (default) is the two-matrix FFN with biases
+(:class:`~pwlab.experts.ExpertBank`); ``expert="swiglu"`` the gated expert of Mixtral, Qwen-MoE,
+OLMoE and DeepSeek-MoE, ``down(silu(gate(x)) * up(x))`` without biases
+(:class:`~pwlab.experts.GatedExpertBank`). The fused path is for the plain bank only; a gated
+bank takes the fast padded dispatch (plain autograd through ``forward_padded``) or the loop.
+
+DeepSeek-MoE (Dai et al. 2024, arXiv 2401.06066). ``num_shared_experts=s`` adds s always-on
+experts of the same kind and width: ``y = routed(x) + Σ_i shared_i(x)`` for every token (the
+routing, and so :class:`MoEStats`, covers the routed experts only; ablation with
+:meth:`MoE.disabled` leaves the shared ones on); ``shared_gate=True`` scales their sum by a
+per-token ``sigmoid(x·w_s)``, as Qwen-MoE. :meth:`MoE.fine_grained` splits each of E
+experts into m experts of width H/m and routes top-(m·k): the same expert FLOPs per token and
+the same expert weights, many more combinations of experts.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,7 +59,8 @@ from torch import Tensor, nn
 
 from pwlab import _checks, fused, losses
 from pwlab.dispatch import apply_capacity, dispatch_fast, dispatch_loop, slot_positions, sort_by_priority  # noqa: F401
-from pwlab.experts import ExpertBank
+from pwlab.experts import ExpertBank, make_experts
+from pwlab.routing import ROUTERS, make_router
 from pwlab.routing.base import Router, Routing
 from pwlab.routing.topk import TopK
 
@@ -122,11 +147,20 @@ class _FusedStats(MoEStats):
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
-                    convention: str = "k_tokens") -> int | None:
-    """Slots per expert for ``num_tokens`` tokens, or None (dropless)."""
+                    convention: str = "k_tokens", num_assignments: int | None = None) -> int | None:
+    """Slots per expert for ``num_tokens`` tokens, or None (dropless).
+
+    ``num_assignments``: the A the router proposed, when known. With ``"k_tokens"`` the budget
+    is ``max(A, N·top_k)`` assignments: a router proposing more than it declares (top-p) gets
+    slots for them, one proposing fewer (GShard's dropped second experts) keeps the declared
+    budget. ``"tokens"`` ignores both k and A.
+    """
     if capacity_factor is None:
         return None
-    slots = capacity_factor * num_tokens * (top_k if convention == "k_tokens" else 1) / num_experts
+    budget = num_tokens * top_k
+    if num_assignments is not None:
+        budget = max(budget, num_assignments)
+    slots = capacity_factor * (budget if convention == "k_tokens" else num_tokens) / num_experts
     return int(math.ceil(slots - 1e-9)) if num_tokens else 0
 
 
@@ -145,14 +179,23 @@ class MoE(nn.Module):
         dispatch: ``"fast"`` or ``"loop"`` (reference).
         aux_weights: weights of the auxiliary losses summed into ``MoEStats.aux_loss``;
             missing names take :data:`DEFAULT_AUX_WEIGHTS`.
-        activation: the experts' nonlinearity.
+        activation: the experts' nonlinearity; None takes the kind's own (GELU for ``"ffn"``,
+            SiLU for ``"swiglu"``, which refuses any other).
+        expert: the expert kind, ``"ffn"`` (two matrices with biases) or ``"swiglu"`` (gated,
+            no biases; see :data:`pwlab.experts.EXPERT_KINDS`).
+        num_shared_experts: s ≥ 0 always-on experts of the same kind and width, added to the
+            routed output of every token (DeepSeek-MoE); kept in ``layer.shared_experts``.
+        shared_gate: scale the shared experts' sum by a learned per-token sigmoid gate,
+            ``sigmoid(x·w_s)`` with ``w_s`` in ``layer.shared_gate`` (a bias-free
+            ``nn.Linear(d_model, 1)``), as Qwen-MoE does; needs ``num_shared_experts ≥ 1``.
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, router: Router | None = None, *,
                  capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
                  drop_policy: str = "position", dispatch: str = "fast",
-                 aux_weights: dict[str, float] | None = None, activation: str = "gelu",
-                 num_groups: int | None = None):
+                 aux_weights: dict[str, float] | None = None, activation: str | None = None,
+                 num_groups: int | None = None,
+                 expert: str = "ffn", num_shared_experts: int = 0, shared_gate: bool = False):
         super().__init__()
         _checks.positive_int("num_experts", num_experts)
         _checks.positive_int("d_model", d_model)
@@ -171,7 +214,17 @@ class MoE(nn.Module):
         if not isinstance(router, Router):
             raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
         self.router = router.bind(d_model, num_experts)
-        self.experts = ExpertBank(num_experts, d_model, d_hidden, activation)
+        # expert kinds and DeepSeek-MoE's shared experts (routing never sees the shared ones)
+        self.experts = make_experts(expert, num_experts, d_model, d_hidden, activation)
+        self.expert_kind = expert
+        self.num_shared_experts = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
+        self.shared_experts = (make_experts(expert, num_shared_experts, d_model, d_hidden, activation)
+                               if num_shared_experts else None)
+        if shared_gate and not num_shared_experts:
+            raise ValueError("shared_gate=True needs num_shared_experts >= 1 (it gates the shared experts), "
+                             "got num_shared_experts=0")
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
+        self.granularity = 1         # m of MoE.fine_grained (shown in the repr)
         self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool), persistent=False)
@@ -184,21 +237,27 @@ class MoE(nn.Module):
     def top_k(self) -> int:
         return self.router.top_k
 
-    def capacity(self, num_tokens: int) -> int | None:
-        if self.router_kind == "expert_choice":
+    def capacity(self, num_tokens: int, num_assignments: int | None = None, kind: str | None = None) -> int | None:
+        """C for ``num_tokens`` tokens (and ``num_assignments`` proposed ones, when known), or None.
+
+        ``kind``: the routing's kind (default: the kind the router declares); expert choice
+        gets None, its router having filled every expert already."""
+        if (kind or self.router_kind) == "expert_choice":
             return None
-        return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor, self.capacity_convention)
+        return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor, self.capacity_convention,
+                               num_assignments)
 
     @property
     def router_kind(self) -> str:
-        return "expert_choice" if type(self.router).__name__ == "ExpertChoice" else "token_choice"
+        """The :attr:`Routing.kind` the router declares (``Router.kind``); forward reads each routing's own."""
+        return self.router.kind
 
     @contextmanager
     def disabled(self, experts):
-        """Within the block, assignments to ``experts`` are dropped (their output is zero)."""
-        idx = torch.as_tensor(list(experts), dtype=torch.long)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_experts):
-            raise ValueError(f"experts must be in [0, {self.num_experts}), got {idx.tolist()}")
+        """Within the block, assignments to ``experts`` are dropped (their output is zero).
+
+        ``experts``: an iterable of expert indices (ints in ``[0, num_experts)``), e.g. ``[0, 3]``."""
+        idx = self._expert_indices(experts)
         before, before_flag = self.enabled.clone(), self._all_enabled
         self.enabled[idx] = False
         self._all_enabled = bool(self.enabled.all())
@@ -208,34 +267,105 @@ class MoE(nn.Module):
             self.enabled.copy_(before)
             self._all_enabled = before_flag
 
+    def _expert_indices(self, experts) -> Tensor:
+        """``experts`` as a long tensor, refusing what is not a collection of in-range integer indices
+        (a float index would be truncated, a string is no index)."""
+        allowed = f"an iterable of expert indices, ints in [0, num_experts={self.num_experts})"
+        if isinstance(experts, Tensor):
+            dtype = experts.dtype
+            if experts.dim() > 1 or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+                raise TypeError(f"experts must be {allowed}; got a {dtype} tensor of shape {tuple(experts.shape)}")
+            values = experts.reshape(-1).tolist()
+        elif isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
+            raise TypeError(f"experts must be {allowed} (e.g. [{self.num_experts - 1}]); got {experts!r}")
+        else:
+            values = list(experts)
+            bad = [e for e in values if isinstance(e, bool) or not isinstance(e, numbers.Integral)]
+            if bad:
+                raise TypeError(f"experts must be {allowed}; got {values!r} (not an index: {bad[0]!r})")
+        out = [int(e) for e in values if not 0 <= int(e) < self.num_experts]
+        if out:
+            raise ValueError(f"experts must be {allowed}; got {values!r} (out of range: {out[0]})")
+        return torch.as_tensor([int(e) for e in values], dtype=torch.long, device=self.enabled.device)
+
     def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
                 token_ids: Tensor | None = None, groups: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, MoEStats]:
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        _checks.float_input("x", x, self.enabled.device)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
         lead = x.shape[:-1]
         flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
         for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
             if ids is not None:
-                ids = torch.as_tensor(ids, device=x.device)
+                ids = _checks.integer_ids(name, ids).to(x.device)
                 if ids.shape != lead:
                     raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
                 per_token[name] = ids.reshape(-1)
         if mask is not None:
-            if mask.shape != lead:
+            if _checks.tensor("mask", mask).shape != lead:
                 raise ValueError(f"mask must have shape {tuple(lead)}, got {tuple(mask.shape)}")
             keep = mask.reshape(-1).bool()
             flat = flat[keep]
             per_token = {k: v[keep] for k, v in per_token.items()}
         y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
+        if self.shared_experts is not None:
+            shared = self._shared_forward(flat)
+            if self.shared_gate is not None:          # Qwen-MoE: a per-token sigmoid gate on the shared sum
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            y_flat = y_flat + shared
         if mask is not None:
             y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
         else:
             y = y_flat
         return (y if x.dim() == 2 else y.view(*lead, self.d_model)), stats
+
+    def _shared_forward(self, x: Tensor) -> Tensor:
+        """Σ_i shared_i(x) over the shared experts, for every token: ``x (N, D) -> (N, D)``."""
+        bank = self.shared_experts
+        if self.dispatch == "loop":                       # the reference: one expert at a time
+            return sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
+        return bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+
+    @classmethod
+    def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, k: int = 2,
+                     router: str = "topk", router_kwargs: dict | None = None, **kw) -> "MoE":
+        """DeepSeek-MoE's fine-grained experts: the E-expert top-k layer with each expert split in m.
+
+        Builds ``m·num_experts`` experts of width ``d_hidden/m`` routed top-``m·k``: the same
+        expert FLOPs per token and the same expert weight matrices as ``MoE(d_model, d_hidden,
+        num_experts, top-k)``; the router's gate grows to m·E outputs, and a ``"ffn"`` bank's
+        output biases to m·E of them. ``num_shared_experts`` in ``kw`` counts fine-grained
+        experts (width ``d_hidden/m``), as in the paper.
+
+        Args:
+            d_model, d_hidden, num_experts: the coarse layer's D, H and E.
+            m: the granularity (≥ 1); must divide ``d_hidden``.
+            k: the coarse layer's experts per token.
+            router: a name of :data:`pwlab.routing.ROUTERS` whose constructor takes ``k``
+                (it gets ``k=m·k``); ``router_kwargs`` are its other arguments.
+            **kw: the other :class:`MoE` arguments.
+        """
+        m = _checks.positive_int("m", m)
+        _checks.positive_int("d_hidden", d_hidden)
+        _checks.positive_int("num_experts", num_experts)
+        k = _checks.positive_int("k", k)
+        if d_hidden % m:
+            raise ValueError(f"d_hidden must be divisible by m={m} (each expert is split into m experts of "
+                             f"width d_hidden/m), got d_hidden={d_hidden}")
+        if not isinstance(router, str):
+            raise TypeError(f"router must be a router name for fine_grained (its k is multiplied by m), "
+                            f"got {type(router).__name__}")
+        built = make_router(router, **(router_kwargs or {}), **({"k": m * k} if _takes_k(router) else {}))
+        if built.top_k != m * k:
+            raise ValueError(f"router must take k to be fine-grained (top-(m·k) = {m * k}); {router!r} "
+                             f"routes top-{built.top_k}")
+        layer = cls(d_model, d_hidden // m, m * num_experts, built, **kw)
+        layer.granularity = m
+        return layer
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
@@ -244,7 +374,7 @@ class MoE(nn.Module):
         _checks.finite_tensor("x", x)                   # once here; the router trusts its caller
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
         position, counts = slot_positions(proposed, self.drop_policy)
-        cap = self.capacity(x.shape[0])
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
         if self._all_enabled:
             kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
             kept_counts = counts.clamp(max=cap) if cap is not None else counts
@@ -255,14 +385,16 @@ class MoE(nn.Module):
             if cap is not None:
                 kept = kept & (position < cap)
             kept_counts = torch.bincount(proposed.expert[kept], minlength=self.num_experts)
-        if self.dispatch == "loop":
+        slots = int(kept_counts.max()) if proposed.num_assignments else 0
+        if slots == 0:
+            # nothing computed (no tokens, or every assignment dropped): a zero output that
+            # still hangs on x and the router, so backward gives them zero gradients (a router
+            # without parameters, as hash routing, would otherwise leave nothing to differentiate)
+            y = x * 0 + 0 * proposed.weight.sum()
+        elif self.dispatch == "loop":
             y = dispatch_loop(x, proposed.select(kept), self.experts)
         else:
-            slots = int(kept_counts.max()) if proposed.num_assignments else 0
-            if slots == 0:
-                y = x.new_zeros(x.shape) + 0 * proposed.weight.sum()
-            else:
-                y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
+            y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
         return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
                            **self._aux(proposed, counts, groups))
 
@@ -271,6 +403,7 @@ class MoE(nn.Module):
         r = self.router
         return (self.fused and x.shape[0] > 0 and type(r) is TopK
                 and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
+                and r.gate_fn == "softmax" and r.expert_bias is None      # the fused node knows neither option
                 and type(self.experts) is ExpertBank and x.dtype in _FUSED_DTYPES
                 and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
 
@@ -314,4 +447,18 @@ class MoE(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"capacity_factor={self.capacity_factor}, capacity_convention={self.capacity_convention!r}, "
-                f"drop_policy={self.drop_policy!r}, dispatch={self.dispatch!r}")
+                f"drop_policy={self.drop_policy!r}, dispatch={self.dispatch!r}"
+                + self._experts_repr())
+
+    def _experts_repr(self) -> str:
+        """The expert kind, shared experts and granularity, where not the defaults."""
+        out = "" if self.expert_kind == "ffn" else f", expert={self.expert_kind!r}"
+        out += f", num_shared_experts={self.num_shared_experts}" if self.num_shared_experts else ""
+        out += ", shared_gate=True" if self.shared_gate is not None else ""
+        return out + (f", granularity={self.granularity}" if self.granularity != 1 else "")
+
+
+def _takes_k(router: str) -> bool:
+    """Whether the router named ``router`` takes ``k`` (an unknown name is left to make_router)."""
+    cls = ROUTERS.get(router)
+    return cls is not None and "k" in inspect.signature(cls.__init__).parameters

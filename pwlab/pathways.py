@@ -29,6 +29,7 @@ from torch import Tensor
 
 from pwlab.model import PathwaysModel, eval_mode, make_moe
 from pwlab.senses import MODALITIES
+from pwlab.tasks.base import TaskBatch
 
 
 @dataclass(frozen=True)
@@ -201,20 +202,11 @@ def _sub_moe(model: PathwaysModel, old, keep: list[int]):
     """A new MoE of ``len(keep)`` experts with the kept experts' and router's weights."""
     idx = torch.tensor(keep, dtype=torch.long)
     new = make_moe(model.cfg, len(model.task_names), num_experts=len(keep)).to(old.experts.w1.device)
-    e_old = old.num_experts
     with torch.no_grad():
         for name, t_new in new.experts.state_dict().items():
             t_new.copy_(old.experts.state_dict()[name].index_select(0, idx.to(t_new.device)))
-        remap = torch.zeros(e_old, dtype=torch.long)
-        remap[idx] = torch.arange(len(keep))
-        old_r, new_r = old.router.state_dict(), new.router.state_dict()
-        for name, t_new in new_r.items():
-            t_old = old_r[name]
-            if name.endswith("table"):          # expert-id tables (hash, fixed task routing)
-                t_new.copy_(remap.to(t_old.device)[t_old])
-                continue
-            dims = [d for d in range(t_old.dim()) if t_old.shape[d] == e_old and t_new.shape[d] == len(keep)]
-            t_new.copy_(t_old.index_select(dims[0], idx.to(t_old.device)) if dims else t_old)
+        # the router says which of its tensors run over the experts (Router.sliced_state)
+        new.router.load_state_dict(old.router.sliced_state(keep))
     return new
 
 
@@ -243,7 +235,6 @@ class ExampleRouting:
 @torch.no_grad()
 def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = "test") -> ExampleRouting:
     """Run one example of ``task`` (eval mode) and return its per-token routing."""
-    from pwlab.tasks.base import TaskBatch
     t = model.task(task)
     x, y = (t.x_test, t.y_test) if split == "test" else (t.x_train, t.y_train)
     if not 0 <= index < len(y):

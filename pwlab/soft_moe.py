@@ -34,8 +34,11 @@ class SoftMoE(nn.Module):
         self.top_k = 1
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, **_ignored) -> tuple[Tensor, MoEStats]:
+        _checks.float_input("x", x, self.phi.device)
         _checks.last_dim("x", x, self.d_model)
         _checks.finite_tensor("x", x)
+        if mask is not None:
+            _checks.tensor("mask", mask)
         squeeze = x.dim() == 2
         if squeeze:
             x = x.unsqueeze(0)

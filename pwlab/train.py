@@ -23,8 +23,27 @@ Training record, one per step::
     "time_s"          float, wall time of the step (the only field that differs between runs)
     "lr"              float
 
-Skipped step (``skip_nonfinite=True`` and a NaN/Inf loss): ``{"step", "skipped": True,
-"nonfinite": "<task>"}``; the parameters are unchanged and "step" is not advanced.
+Skipped step (``skip_nonfinite=True`` and a NaN/Inf loss, gradient or activation)::
+
+    "step"            int, steps applied so far (not advanced)
+    "skipped"         True
+    "nonfinite"       str, the task whose loss was NaN/Inf ("aux_loss" for the auxiliary loss),
+                      "gradient", or "forward" (the forward pass failed on NaN/Inf values)
+    "where"           str, what was found non-finite, when found: the first parameter with a
+                      NaN/Inf gradient, a NaN/Inf parameter, a layer whose output overflowed,
+                      or "input" (the task's training input)
+    "skipped_in_a_row" int, consecutive skipped steps including this one
+
+The parameters and the optimizer are unchanged; a ``RuntimeWarning`` says what was skipped.
+After ``max_consecutive_skips`` skipped steps in a row (a Trainer argument, default 10) the
+next non-finite step raises instead: training has diverged. ``Trainer.skipped_steps`` counts
+all skipped steps of the history.
+
+Non-finite values (see :class:`NonFiniteLossError`): a NaN/Inf loss, a NaN/Inf gradient
+(checked before the optimizer step, so it is never applied) or a forward pass that fails on
+NaN/Inf activations raise :class:`NonFiniteLossError` or its subclass
+:class:`NonFiniteGradientError`, naming the step, the task(s) and what went non-finite (a
+parameter, a layer's output, or the task's input); nothing of the step is applied.
 
 Evaluation record (:meth:`Trainer.evaluate`)::
 
@@ -39,25 +58,67 @@ record and must only observe (log, plot, stop by raising).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from pwlab.config import Config
+from pwlab._checks import positive_int
+from pwlab.config import PRESETS, Config, preset
 from pwlab.model import ModelOutput, PathwaysModel, eval_mode
+
+_HINT = ("nothing of this step was applied; lower the learning rate or set grad_clip, "
+         "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
+_INPUT_HINT = ("nothing of this step was applied; remove the NaN/Inf values from the task's data, "
+               "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A task's loss was NaN or Inf; ``step`` and ``task`` say where."""
+    """Training met a NaN or Inf: the base of the trainer's non-finite errors.
 
-    def __init__(self, step: int, task: str, value: float):
-        super().__init__(f"non-finite loss {value} at step {step} in task {task!r} "
-                         "(lower the learning rate, or pass skip_nonfinite=True to skip such batches)")
-        self.step, self.task, self.value = step, task, value
+    Attributes:
+        step: the step that failed (1 for the first).
+        task: the task, or the tasks of the step joined by ", ".
+        tasks: the tasks, as a list.
+        value: the non-finite value (a loss, or a gradient norm), NaN when there is none.
+        what: what went non-finite, in words ("loss nan", "gradient (global norm inf)", ...).
+        where: the parameter or layer found non-finite, or None.
+        skipped: skipped steps in a row before this one (``skip_nonfinite=True``), else 0.
+    """
+
+    def __init__(self, step: int, task, value: float = float("nan"), *, what: str | None = None,
+                 where: str | None = None, detail: str | None = None, skipped: int = 0):
+        tasks = [task] if isinstance(task, str) else list(task)
+        what = what if what is not None else f"loss {value}"
+        place = f"in task {tasks[0]!r}" if len(tasks) == 1 else f"in tasks {', '.join(map(repr, tasks))}"
+        msg = f"non-finite {what} at step {step} {place}"
+        if detail:
+            msg += f": {detail}"
+        if skipped:
+            msg += (f"; {skipped} steps in a row were skipped before it (max_consecutive_skips), "
+                    "so training has diverged")
+        super().__init__(f"{msg} ({_INPUT_HINT if what == 'input' else _HINT})")
+        self.step, self.tasks, self.task, self.value = step, tasks, ", ".join(tasks), value
+        self.what, self.where, self.skipped = what, where, skipped
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """A gradient was NaN or Inf (checked before the optimizer step: it was not applied).
+
+    ``where`` is the first parameter (in ``model.named_parameters()`` order) whose gradient is
+    not finite; None when every gradient is finite but their global norm overflowed.
+    """
+
+    def __init__(self, step: int, tasks, norm: float, parameter: str | None, *, skipped: int = 0):
+        detail = (f"first in parameter {parameter!r}" if parameter is not None
+                  else "every gradient is finite, but their global norm overflowed")
+        super().__init__(step, tasks, norm, what=f"gradient (global norm {norm})", where=parameter,
+                         detail=detail, skipped=skipped)
 
 
 @torch.no_grad()
@@ -66,8 +127,11 @@ def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", m
     """Accuracy (classification) or MSE (regression) per task on ``split``.
 
     Runs in eval mode (deterministic routing, no dropout) and restores the previous mode.
+    ``max_examples``: an integer >= 1 (the first that many of each task's split) or None (all).
     Returns task name → metric.
     """
+    if max_examples is not None:
+        _max_examples(max_examples)
     for task in tasks:
         model.task(task.name)            # unknown names list the model's tasks
     out = {}
@@ -86,9 +150,76 @@ def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", m
     return out
 
 
+def _max_examples(value, allowed: str = "an integer >= 1 or None (every example)"):
+    # 0 would "evaluate" nothing and report accuracy 0 / MSE 0.0 as if it were a result
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_examples must be {allowed}, got {value!r}")
+    return value
+
+
+def _nonfinite(obj) -> bool:
+    """Whether a module output (tensor, tuple/list, dataclass of tensors) holds NaN/Inf."""
+    if isinstance(obj, torch.Tensor):
+        return obj.is_floating_point() and obj.numel() > 0 and not bool(torch.isfinite(obj.detach()).all())
+    if isinstance(obj, (tuple, list)):
+        return any(_nonfinite(o) for o in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return any(_nonfinite(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    return False
+
+
+def _total_norm(grads: list) -> torch.Tensor:
+    """The global L2 norm of ``grads`` (as ``clip_grad_norm_`` computes it), without clipping."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):          # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+
+
+def _clip(params: list, max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale gradients to global norm at most ``max_norm`` (``total_norm`` is known finite)."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):   # torch >= 2.6
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def metric_key(task) -> str:
     """History key of a task's evaluation metric: ``"acc/<name>"`` or ``"mse/<name>"``."""
     return ("mse/" if task.kind == "regression" else "acc/") + task.name
+
+
+def _config(config) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, str):
+        return preset(config)           # an unknown name lists the presets
+    raise TypeError(f"config must be a pwlab Config or a preset name ({', '.join(map(repr, PRESETS))}), "
+                    f"got {type(config).__name__}")
+
+
+def _tasks(tasks) -> list:
+    from pwlab import tasks as registry
+    from pwlab.tasks import Task
+    if isinstance(tasks, str):
+        return registry.load(tasks)     # "all" or one name; unknown names list the known ones
+    if isinstance(tasks, Task):
+        return [tasks]
+    try:
+        items = list(tasks)
+    except TypeError:
+        raise TypeError(f"tasks must be a list of Task objects or task names, got {type(tasks).__name__}") from None
+    if items and all(isinstance(t, str) for t in items):
+        return registry.load(items)
+    bad = next((i for i, t in enumerate(items) if not isinstance(t, Task)), None)
+    if bad is not None:
+        raise TypeError(f"tasks must be a list of Task objects or a list of task names "
+                        f"({', '.join(registry.names())}); item {bad} is {type(items[bad]).__name__} "
+                        f"{items[bad]!r:.60}")
+    if not items:
+        raise ValueError(f"tasks must hold at least one task; known task names: {', '.join(registry.names())}")
+    return items
 
 
 @contextlib.contextmanager
@@ -111,20 +242,29 @@ class Trainer:
     """Trains a :class:`PathwaysModel` on several tasks at once.
 
     Args:
-        tasks: the tasks (their order fixes the task ids).
-        config: a :class:`~pwlab.config.Config` (default :func:`pwlab.config.tiny`).
+        tasks: the tasks (their order fixes the task ids): :class:`~pwlab.tasks.Task` objects,
+            or task names (a list of names, one name, or ``"all"``), built with seed 0.
+        config: a :class:`~pwlab.config.Config` or a preset name (``pwlab.config.PRESETS``:
+            "tiny", "small", ...); default :func:`pwlab.config.tiny`.
         model: an existing model (default: built from ``config.model`` under ``config.train.seed``).
         callbacks: ``cb(trainer, record)`` observers.
+        max_consecutive_skips: with ``config.train.skip_nonfinite``, the most steps skipped in
+            a row; the next non-finite step raises (default 10).
     """
 
-    def __init__(self, tasks: Sequence, config: Config | None = None, *, model: PathwaysModel | None = None,
-                 callbacks: Sequence[Callable] = ()):
+    def __init__(self, tasks: Sequence | str, config: Config | str | None = None, *,
+                 model: PathwaysModel | None = None, callbacks: Sequence[Callable] = (),
+                 max_consecutive_skips: int = 10):
         from pwlab.config import tiny
         from pwlab.tasks import MultiTaskSampler
-        self.config = config if config is not None else tiny()
-        self.tasks = list(tasks)
+        self.config = _config(config) if config is not None else tiny()
+        self.tasks = _tasks(tasks)
+        self.max_consecutive_skips = positive_int("max_consecutive_skips", max_consecutive_skips)
         tc = self.config.train
         self.device = torch.device(tc.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"config.train.device is {tc.device!r}, but this machine has no CUDA device "
+                             "(torch.cuda.is_available() is False); use device='cpu'")
         if model is None:
             with torch.random.fork_rng(devices=[]):      # the init is a function of the seed alone
                 torch.manual_seed(tc.seed)
@@ -144,6 +284,23 @@ class Trainer:
         self.step_count = 0
         self.callbacks = list(callbacks)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Skipped steps in the whole history (``skip_nonfinite=True``)."""
+        return sum(1 for r in self.history if r.get("skipped"))
+
+    @property
+    def consecutive_skips(self) -> int:
+        """Skipped steps at the end of the history, in a row (evaluation records do not break a run)."""
+        n = 0
+        for r in reversed(self.history):
+            if r.get("eval"):
+                continue
+            if not r.get("skipped"):
+                break
+            n += 1
+        return n
+
     def _make_optimizer(self, params=None) -> torch.optim.Optimizer:
         tc = self.config.train
         params = self.model.parameters() if params is None else params
@@ -153,12 +310,20 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+        # buffers too: a router may update one in its forward (TopK's expert_bias)
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
+                "buffers": [b.clone() for b in self.model.buffers()]}
 
     def _restore(self, snap: dict) -> None:
         self.sampler.load_state_dict(snap["sampler"])
         self.generator.set_state(snap["generator"])
         self.optimizer.zero_grad(set_to_none=True)
+        self._restore_buffers(snap)
+
+    def _restore_buffers(self, snap: dict) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), snap["buffers"]):
+                b.copy_(saved)
 
     def _one_step(self) -> dict:
         """One step with the trainer's own global-RNG stream (dropout) swapped in."""
@@ -172,27 +337,50 @@ class Trainer:
         snap = self._snapshot()
         t0 = time.perf_counter()
         committed = False
+        step = self.step_count + 1
         try:
             self.model.train()
             batches = self.sampler.sample()
-            out = self.model(batches, generator=self.generator)
+            names = [b.task for b in batches]
+            try:
+                out = self.model(batches, generator=self.generator)
+            except ValueError:
+                # the model's own finiteness checks: say which step, task and tensor, not "the input"
+                found = self._locate_nonfinite(batches)
+                if found is None:
+                    raise
+                err = NonFiniteLossError(step, found["tasks"] or names, what=found["what"], where=found["where"],
+                                         detail=found["detail"], skipped=self._skips_at_limit())
+                rec = self._skip_or_raise(err, "forward", snap)
+                committed = True
+                return rec
             bad = next((name for name, v in out.losses.items() if not bool(torch.isfinite(v))), None)
             if bad is None and not bool(torch.isfinite(out.aux_loss)):
                 bad = "aux_loss"
             if bad is not None:
                 value = float((out.losses[bad] if bad in out.losses else out.aux_loss).detach())
-                if not tc.skip_nonfinite:
-                    raise NonFiniteLossError(self.step_count + 1, bad, value)
-                with _interrupts_deferred():
-                    self.optimizer.zero_grad(set_to_none=True)
-                    rec = {"step": self.step_count, "skipped": True, "nonfinite": bad}
-                    self._commit(rec)
-                    committed = True
+                found = self._locate_nonfinite(batches)
+                task = bad if bad in out.losses else names
+                what = f"loss {value}" if bad in out.losses else f"auxiliary loss {value}"
+                err = NonFiniteLossError(step, task, value, what=what, where=found and found["where"],
+                                         detail=found and found["detail"], skipped=self._skips_at_limit())
+                rec = self._skip_or_raise(err, bad, snap)
+                committed = True
                 return rec
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip else float("inf"))
+            named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+            params = [p for _, p in named]
+            grad_norm = _total_norm([p.grad for p in params])
+            if not bool(torch.isfinite(grad_norm)):
+                # checked before clipping and the update: a NaN/Inf gradient is never applied
+                first = next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None)
+                err = NonFiniteGradientError(step, names, float(grad_norm), first, skipped=self._skips_at_limit())
+                rec = self._skip_or_raise(err, "gradient", snap)
+                committed = True
+                return rec
+            if tc.grad_clip and params:
+                _clip(params, tc.grad_clip, grad_norm)
             with _interrupts_deferred():     # the update and its record land together
                 self.optimizer.step()
                 self.step_count += 1
@@ -204,6 +392,83 @@ class Trainer:
                 # nothing was applied: put the sampler and generators back, so the step can be redone
                 self._restore(snap)
             raise
+
+    def _skips_at_limit(self) -> int:
+        """Skipped steps in a row when one more skip would pass ``max_consecutive_skips``, else 0."""
+        n = self.consecutive_skips if self.config.train.skip_nonfinite else 0
+        return n if n >= self.max_consecutive_skips else 0
+
+    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str, snap: dict) -> dict:
+        """Raise ``err``, or (``skip_nonfinite``, under the limit) record a skipped step, warn, return it.
+
+        ``nonfinite`` is the record's label: the task whose loss failed, "gradient" or "forward".
+        A skipped step puts the model's buffers back from ``snap`` (a router's balancing bias
+        moves in forward), as a failed step does.
+        """
+        in_a_row = self.consecutive_skips
+        if not self.config.train.skip_nonfinite or err.skipped:
+            raise err
+        rec = {"step": self.step_count, "skipped": True, "nonfinite": nonfinite}
+        if err.where is not None:
+            rec["where"] = err.where
+        rec["skipped_in_a_row"] = in_a_row + 1
+        with _interrupts_deferred():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(snap)
+            self._commit(rec)
+        warnings.warn(f"skipped step {err.step} ({in_a_row + 1} in a row, at most {self.max_consecutive_skips}): "
+                      f"{str(err).split(' (nothing of this step')[0]}", RuntimeWarning, stacklevel=5)
+        return rec
+
+    def _locate_nonfinite(self, batches) -> dict | None:
+        """After a failed or non-finite forward: which input, parameter or layer holds NaN/Inf.
+
+        Returns None when nothing non-finite is found. Runs only on the failure path; it
+        draws from a copy of the routing generator and the dropout stream is put back by
+        the caller, so the step can be redone unchanged.
+        """
+        bad_inputs = [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
+        if bad_inputs:
+            return {"tasks": bad_inputs, "what": "input", "where": "input",
+                    "detail": f"the training input of task(s) {', '.join(map(repr, bad_inputs))} holds NaN/Inf"}
+        param = next((n for n, p in self.model.named_parameters() if _nonfinite(p)), None)
+        # rerun each task alone, recording the first layer whose output is not finite
+        failing, layer = [], None
+        first: list[str] = []
+
+        def hook(name):
+            def record(module, args, output):
+                if not first and _nonfinite(output):
+                    first.append(name)
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in self.model.named_modules() if n]
+        gen = torch.Generator(device=self.generator.device)
+        gen.set_state(self.generator.get_state())
+        try:
+            with torch.no_grad():
+                for b in batches:
+                    first.clear()
+                    try:
+                        o = self.model([b], generator=gen)
+                        bad = not all(bool(torch.isfinite(v)) for v in o.losses.values())
+                    except (ValueError, RuntimeError, FloatingPointError):
+                        bad = True
+                    if bad:
+                        failing.append(b.task)
+                        layer = layer or (first[0] if first else None)
+        finally:
+            for h in handles:
+                h.remove()
+        if param is not None:
+            return {"tasks": failing, "what": "forward pass", "where": param,
+                    "detail": f"parameter {param!r} holds NaN/Inf (the model diverged in an earlier step)"
+                              + (f"; first non-finite output in layer {layer!r}" if layer else "")}
+        if layer is not None:
+            return {"tasks": failing, "what": "forward pass", "where": layer,
+                    "detail": f"the output of layer {layer!r} overflowed to NaN/Inf (the weights and inputs "
+                              "are finite)"}
+        return None
 
     def _commit(self, rec: dict) -> None:
         # the step's dropout draws are now spent: keep the stream where it is
@@ -238,7 +503,6 @@ class Trainer:
 
     def step(self, n: int = 1) -> list[dict]:
         """Apply ``n`` training steps; returns their records (also appended to ``history``)."""
-        from pwlab._checks import positive_int
         positive_int("n", n)
         recs = []
         for _ in range(n):
@@ -254,7 +518,6 @@ class Trainer:
         at all, so the trainer can be saved and resumed. Evaluates every
         ``config.train.eval_every`` steps when that is > 0.
         """
-        from pwlab._checks import positive_int
         steps = positive_int("steps", self.config.train.steps if steps is None else steps, minimum=0)
         every = self.config.train.eval_every
         recs = []
@@ -270,13 +533,23 @@ class Trainer:
         return recs
 
     # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, split: str = "test", max_examples: int | None = -1, record: bool = True) -> dict[str, float]:
+    def evaluate(self, split: str = "test", max_examples: int | None | str = "config",
+                 record: bool = True) -> dict[str, float]:
         """Metric per task (accuracy or MSE) on ``split``; appends an evaluation record.
 
-        ``max_examples=-1`` takes ``config.train.eval_examples``; None evaluates everything.
-        Evaluation draws no random numbers, so it never changes the training trajectory.
+        ``max_examples``: an integer >= 1 (at most that many examples per task), None (every
+        example), or ``"config"`` (the default: ``config.train.eval_examples``). Anything else
+        (0, negative, a float) raises ``ValueError``: 0 examples would report accuracy 0 and
+        MSE 0.0 as a result. Evaluation draws no random numbers, so it never changes the
+        training trajectory.
         """
-        limit = self.config.train.eval_examples if max_examples == -1 else max_examples
+        if isinstance(max_examples, str) and max_examples == "config":
+            limit = self.config.train.eval_examples
+        elif max_examples is None:
+            limit = None
+        else:
+            limit = _max_examples(max_examples, "an integer >= 1 or None (every example) or 'config' "
+                                                "(config.train.eval_examples, the default)")
         metrics = evaluate_model(self.model, self.tasks, split=split, max_examples=limit)
         if record:
             rec = {"step": self.step_count, "eval": True, "split": split}
@@ -287,17 +560,35 @@ class Trainer:
 
     # -- checkpoints (see pwlab.checkpoint) ----------------------------------------------
     def save(self, path) -> None:
-        """Write a checkpoint atomically (see :mod:`pwlab.checkpoint`)."""
+        """Write a checkpoint atomically, with a digest of its contents (see :mod:`pwlab.checkpoint`).
+
+        Stale temporary files of earlier saves of ``path`` that were killed are removed.
+        """
         from pwlab.checkpoint import save_trainer
         save_trainer(self, path)
 
     def restore(self, path) -> None:
-        """Load a checkpoint of this same configuration into this trainer (nothing changes on error)."""
+        """Load a checkpoint of this same configuration into this trainer (nothing changes on error).
+
+        Raises ``ValueError`` for a file that is not a fitting checkpoint, and
+        :class:`pwlab.checkpoint.CheckpointIntegrityError` (a ``ValueError``) for one whose
+        contents changed after it was written; a checkpoint without a digest (older pwlab)
+        loads with a warning.
+        """
         from pwlab.checkpoint import restore_trainer
         restore_trainer(self, path)
 
     @classmethod
-    def load(cls, path, tasks: Sequence | None = None, *, callbacks: Sequence[Callable] = ()) -> "Trainer":
-        """A new trainer from a checkpoint; ``tasks`` default to the checkpoint's, rebuilt by name."""
+    def load(cls, path, tasks: Sequence | None = None, *, callbacks: Sequence[Callable] = (),
+             device: str | torch.device | None = None, max_consecutive_skips: int = 10) -> "Trainer":
+        """A new trainer from a checkpoint; ``tasks`` default to the checkpoint's, rebuilt by name.
+
+        ``device``: where to put the trainer (e.g. ``"cpu"``); by default the checkpoint's
+        device when this machine has it, else the CPU with a warning, so a checkpoint saved on
+        a GPU loads on a machine without one. Raises ``ValueError`` for a file that is not a
+        fitting checkpoint and :class:`pwlab.checkpoint.CheckpointIntegrityError` (a
+        ``ValueError``) for one whose contents changed after it was written.
+        """
         from pwlab.checkpoint import load_trainer
-        return load_trainer(cls, path, tasks, callbacks=callbacks)
+        return load_trainer(cls, path, tasks, callbacks=callbacks, device=device,
+                            max_consecutive_skips=max_consecutive_skips)

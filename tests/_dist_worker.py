@@ -172,3 +172,73 @@ def suite(rank: int, world: int, scenarios: list[dict], config: dict, task_names
     """The layer scenarios, then a training run, in one set of processes (start-up is the slow part)."""
     return {"equivalence": equivalence(rank, world, scenarios),
             "training": train_curve(rank, world, config, task_names, steps)}
+
+
+def nonfinite_gradient(rank: int, world: int, config: dict, task_names: list[str], skip: bool) -> dict:
+    """Three steps; rank 1 alone poisons one expert's gradient with Inf at the second step."""
+    import warnings
+
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.parallel import expert_parameters
+    from pwlab.distributed.trainer import DistributedTrainer
+    from pwlab.train import NonFiniteGradientError
+
+    cfg = Config.from_dict(config)
+    cfg = cfg.with_train(skip_nonfinite=skip)
+    trainer = DistributedTrainer(tasks.load(task_names), cfg)
+    target = expert_parameters(trainer.model)[0]
+    backwards = [0]
+
+    def poison(g):            # the second backward pass only, on rank 1 only
+        backwards[0] += 1
+        return g + float("inf") if rank == 1 and backwards[0] == 2 else g
+    target.register_hook(poison)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for _ in range(3):
+                trainer.step(1)
+                if trainer.step_count == 1:
+                    before = [p.detach().clone() for p in trainer.model.parameters()]
+                if trainer.history[-1].get("skipped"):
+                    after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+        except NonFiniteGradientError as e:
+            error = str(e)
+            after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, after_skip))
+    return {"error": error, "history": trainer.history, "unchanged_by_bad_step": unchanged,
+            "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()),
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}
+
+
+def swat_to_expert_parallel(rank: int, world: int, kind: str) -> dict:
+    """A swatified single-process MoE moved to expert parallelism: what each rank computes with."""
+    from pwlab.routing import TopK
+    from pwlab.swat import swatify
+    from pwlab.swat.layers import is_swat_bank, swat_settings
+
+    torch.manual_seed(0)
+    moe = MoE(16, 24, 4, TopK(k=2), expert=kind)
+    swatify(moe, 0.75, 0.5, variant="uniform", topk_period=3)
+    layer = ExpertParallelMoE.from_moe(moe)
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    layer.train()
+    y, _ = layer(x)
+    local = layer.experts.effective_weights()
+    matrices = [w for w, name in zip(local, layer.experts.WEIGHT_NAMES) if name.startswith("w")]
+    full = layer.gather_effective_weights()
+    # the oracle: a plain layer of the same kind computing with the gathered masked weights
+    ref = MoE(16, 24, 4, copy.deepcopy(moe.router), expert=kind)
+    with torch.no_grad():
+        for p, w in zip(ref.experts.weight_parameters(), full):
+            p.copy_(w)
+    y_ref, _ = ref(x.detach())
+    y.sum().backward()
+    return {"swat": is_swat_bank(layer.experts), "settings": swat_settings(layer.experts),
+            "kept": [float((w != 0).float().mean()) for w in matrices],
+            "err": float((y.detach() - y_ref.detach()).abs().max()),
+            "masked_get_gradient": all(bool((p.grad[w == 0] != 0).any()) for p, w, n in zip(
+                layer.experts.weight_parameters(), local, layer.experts.WEIGHT_NAMES) if n.startswith("w"))}

@@ -260,3 +260,43 @@ def test_train_entry_point_exits_with_main_s_code_and_its_output_complete():
     assert lines[-1]["world_size"] == 1 and lines[-1]["steps"] == 2 and set(lines[-1]["eval"]) == {"wine"}
     bad = subprocess.run(base + ["--steps", "-1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--steps must be >= 0, got -1" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True])
+def test_distributed_trainer_never_applies_a_nonfinite_gradient(skip):
+    """Rank 1 alone gets an Inf gradient at step 2: the global norm is Inf on every rank, so
+    every rank refuses the step (NonFiniteGradientError) or, with skip_nonfinite, skips it with a
+    warning, the parameters untouched, and goes on."""
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.nonfinite_gradient, 2, cfg.to_dict(), TRAIN_TASKS, skip, timeout=240)
+    for rank, res in enumerate(results):
+        assert res["unchanged_by_bad_step"], f"rank {rank}: the non-finite step changed the parameters"
+        assert res["finite"], f"rank {rank}: non-finite parameters"
+        if not skip:
+            assert res["error"] is not None and "step 2" in res["error"], (rank, res["error"])
+            assert len(res["history"]) == 1
+        else:
+            assert res["error"] is None
+            assert [bool(r.get("skipped")) for r in res["history"]] == [False, True, False]
+            assert res["history"][1]["nonfinite"] == "gradient"
+            assert any("skipped step 2" in w for w in res["warnings"]), res["warnings"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ffn", "swiglu"])
+def test_a_swatified_moe_keeps_its_sparsity_under_expert_parallelism(kind):
+    """ExpertParallelMoE.from_moe of a SWAT layer shards the parameters and keeps SWAT: each rank's
+    bank is a SWAT bank with the same settings, keeps a quarter of each weight matrix (top-K over
+    its shard), computes exactly what a plain layer with the gathered masked weights computes,
+    and, as SWAT wants, the masked weights still get a gradient (so the top-K set can change)."""
+    results = run_local(worker.swat_to_expert_parallel, 2, kind, timeout=180)
+    for rank, res in enumerate(results):
+        assert res["swat"], f"rank {rank}: the expert-parallel layer dropped SWAT"
+        assert res["settings"] == {"weight_sparsity": 0.75, "act_sparsity": 0.5, "topk_period": 3,
+                                   "structured": False, "fixed_mask": True}
+        assert all(abs(k - 0.25) < 0.01 for k in res["kept"]), res["kept"]
+        assert res["err"] < 1e-5, f"rank {rank}: {res['err']}"
+        assert res["masked_get_gradient"]

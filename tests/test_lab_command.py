@@ -2,6 +2,9 @@
 command lines they build, and one real start/stop of the lab server."""
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
 import signal
 import socket
@@ -174,19 +177,47 @@ def test_lab_busy_port(monkeypatch, notebooks, capsys):
 def test_lab_starts_at_the_welcome_notebook(monkeypatch, notebooks):
     monkeypatch.setattr(lab, "check", lambda: [])
     calls = []
-    monkeypatch.setattr(J, "supervise", lambda cmd, ready, url, what, **k: calls.append((cmd, url)) or 0)
+    monkeypatch.setattr(J, "supervise",
+                        lambda cmd, ready, url, what, env=None, **k: calls.append((cmd, url, env)) or 0)
+    monkeypatch.setenv("JUPYTER_TOKEN_FILE", "/somewhere/else")
     port = J.free_port()
     assert lab.main(["--port", str(port), "--notebook-dir", str(notebooks), "--no-browser",
                      "--LabApp.extra=1"]) == 0
-    (cmd, url), = calls
+    (cmd, url, env), = calls
     token = re.search(r"token=(\w+)$", url).group(1)
     assert url == f"http://127.0.0.1:{port}/lab/tree/00_welcome.ipynb?token={token}" and len(token) >= 32
     assert cmd[:3] == [sys.executable, "-m", "jupyterlab"]
     for opt in (f"--ServerApp.root_dir={notebooks.resolve()}", f"--ServerApp.port={port}",
-                "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0",
+                "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
                 "--ServerApp.open_browser=False", "--ServerApp.default_url=/lab/tree/00_welcome.ipynb",
                 "--LabApp.extra=1"):
         assert opt in cmd
+    # the secret goes in the environment (readable by its owner only), never on the command line
+    assert not any(token in a for a in cmd) and not any("token" in a.lower() for a in cmd)
+    assert env["JUPYTER_TOKEN"] == token and "JUPYTER_TOKEN_FILE" not in env
+    assert env["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_allow_root_only_as_root_and_said_on_stderr(monkeypatch, notebooks, capsys, uid):
+    monkeypatch.setattr(lab, "check", lambda: [])
+    monkeypatch.setattr(serve, "check", lambda: [])
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    cmds = []
+    monkeypatch.setattr(J, "supervise", lambda cmd, *a, **k: cmds.append(cmd) or 0)
+    assert lab.main(["--port", str(J.free_port()), "--notebook-dir", str(notebooks), "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert ("--ServerApp.allow_root=True" in cmds[0]) == (uid == 0)
+    assert [a for a in cmds[0] if "allow_root=" in a] == (["--ServerApp.allow_root=True"] if uid == 0 else [])
+    if uid == 0:
+        assert err.count("\n") == 1 and "running as root" in err and "--ServerApp.allow_root=True" in err
+    else:
+        assert err == ""
+    assert serve.main([str(notebooks / "00_welcome.ipynb"), "--port", str(J.free_port()), "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert not any("allow_root=" in a for a in cmds[1])     # Voila has no such switch
+    assert (err == "pwlab serve: running as root, so every visitor's kernel runs as root\n") == (uid == 0)
+    assert (err == "") == (uid != 0)
 
 
 def test_lab_bad_arguments(notebooks, tmp_path):
@@ -203,12 +234,26 @@ def test_serve_arguments_and_command(monkeypatch, notebooks, tmp_path):
         serve.main([str(tmp_path / "absent.ipynb")])
     monkeypatch.setattr(serve, "check", lambda: ["broken.\n    fix: x"])
     assert serve.main([str(notebooks / "00_welcome.ipynb")]) == 1
-    cmd = serve.voila_command(Path("nb.ipynb"), 8866, "127.0.0.1", "tok", False, "dark", show_code=False)
+    cmd = serve.voila_command(Path("nb.ipynb"), 8866, "127.0.0.1", False, "dark", show_code=False)
     assert cmd[:4] == [sys.executable, "-m", "voila", "nb.ipynb"]
-    assert {"--VoilaConfiguration.strip_sources=True", "--Voila.token=tok", "--Voila.port=8866",
+    # auto_token: Voila takes the token from JUPYTER_TOKEN; without it Voila would serve with none
+    assert {"--VoilaConfiguration.strip_sources=True", "--Voila.auto_token=True", "--Voila.port=8866",
             "--VoilaConfiguration.theme=dark", "--Voila.open_browser=False"} <= set(cmd)
+    assert not any(a.startswith("--Voila.token") for a in cmd)
     assert "--VoilaConfiguration.strip_sources=False" in serve.voila_command(
-        Path("nb.ipynb"), 1, "h", "t", False, "light", show_code=True)
+        Path("nb.ipynb"), 1, "h", False, "light", show_code=True)
+    calls = []
+    monkeypatch.setattr(serve, "check", lambda: [])
+    monkeypatch.setattr(J, "supervise", lambda cmd, ready, url, what, env=None: calls.append((cmd, url, env)) or 0)
+    assert serve.main([str(notebooks / "00_welcome.ipynb"), "--port", str(J.free_port()), "--no-browser"]) == 0
+    (cmd, url, env), = calls
+    token = re.search(r"\?token=(\w+)$", url).group(1)
+    assert len(token) >= 32 and env["JUPYTER_TOKEN"] == token and not any(token in a for a in cmd)
+
+
+def test_token_env():
+    env = J.token_env("abc", {"PATH": "/bin", "JUPYTER_TOKEN": "old", "JUPYTER_TOKEN_FILE": "/f"})
+    assert env == {"PATH": "/bin", "JUPYTER_TOKEN": "abc"}
 
 
 def test_supervise_reports_exit_before_ready(capsys):
@@ -221,27 +266,120 @@ def test_supervise_prints_url_once_ready(capsys):
     assert code == 0 and "demo is running at:\n\n    http://here" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_lab_serves_and_stops_with_its_server(notebooks):
-    """A real `pwlab lab`: the printed URL answers; SIGTERM stops JupyterLab too (port freed)."""
-    port = J.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pwlab.cli", "lab", "--no-browser", "--skip-checks",
-                             "--port", str(port), "--notebook-dir", str(notebooks)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (read from /proc: the parent is field 4 of /proc/N/stat)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue                                     # gone meanwhile
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, p in parent.items() if p in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _get(port: int, path: str) -> tuple[int, str | None]:
+    """(status, Location) of one GET, redirects not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        url = None
-        for line in proc.stdout:
-            if m := re.match(r"^ {4}(http://\S+)$", line):
-                url = m.group(1)
-                break
-        assert url and url.startswith(f"http://127.0.0.1:{port}/lab/tree/00_welcome.ipynb?token=")
-        with urllib.request.urlopen(url, timeout=30) as r:
-            assert r.status == 200 and "JupyterLab" in r.read().decode()
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status, r.getheader("Location")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        conn.close()
+
+
+def _body(port: int, path: str) -> str:
+    """The text of one GET (Voila streams the page while the notebook runs; read to the end)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def _start_until_url(argv: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "pwlab.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if m := re.match(r"^ {4}(http://\S+)$", line):
+            return proc, m.group(1)
+    proc.wait(timeout=60)
+    pytest.fail(f"no URL printed; exit status {proc.returncode}")
+
+
+def _assert_no_token_in_argv(proc: subprocess.Popen, token: str, server: str) -> None:
+    """The server is running below ``proc``, and no process of the tree has the token in argv."""
+    tree = [proc.pid, *_descendants(proc.pid)]
+    cmdlines = {pid: _cmdline(pid) for pid in tree if Path(f"/proc/{pid}").exists()}
+    assert any(f"-m {server}" in c for c in cmdlines.values()), cmdlines     # the child was found
+    assert not [c for c in cmdlines.values() if token in c], "the token is readable in a command line"
+
+
+def _stop(proc: subprocess.Popen, port: int) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
     deadline = time.monotonic() + 30
     while J.port_answers(port) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_lab_serves_and_stops_with_its_server(notebooks):
+    """A real `pwlab lab`: the printed URL answers, the token is on no command line yet still
+    required; SIGTERM stops JupyterLab too (port freed)."""
+    port = J.free_port()
+    proc, url = _start_until_url(["lab", "--no-browser", "--skip-checks", "--port", str(port),
+                                  "--notebook-dir", str(notebooks)])
+    try:
+        assert url.startswith(f"http://127.0.0.1:{port}/lab/tree/00_welcome.ipynb?token=")
+        token = url.rsplit("=", 1)[1]
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200 and "JupyterLab" in r.read().decode()
+        _assert_no_token_in_argv(proc, token, "jupyterlab")
+        assert _get(port, "/api/status")[0] == 403
+        assert _get(port, "/api/status?token=" + "0" * len(token))[0] == 403
+        assert _get(port, f"/api/status?token={token}")[0] == 200
+        assert _get(port, "/api/contents")[0] == 403
+    finally:
+        _stop(proc, port)
     assert not J.port_answers(port), "the JupyterLab server outlived `pwlab lab`"
     assert J.port_is_free(port)
+
+
+@pytest.mark.slow
+def test_serve_token_required_and_not_in_argv(tmp_path):
+    """A real `pwlab serve`: the token is on no command line, a visit without it goes to the
+    login page, one with it gets the dashboard; SIGTERM stops Voila too."""
+    nb = tmp_path / "empty.ipynb"
+    nb.write_text(json.dumps({"cells": [], "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}))
+    port = J.free_port()
+    proc, url = _start_until_url(["serve", str(nb), "--no-browser", "--skip-checks", "--port", str(port)])
+    try:
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+        token = url.rsplit("=", 1)[1]
+        _assert_no_token_in_argv(proc, token, "voila")
+        status, where = _get(port, "/")
+        assert status == 302 and where.startswith("/login")
+        assert _get(port, "/?token=" + "0" * len(token))[0] == 302
+        assert _get(port, f"/?token={token}")[0] == 200
+        page = _body(port, f"/?token={token}")
+        external = re.findall(r'<(?:link|script)[^>]+(?:href|src)="(https?://[^"]+)"', page)
+        assert "jp-Notebook" in page or "rendered_cells" in page, page[:300]
+        assert not external, f"the dashboard page loads from outside the machine: {external}"
+    finally:
+        _stop(proc, port)
+    assert not J.port_answers(port), "the Voila server outlived `pwlab serve`"

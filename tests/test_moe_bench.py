@@ -50,7 +50,7 @@ def test_prints_one_json_line_per_size_with_consistent_ratios(capsys, keep_threa
 def test_bad_threads_are_refused(capsys, keep_threads):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", "--threads", "0"])
-    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert "argument --threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def _layer(n=96, d=16, h=24, seed=0):

@@ -192,12 +192,16 @@ def test_nonfinite_loss_names_step_and_task_and_applies_nothing(task_list):
 def test_skip_nonfinite_skips_the_batch(task_list):
     tr = Trainer(task_list, _cfg().with_train(skip_nonfinite=True))
     _poison_head(tr, "wine")
-    tr.step(5)
+    skip_warning = r"skipped step \d+ \(\d+ in a row, at most 10\): non-finite loss nan"
+    with pytest.warns(RuntimeWarning, match=skip_warning) as caught:
+        tr.step(5)
+    assert "(1 in a row" in str(caught[0].message)
     skipped = [r for r in tr.history if r.get("skipped")]
     applied = [r for r in tr.history if "loss" in r]
-    assert skipped and all(r["nonfinite"] == "wine" for r in skipped)
+    assert skipped and all(r["nonfinite"] == "wine" and r["where"] == "heads.wine.weight" for r in skipped)
     assert all("loss/wine" not in r for r in applied)
-    assert tr.step_count == len(applied)
+    assert tr.step_count == len(applied) and tr.skipped_steps == len(skipped)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == len(skipped)
 
 
 def test_interrupt_in_a_callback_leaves_a_resumable_trainer(task_list):

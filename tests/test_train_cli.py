@@ -57,11 +57,12 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     (["--preset", "huge"], "preset must be one of 'tiny', 'small'"),
     (["--tasks", "wine,chess"], r"unknown task\(s\) \['chess'\]; known tasks: all, digits"),
     (["--router", "best"], "router must be one of 'topk'"),
-    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--steps", "-1"], "argument --steps: must be an integer >= 0, got '-1'"),
 ])
 def test_bad_names_list_the_known_ones(tmp_path, capsys, argv, match):
-    assert main([*argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
-    assert re.search(match, capsys.readouterr().err)
+    assert pwlab(["train", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1 and err.startswith("pwlab train: error: ")
     assert not (tmp_path / "x").exists()
 
 
@@ -140,12 +141,75 @@ def test_nproc_hands_the_run_to_torch_distributed(monkeypatch):
     import subprocess
 
     from pwlab.commands import train as cmd
-    seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda c, env=None: seen.update(cmd=c, env=env) or 0)
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda c, env=None: calls.append(c) or 0)
     assert cmd.main(["--preset", "tiny", "--steps", "7", "--nproc", "3", "--seed", "2"]) == 0
-    c = seen["cmd"]
+    c, = calls
     assert c[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
     assert c[5:7] == ["-m", "pwlab.distributed.train"]
     assert c[c.index("--steps") + 1] == "7" and c[c.index("--seed") + 1] == "2"
     assert cmd.main(["--nproc", "2", "--out", "somewhere"]) == 2       # no checkpoint on that path
-    assert cmd.main(["--nproc", "0"]) == 2
+    assert cmd.main(["--nproc", "2", "--skip-nonfinite"]) == 2          # not on that path either
+    with pytest.raises(SystemExit) as e:
+        cmd.main(["--nproc", "0"])
+    assert e.value.code == 2
+    assert len(calls) == 1                                              # only the first one ran
+
+
+# --- another run's output is never replaced without asking ----------------------------------
+
+def _run(out, *more):
+    return ["train", "--tasks", "wine", "--no-progress", "--eval-examples", "8", "--out", str(out), *more]
+
+
+def test_out_holding_another_run_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert pwlab(_run(out, "--steps", "3")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("refused runs must not train"))
+    assert pwlab(_run(out, "--steps", "2")) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pwlab train: error: --out {str(out)!r} holds another run (checkpoint.pt, report.html); "
+                   f"continue it with --resume {str(out)!r}, or pass --force to replace it\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_report_alone_counts_as_a_run(tmp_path, capsys):
+    (tmp_path / "report.html").write_text("<html>an earlier run</html>")
+    assert pwlab(_run(tmp_path, "--steps", "1")) == 2
+    assert "holds another run (report.html)" in capsys.readouterr().err
+    assert (tmp_path / "report.html").read_text() == "<html>an earlier run</html>"
+
+
+def test_force_replaces_and_resume_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pwlab(_run(out, "--steps", "3")) == 0
+    assert pwlab(_run(out, "--steps", "2", "--force")) == 0
+    assert Trainer.load(out / "checkpoint.pt").step_count == 2          # a new run of 2 steps
+    # --resume into its own folder (named again with --out, or not) continues that run
+    assert pwlab(["train", "--resume", str(out), "--out", str(out), "--steps", "1", "--no-progress",
+                  "--eval-examples", "8"]) == 0
+    assert pwlab(["train", "--resume", str(out), "--steps", "1", "--no-progress", "--eval-examples", "8"]) == 0
+    assert Trainer.load(out / "checkpoint.pt").step_count == 4
+    capsys.readouterr()
+
+
+def test_resume_into_a_folder_holding_a_third_run(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert pwlab(_run(a, "--steps", "3")) == 0
+    assert pwlab(_run(b, "--steps", "1")) == 0
+    resume_a_into_b = ["train", "--resume", str(a), "--out", str(b), "--steps", "1", "--no-progress",
+                       "--eval-examples", "8"]
+    capsys.readouterr()
+    assert pwlab(resume_a_into_b) == 2
+    assert f"--out {str(b)!r} holds another run" in capsys.readouterr().err
+    assert Trainer.load(b / "checkpoint.pt").step_count == 1
+    assert pwlab([*resume_a_into_b, "--force"]) == 0
+    assert Trainer.load(b / "checkpoint.pt").step_count == 4 and Trainer.load(a / "checkpoint.pt").step_count == 3
+    # an empty folder, or one with other files, is no run
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    assert pwlab(_run(tmp_path / "c", "--steps", "1")) == 0
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+    capsys.readouterr()

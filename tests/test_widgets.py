@@ -27,12 +27,8 @@ NAMES = ("digits", "digit_words", "wine")          # three senses, quick to load
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # a tiny model: one thread is faster than two on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module runs on one torch thread (see conftest's ``one_thread``)."""
 
 
 @pytest.fixture(scope="module")

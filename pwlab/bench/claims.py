@@ -12,23 +12,27 @@ cores than one process with two threads.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
+import torch
+from tqdm.auto import tqdm
+
+from pwlab.experiments import CLAIMS
+from pwlab.experiments import names as claim_names
+from pwlab.commands import _args
+
 
 def _init_worker(threads: int) -> None:
-    import torch
     torch.set_num_threads(threads)
 
 
 def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float, float]:
     """One experiment and seed; returns its result, wall seconds and CPU seconds of this process
     (the CPU time tells what a run costs on a core of its own when the machine is shared)."""
-    from pwlab.experiments import CLAIMS
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         result = CLAIMS[name].module().run(seed=seed, quick=quick)
@@ -40,9 +44,6 @@ def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float, 
 def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads: int = 1,
                progress: bool = True) -> list[dict]:
     """Run every (claim, seed) and return one row dict per claim, in table order."""
-    from tqdm.auto import tqdm
-
-    from pwlab.experiments import CLAIMS
     work = [(n, s) for n in names for s in range(seeds)]
     results: dict[str, dict[int, dict]] = {n: {} for n in names}
     seconds = {n: 0.0 for n in names}
@@ -93,22 +94,18 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pwlab.experiments import names
-    p = argparse.ArgumentParser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
+    p = _args.Parser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     p.add_argument("--quick", action="store_true", help="smaller step counts, one seed (unless --seeds)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, or 1 with --quick)")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=names(),
-                   help="only these claims: " + ", ".join(names()))
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--seeds", type=_args.positive_int, default=None,
+                   help="seeds 0..N-1 (default 3, or 1 with --quick)")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=claim_names(),
+                   help="only these claims: " + ", ".join(claim_names()))
+    p.add_argument("--jobs", type=_args.positive_int, default=2, help="worker processes (default 2)")
+    p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads per worker (default 1)")
     args = p.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
-    if seeds < 1:
-        p.error(f"--seeds must be >= 1, got {seeds}")
-    if args.jobs < 1 or args.threads < 1:
-        p.error("--jobs and --threads must be >= 1")
-    chosen = [n for n in names() if args.only is None or n in args.only]
+    chosen = [n for n in claim_names() if args.only is None or n in args.only]
     t0 = time.perf_counter()
     rows = run_claims(chosen, seeds, args.quick, jobs=args.jobs, threads=args.threads)
     wall = time.perf_counter() - t0

@@ -10,7 +10,6 @@ shrink as ranks are added while the exchange grows like (P−1)/P.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,11 +17,13 @@ import time
 import torch
 import torch.distributed as dist
 
+from pwlab.distributed import ExpertParallelMoE, a2a_volume, count_a2a_bytes, run_local
+from pwlab.moe import MoE
+from pwlab.routing import TopK
+from pwlab.commands import _args
+
 
 def _rank_main(rank: int, world: int, cfg: dict) -> dict:
-    from pwlab.distributed import ExpertParallelMoE, count_a2a_bytes
-    from pwlab.moe import MoE
-    from pwlab.routing import TopK
 
     torch.manual_seed(cfg["seed"])
     ref = MoE(cfg["d_model"], cfg["d_hidden"], cfg["experts"], TopK(k=cfg["top_k"]),
@@ -53,21 +54,20 @@ def _rank_main(rank: int, world: int, cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pwlab bench ep", description=__doc__.splitlines()[0])
+    ap = _args.Parser(prog="pwlab bench ep", description=__doc__.splitlines()[0])
     ap.add_argument("--world-sizes", default="1,2,4", help="comma-separated process counts (default 1,2,4)")
-    ap.add_argument("--tokens", type=int, default=4096, help="tokens per step over all ranks")
-    ap.add_argument("--d-model", type=int, default=64)
-    ap.add_argument("--d-hidden", type=int, default=128)
-    ap.add_argument("--experts", type=int, default=8)
-    ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--capacity-factor", type=float, default=None, help="default: dropless")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per world size")
+    ap.add_argument("--tokens", type=_args.positive_int, default=4096, help="tokens per step over all ranks")
+    ap.add_argument("--d-model", type=_args.positive_int, default=64)
+    ap.add_argument("--d-hidden", type=_args.positive_int, default=128)
+    ap.add_argument("--experts", type=_args.positive_int, default=8)
+    ap.add_argument("--top-k", type=_args.positive_int, default=2)
+    ap.add_argument("--capacity-factor", type=_args.positive_float, default=None, help="default: dropless")
+    ap.add_argument("--steps", type=_args.positive_int, default=10)
+    ap.add_argument("--warmup", type=_args.nonnegative_int, default=2)
+    ap.add_argument("--seed", type=_args.seed, default=0)
+    ap.add_argument("--timeout", type=_args.positive_float, default=300.0, help="seconds per world size")
     ap.add_argument("--quick", action="store_true", help="small sizes, few steps (a smoke run)")
     args = ap.parse_args(argv)
-    from pwlab.distributed import a2a_volume, run_local
 
     if args.quick:
         args.tokens, args.steps, args.warmup = 512, 3, 1
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.world_sizes.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--world-sizes must be comma-separated integers, got {args.world_sizes!r}")
+    if args.top_k > args.experts:
+        ap.error(f"--top-k must be <= --experts={args.experts}, got {args.top_k}")
+    if not sizes:
+        ap.error(f"--world-sizes names no process count, got {args.world_sizes!r}")
     for p in sizes:
         if p < 1 or args.experts % p or args.tokens % p:
             ap.error(f"each world size must divide --experts={args.experts} and --tokens={args.tokens}; got {p}")

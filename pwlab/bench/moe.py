@@ -12,7 +12,6 @@ the auxiliary losses took no time) and ``routing_ms`` (``moe_ms − experts_ms``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -21,6 +20,9 @@ import torch
 from torch import nn
 
 from pwlab import fused
+from pwlab.moe import MoE, _FusedStats, apply_capacity
+from pwlab.routing import TopK
+from pwlab.commands import _args
 
 SIZES = {"tiny": (512, 64, 128), "mid": (2048, 128, 256), "large": (8192, 256, 512)}
 NUM_EXPERTS, TOP_K = 8, 2
@@ -43,7 +45,6 @@ class _EinsumMoE(nn.Module):
         self.moe = moe
 
     def forward(self, x):
-        from pwlab.moe import apply_capacity
 
         m = self.moe
         n = x.shape[0]
@@ -85,7 +86,6 @@ class _ExpertsWithFixedRouting(nn.Module):
 
     def __init__(self, moe, x):
         super().__init__()
-        from pwlab.moe import _FusedStats
 
         self.bank = moe.experts
         with torch.no_grad():                                   # the layer's own routing of x
@@ -117,8 +117,6 @@ def _time(fn, x, grad, repeats: int) -> list[float]:
 
 def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0,
             breakdown: bool = False) -> dict:
-    from pwlab.moe import MoE
-    from pwlab.routing import TopK
 
     n, d, h = SIZES[size]
     torch.manual_seed(seed)
@@ -152,19 +150,17 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench moe", description=__doc__.split("\n\n")[0])
+    p = _args.Parser(prog="pwlab bench moe", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats (under a minute on 2 cores)")
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 40, quick 15)")
-    p.add_argument("--capacity-factor", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--repeats", type=_args.positive_int, default=None, help="timed repeats per side (default 40, quick 15)")
+    p.add_argument("--capacity-factor", type=_args.positive_float, default=1.0)
+    p.add_argument("--threads", type=_args.positive_int, default=None,
                    help="torch threads for both sides (default: torch's, here the number of cores)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the layer's expert part with the routing precomputed (experts_ms, routing_ms)")
     args = p.parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            p.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (15 if args.quick else 40)
     for size in args.sizes:

@@ -17,15 +17,16 @@ to a step: cache effects and autograd are not in them).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from pwlab.swat import SwatLinear
+from pwlab.swat import SwatLinear, functions, kernels
+from pwlab.commands import _args
 
 
 def _window(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int) -> list[float]:
@@ -87,9 +88,6 @@ def _median_ms(fn, repeats: int = 11) -> float:
 def breakdown(swat: SwatLinear, x: torch.Tensor, g: torch.Tensor) -> dict:
     """Milliseconds of each piece of a trained layer's step (its chosen path), each timed alone,
     and of the pieces of one refresh (``refresh: ...``; paid once per ``topk_period`` steps)."""
-    from torch.nn import functional as F
-
-    from pwlab.swat import functions, kernels
     plan = swat._plans.get(x.shape[0])
     w, b, t = swat.weight.detach(), swat.bias.detach(), swat.act_threshold
     s_w, s_a, out = swat.weight_sparsity, swat.act_sparsity, {}
@@ -134,13 +132,13 @@ def breakdown(swat: SwatLinear, x: torch.Tensor, g: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench swat", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square layer widths")
-    p.add_argument("--batch", type=int, nargs="+", default=[256])
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.99])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--topk-period", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    p = _args.Parser(prog="pwlab bench swat", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=_args.positive_int, nargs="+", default=[512, 2048], help="square layer widths")
+    p.add_argument("--batch", type=_args.positive_int, nargs="+", default=[256])
+    p.add_argument("--sparsity", type=_args.sparsity, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.99])
+    p.add_argument("--repeats", type=_args.positive_int, default=7)
+    p.add_argument("--topk-period", type=_args.positive_int, default=10)
+    p.add_argument("--threads", type=_args.positive_int, default=2)
     p.add_argument("--kernel", choices=["auto", "dense", "sparse"], default="auto")
     p.add_argument("--components", action="store_true",
                    help="also time each piece of the chosen path and of a refresh alone (components_ms)")

@@ -10,107 +10,33 @@ activation density actually kept each step (a cached threshold can keep more or 
 """
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import statistics
 import time
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from pwlab import flops
-from pwlab.swat import SwatLinear, swatify
+# the training run lives with the experiments (claim 7 uses it too); re-exported here for
+# ``from pwlab.bench.swat_accuracy import mlp`` in the notebooks
+from pwlab.experiments.swat_mlp import VARIANTS, load_task, mlp, run
+from pwlab.commands import _args
 
-VARIANTS = (("dense", "uniform", 0.0), ("SWAT-U", "uniform", 0.8), ("SWAT-U", "uniform", 0.9),
-            ("SWAT-ERK", "erk", 0.9))
-
-
-@functools.lru_cache(maxsize=None)
-def load_task(name: str, seed: int):
-    """``(x_train (N, F), y_train, x_test, y_test, num_classes)`` with images flattened."""
-    import pwlab.tasks
-
-    t = pwlab.tasks.get(name, seed=seed)
-    flat = lambda x: x.reshape(x.shape[0], -1).float()
-    return flat(t.x_train), t.y_train, flat(t.x_test), t.y_test, t.num_classes
-
-
-def mlp(d_in: int, hidden: int, depth: int, classes: int) -> nn.Sequential:
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, hidden), nn.ReLU()]
-        d = hidden
-    return nn.Sequential(*layers, nn.Linear(d, classes))
-
-
-def _act_densities(model: nn.Module) -> tuple[dict, list]:
-    """Bench-side probe: the fraction of each SWAT layer's input kept for backward, per step."""
-    seen: dict = {}
-
-    def hook(mod, inp, out):
-        if mod.act_threshold is not None and torch.is_grad_enabled():
-            seen[mod] = float((inp[0].detach().abs() > mod.act_threshold).float().mean())
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SwatLinear)]
-    return seen, handles
-
-
-def run(task, variant: str, sparsity: float, seed: int, *, hidden: int, depth: int, steps: int, batch: int,
-        lr: float, topk_period: int, fixed_mask: bool = True) -> dict:
-    x_tr, y_tr, x_te, y_te, classes = task
-    torch.manual_seed(seed)
-    model = mlp(x_tr.shape[1], hidden, depth, classes)
-    if sparsity > 0:
-        swatify(model, sparsity, sparsity, variant=variant, topk_period=topk_period, fixed_mask=fixed_mask)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    seen, handles = _act_densities(model)
-    swat_layers = [m for m in model.modules() if isinstance(m, SwatLinear)]
-    measured_gw = 0.0                                                     # grad-weight FLOPs, kept density
-    model.train()
-    order = torch.randperm(len(x_tr), generator=gen)
-    pos = 0
-    for _ in range(steps):
-        if pos + batch > len(order):
-            order, pos = torch.randperm(len(x_tr), generator=gen), 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        measured_gw += sum(2 * batch * m.in_features * m.out_features * seen.get(m, 1.0) for m in swat_layers)
-    for h in handles:
-        h.remove()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(x_te).argmax(-1) == y_te).float().mean())
-    mf = flops.model_flops(model, batch)
-    swat = mf.total(swat_only=True)
-    dense_same = sum((flops.linear_flops(batch, m.in_features, m.out_features) for m in swat_layers),
-                     flops.ZERO)
-    measured = swat.forward + swat.grad_input + measured_gw / steps
-    return {"accuracy": acc, "train_flops": mf.run(steps),
-            "flop_reduction": dense_same.training / swat.training if swat_layers else 1.0,
-            "flop_reduction_measured": dense_same.training / measured if swat_layers else 1.0}
+__all__ = ["VARIANTS", "load_task", "mlp", "run", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench swat-accuracy", description=__doc__.splitlines()[0])
+    p = _args.Parser(prog="pwlab bench swat-accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["digits", "breast_cancer"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--depth", type=int, default=3, help="hidden layers (the first one stays dense)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--topk-period", type=int, default=10)
+    p.add_argument("--seeds", type=_args.seed, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=_args.positive_int, default=1500)
+    p.add_argument("--batch", type=_args.positive_int, default=64)
+    p.add_argument("--hidden", type=_args.positive_int, default=256)
+    p.add_argument("--depth", type=_args.positive_int, default=3, help="hidden layers (the first one stays dense)")
+    p.add_argument("--lr", type=_args.positive_float, default=2e-3)
+    p.add_argument("--topk-period", type=_args.positive_int, default=10)
     p.add_argument("--compare-refresh", action="store_true",
                    help="also SWAT-U 90%% re-masking every step with the cached threshold (fixed_mask=False)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=_args.positive_int, default=1,
                    help="intra-op threads (1: the layers are small; threads only add synchronisation)")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")

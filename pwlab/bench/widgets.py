@@ -19,10 +19,16 @@ The browser's rendering is not included (it runs in another process).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+
+import torch
+
+from pwlab.widgets import (AllToAllExplorer, CapacityExplorer, CostExplorer, ExpertAblation, PathwayExplorer,
+                           RoutingPlayground, SwatExplorer, trained_trainer)
+from pwlab.widgets.capacity import LOAD_BALANCING_WEIGHTS
+from pwlab.commands import _args
 
 
 def _timed(set_value, values) -> list[float]:
@@ -35,9 +41,6 @@ def _timed(set_value, values) -> list[float]:
 
 
 def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> dict:
-    from pwlab.widgets import (AllToAllExplorer, CapacityExplorer, CostExplorer, ExpertAblation, PathwayExplorer,
-                               SwatExplorer, trained_trainer)
-    from pwlab.widgets.capacity import LOAD_BALANCING_WEIGHTS
     tr = trained_trainer(config=preset, seed=seed, steps=train_steps)
     ex = PathwayExplorer(tr, max_examples=64)
     ab = ExpertAblation(tr)
@@ -76,7 +79,6 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
 
 
 def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, batch_size: int | None = 32) -> dict:
-    from pwlab.widgets import RoutingPlayground
     pg = RoutingPlayground(config=preset, seed=seed, refresh_s=refresh_s, batch_size=batch_size)
     pg.run(3)                                                  # warm-up
     start_steps, start_draws = pg.trainer.step_count, len(pg.clock.times)
@@ -97,19 +99,18 @@ def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, ba
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
+    p = _args.Parser(prog="pwlab bench widgets", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     # one torch thread: the tiny model's matmuls are too small to split, and on a 2-core machine
     # the other core is left to the browser (and, here, to whoever else shares the machine)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
-    p.add_argument("--repeats", type=int, default=15, help="value changes per control")
-    p.add_argument("--train-steps", type=int, default=30, help="steps of the model the explorers show")
-    p.add_argument("--seconds", type=float, default=6.0, help="playground run time")
-    p.add_argument("--refresh", type=float, default=0.5, help="playground refresh interval (s)")
+    p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads (default 1, see above)")
+    p.add_argument("--repeats", type=_args.positive_int, default=15, help="value changes per control")
+    p.add_argument("--train-steps", type=_args.positive_int, default=30, help="steps of the model the explorers show")
+    p.add_argument("--seconds", type=_args.positive_float, default=6.0, help="playground run time")
+    p.add_argument("--refresh", type=_args.positive_float, default=0.5, help="playground refresh interval (s)")
     p.add_argument("--preset-batch", action="store_true", help="also run the playground at the preset's batch size")
     args = p.parse_args(argv)
-    import torch
     torch.set_num_threads(args.threads)
     lines = [slider_to_figure(args.preset, args.seed, args.repeats, args.train_steps),
              playground_rate(args.preset, args.seed, args.seconds, args.refresh)]

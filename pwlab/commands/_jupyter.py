@@ -247,6 +247,25 @@ def new_token() -> str:
     return secrets.token_hex(24)
 
 
+def token_env(token: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: ``base`` (default ``os.environ``) with ``JUPYTER_TOKEN=token``.
+
+    The token travels in the environment, never on the command line: any local user reads a
+    process's argv (``ps``, ``/proc/PID/cmdline``), while ``/proc/PID/environ`` is readable by
+    its owner (and root) only. jupyter_server's IdentityProvider takes its default token from
+    ``JUPYTER_TOKEN``; Voila does too when started with ``--Voila.auto_token=True``.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("JUPYTER_TOKEN_FILE", None)     # JUPYTER_TOKEN wins anyway; drop the stale one for clarity
+    env["JUPYTER_TOKEN"] = token
+    return env
+
+
+def running_as_root() -> bool:
+    """Whether this process runs as root (never on systems without ``os.geteuid``)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def url_answers(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - localhost only

@@ -13,18 +13,17 @@ and exits with status 1 instead of opening a lab whose widgets would not render.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from pwlab.commands import _jupyter
+from pwlab.commands import _args, _jupyter
 
 WELCOME = "00_welcome.ipynb"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pwlab lab", description="Open the Pathways Lab notebooks in JupyterLab.")
-    p.add_argument("--port", type=int, default=8888, help="port to serve on (default 8888)")
+def _parser() -> _args.Parser:
+    p = _args.Parser(prog="pwlab lab", description="Open the Pathways Lab notebooks in JupyterLab.")
+    p.add_argument("--port", type=_args.port, default=8888, help="port to serve on (default 8888)")
     p.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.add_argument("--notebook-dir", default=None, help="folder to serve (default: the lab's notebooks/)")
@@ -47,17 +46,21 @@ def check() -> list[str]:
     return _jupyter.frontend_problems() + _jupyter.kernel_problems()
 
 
-def lab_command(root: Path, port: int, ip: str, token: str, open_browser: bool, first: str | None,
+def lab_command(root: Path, port: int, ip: str, open_browser: bool, first: str | None,
                 extra: list[str]) -> list[str]:
-    """The ``jupyter lab`` command line, run by this very interpreter (so: this environment)."""
+    """The ``jupyter lab`` command line, run by this very interpreter (so: this environment).
+
+    It holds no token: that goes in the environment (:func:`pwlab.commands._jupyter.token_env`),
+    since any local user can read a command line.
+    """
     cmd = [sys.executable, "-m", "jupyterlab",
            f"--ServerApp.root_dir={root}", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
            # Fail rather than silently move to another port: the printed URL must be right.
            "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}",
            f"--ServerApp.open_browser={open_browser}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if _jupyter.running_as_root():
         # Containers and classroom VMs often run as root; Jupyter refuses that without this flag.
+        # Only then: a server that need not run as root must not be told it may.
         cmd.append("--ServerApp.allow_root=True")
     if first:
         cmd.append(f"--ServerApp.default_url=/lab/tree/{first}")
@@ -67,8 +70,6 @@ def lab_command(root: Path, port: int, ip: str, token: str, open_browser: bool, 
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args, extra = _split_passthrough(p, list(sys.argv[1:] if argv is None else argv))
-    if not 0 < args.port < 65536:
-        p.error(f"--port must be in 1..65535, got {args.port}")
     root = Path(args.notebook_dir) if args.notebook_dir else _jupyter.repo_notebooks()
     if not root.is_dir():
         p.error(f"--notebook-dir {str(root)!r} is not a folder")
@@ -86,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
     base = f"http://{host}:{args.port}"
     url = f"{base}/lab/tree/{first}?token={token}" if first else f"{base}/lab?token={token}"
-    cmd = lab_command(root.resolve(), args.port, args.ip, token, not args.no_browser, first, extra)
+    cmd = lab_command(root.resolve(), args.port, args.ip, not args.no_browser, first, extra)
+    if "--ServerApp.allow_root=True" in cmd:
+        print("pwlab lab: running as root, so JupyterLab is started with --ServerApp.allow_root=True "
+              "(its kernels run as root too)", file=sys.stderr)
     return _jupyter.supervise(cmd, lambda: _jupyter.url_answers(f"{base}/api/status?token={token}"),
-                              url, "Pathways Lab")
+                              url, "Pathways Lab", env=_jupyter.token_env(token))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 from pwlab.commands.notebooks import (CLAIM_CODE, CLAIM_MARKDOWN, END_SOLUTION, MAX_BYTES, PLOTLY_MIME, WIDGET_MIME,
                                       is_exercise, strip_solutions)
@@ -89,4 +90,55 @@ def exercise_leaks(nb) -> list[str]:
         else:
             for name in sorted(loaded & set(only_exercise)):
                 out.append(f"cell {i}: uses {name!r}, defined only in exercise cell {only_exercise[name]}")
+    return out
+
+
+# -- numbers in the prose ------------------------------------------------------------------
+#: a number as prose writes it: 0.47, 7.6, 85.6 %, 3×, −5.2 (integers alone are not flagged)
+_NUMBER = re.compile(r"(?<![\w.`/-])[−-]?\d+(?:\.\d+)?(?:\s?%|×)?(?![\w`])")
+#: a sentence quoting a paper (a year, "et al.", "paper", a named model or data set) quotes its number
+_CITES = re.compile(r"\b(?:19|20)\d\d\b|et al\.|\bpapers?\b|GLaM|LIMoE|Switch Transformer|GShard|ST-MoE|"
+                    r"Mixtral|DeepSeek|ResNet|ImageNet|CIFAR|BLEU|TPU")
+
+
+def _plain(number: str) -> str:
+    return number.replace("−", "-").rstrip("%× ").strip()
+
+
+def unchecked_numbers(nb) -> list[str]:
+    """Numbers the markdown states that no cell prints or writes (in an assert, a constant).
+
+    A number in prose next to a computed value should come from it: printed by a cell (a
+    formatted output) or checked by one (``assert lo <= x <= hi`` holds the quoted range).
+    Skipped: integers, numbers inside code spans, sentences that quote a paper, sentences that
+    suggest values to try, and in a markdown table every column but the last (the last is
+    "we measure here" by the notebooks' convention; the others quote the papers).
+    """
+    seen: set[str] = set()
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        texts = [c.source] + ["".join(o.get("text", "")) for o in c.get("outputs", [])]
+        texts += ["".join(o.get("data", {}).get("text/plain", "")) for o in c.get("outputs", [])]
+        seen.update(_plain(n).lstrip("-") for t in texts for n in _NUMBER.findall(t))
+    out = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "markdown":
+            continue
+        text = re.sub(r"`[^`]*`", "", c.source)
+        text = re.sub(r"\]\([^)]*\)", "]", text)                       # link targets
+        kept = []
+        for line in text.split("\n"):
+            cols = line.strip().strip("|").split("|") if line.lstrip().startswith("|") else None
+            if cols is None:
+                kept.append(line)
+            elif len(cols) >= 2 and not set(line) <= set("|-: "):
+                kept.append(cols[-1])
+        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\S*\|)", "\n".join(kept)):
+            if _CITES.search(sentence) or re.search(r"\b[Tt]ry\b", sentence):
+                continue
+            for n in _NUMBER.findall(sentence):
+                v = _plain(n).lstrip("-")
+                if ("." in v or n.endswith(("%", "×"))) and v not in seen:
+                    out.append(f"cell {i}: {n.strip()} in the prose, printed or checked by no cell")
     return out

@@ -17,6 +17,9 @@ mechanical ones):
    day the claim stops holding. If an effect does not reproduce in miniature, the notebook
    says so in prose and asserts what does hold.
 4. The paper's number sits next to ours in a markdown table ("paper says / we measure").
+   A number of ours quoted in the prose comes from a cell: printed by it, or an asserted range
+   (``assert lo <= x <= hi``), so the prose cannot drift from the outputs; ``pwlab course
+   check`` lists the prose numbers no cell prints or checks (``--strict`` fails on them).
 5. Exercises (1–3 per notebook): one code cell each, holding the student's code between
    ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines (the nbgrader convention) and ending
    with a ``check_*`` call from :mod:`pwlab.exercises`. Later cells never use what an
@@ -24,7 +27,11 @@ mechanical ones):
    student version replaces each solution block by ``raise NotImplementedError("your turn")``.
 6. Cells whose printed text is deterministic (seeded numbers, few decimals) start with
    ``# NBVAL_CHECK_OUTPUT``: ``make test`` (``pytest --nbval-lax``) compares only those.
-   Timings are printed, never checked and never asserted.
+   Numbers that come out of training are not such text: the same seed gives different last
+   digits under other versions of PyTorch, NumPy or scikit-learn, or on another CPU, and
+   training amplifies them (seen: a multi-task run's accuracies moving by 0.01-0.03 between
+   two installs of the same requirements). Those cells are not compared; their ``# CLAIM``
+   asserts carry what must hold. Timings are printed, never checked and never asserted.
 7. Figures are plotly, shown as the cell's last expression; they are stored as plotly JSON
    (``application/vnd.plotly.v1+json``), never as HTML with plotly.js. Diagrams are SVG files
    in ``assets/diagrams/``, shown with ``IPython.display.SVG(filename="../assets/diagrams/…")``

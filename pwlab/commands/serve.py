@@ -9,19 +9,19 @@ only the outputs (figures, sliders, buttons), never the code. The same set-up ch
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
 
-from pwlab.commands import _jupyter
+from pwlab.commands import _args, _jupyter
 from pwlab.commands.lab import check
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pwlab serve",
+def _parser() -> _args.Parser:
+    p = _args.Parser(prog="pwlab serve",
                                 description="Serve one notebook as a dashboard: widgets live, code hidden.")
     p.add_argument("notebook", help="the .ipynb file to serve")
-    p.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866)")
+    p.add_argument("--port", type=_args.port, default=8866, help="port to serve on (default 8866)")
     p.add_argument("--ip", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 lets a classroom connect)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
@@ -31,16 +31,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def voila_command(notebook: Path, port: int, ip: str, token: str, open_browser: bool, theme: str,
+def voila_command(notebook: Path, port: int, ip: str, open_browser: bool, theme: str,
                   show_code: bool) -> list[str]:
-    """The ``voila`` command line, run by this very interpreter (so: this environment)."""
+    """The ``voila`` command line, run by this very interpreter (so: this environment).
+
+    It holds no token, since any local user can read a command line: ``--Voila.auto_token=True``
+    makes Voila's identity provider take it from ``JUPYTER_TOKEN`` in the environment
+    (:func:`pwlab.commands._jupyter.token_env`). Without that flag and without ``--Voila.token``,
+    Voila would serve with no token at all.
+    """
     return [sys.executable, "-m", "voila", str(notebook),
             f"--Voila.ip={ip}", f"--Voila.port={port}", "--Voila.port_retries=0",
-            f"--Voila.token={token}", f"--Voila.open_browser={open_browser}",
+            "--Voila.auto_token=True", f"--Voila.open_browser={open_browser}",
             f"--VoilaConfiguration.theme={theme}",
             f"--VoilaConfiguration.strip_sources={not show_code}",
             # A teacher projecting the page wants to see why a cell failed.
-            "--VoilaConfiguration.show_tracebacks=True"]
+            "--VoilaConfiguration.show_tracebacks=True",
+            # our page template (TEMPLATES): Voila's "lab" page, less its CDN stylesheets
+            "--template=pwlab"]
+
+
+#: the folder added to JUPYTER_PATH for Voila to find the "pwlab" template (offline page)
+TEMPLATES = Path(__file__).parent / "_share"
+
+
+def voila_env(token: str) -> dict[str, str]:
+    """The environment of the Voila child: the token (never on a command line) and our template."""
+    env = _jupyter.token_env(token)
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(TEMPLATES), env.get("JUPYTER_PATH", "")) if p)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     nb = Path(args.notebook)
     if nb.suffix != ".ipynb" or not nb.is_file():
         p.error(f"notebook must be an existing .ipynb file, got {args.notebook!r}")
-    if not 0 < args.port < 65536:
-        p.error(f"--port must be in 1..65535, got {args.port}")
     if not args.skip_checks:
         status = _jupyter.report(check(), "pwlab serve")
         if status:
@@ -61,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     token = _jupyter.new_token()
     host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
     url = f"http://{host}:{args.port}/?token={token}"
-    cmd = voila_command(nb.resolve(), args.port, args.ip, token, not args.no_browser, args.theme, args.show_code)
+    cmd = voila_command(nb.resolve(), args.port, args.ip, not args.no_browser, args.theme, args.show_code)
+    if _jupyter.running_as_root():
+        # Voila has no allow_root switch to pass; it starts every visitor's kernel as this user.
+        print("pwlab serve: running as root, so every visitor's kernel runs as root", file=sys.stderr)
+    print(f"pwlab serve: each visit runs {nb.name} top to bottom in a fresh kernel, so a page appears "
+          "only after the notebook's run time (seconds to a minute; docs/teaching.md lists them)", file=sys.stderr)
     # Readiness by TCP only: fetching the page would start a kernel and run the notebook.
     return _jupyter.supervise(cmd, lambda: _jupyter.port_answers(args.port, host), url,
-                              f"Pathways Lab dashboard ({nb.name})")
+                              f"Pathways Lab dashboard ({nb.name})", env=voila_env(token))
 
 
 if __name__ == "__main__":  # pragma: no cover

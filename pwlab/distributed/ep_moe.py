@@ -33,9 +33,10 @@ from torch import Tensor
 from pwlab import losses
 from pwlab.dispatch import sort_by_priority
 from pwlab.distributed.exchange import all_to_all, exchange_counts
-from pwlab.experts import ExpertBank
+from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing.base import Routing
+from pwlab.swat.layers import is_swat_bank, swat_settings
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,13 +115,17 @@ class ExpertParallelMoE(MoE):
     divisible by the group size, or differing configurations raise ``ValueError`` on every
     rank. Weights are initialised as the single-process layer would be (so the same seed
     gives the same weights), then each rank keeps its shard; the router is broadcast from
-    the group's first rank so it is replicated.
+    the group's first rank so it is replicated. The expert kind (``expert="ffn"`` or
+    ``"swiglu"``) shards the same way, every weight of the bank split on its expert axis;
+    shared experts (``num_shared_experts``) run on every token, so they are replicated like the
+    router (broadcast here, their gradients synchronised as the other replicated parameters).
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, router=None, *,
                  capacity_factor: float | None = None, capacity_convention: str = "k_tokens",
                  drop_policy: str = "position", aux_weights: dict[str, float] | None = None,
-                 activation: str = "gelu", num_groups: int | None = None, group=None):
+                 activation: str | None = None, num_groups: int | None = None, group=None,
+                 expert: str = "ffn", num_shared_experts: int = 0):
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("ExpertParallelMoE needs an initialised torch.distributed process group "
                              "(launch with torchrun, or pwlab.distributed.run_local)")
@@ -129,7 +134,8 @@ class ExpertParallelMoE(MoE):
         try:
             super().__init__(d_model, d_hidden, num_experts, router, capacity_factor=capacity_factor,
                              capacity_convention=capacity_convention, drop_policy=drop_policy, dispatch="fast",
-                             aux_weights=aux_weights, activation=activation, num_groups=num_groups)
+                             aux_weights=aux_weights, activation=activation, num_groups=num_groups,
+                             expert=expert, num_shared_experts=num_shared_experts)
             if num_experts % world:
                 raise ValueError(f"num_experts must be divisible by the world size {world} "
                                  f"(each rank holds num_experts/world experts), got num_experts={num_experts}")
@@ -141,14 +147,25 @@ class ExpertParallelMoE(MoE):
         self.num_local_experts = num_experts // world
         src = dist.get_global_rank(group, 0) if group is not None else 0
         nccl = dist.get_backend(group) == "nccl"            # NCCL moves only CUDA tensors
-        for t in self.router.state_dict().values():         # replicated router (detached views)
+        replicated = [*self.router.state_dict().values(),
+                      *(self.shared_experts.state_dict().values() if self.shared_experts is not None else ())]
+        for t in replicated:                                # router, shared experts (detached views)
             buf = t.cuda() if nccl and not t.is_cuda else t
             dist.broadcast(buf, src, group=group)
             if buf is not t:
                 t.copy_(buf)
         full = self.experts
-        self.experts = ExpertBank(self.num_local_experts, d_model, d_hidden, activation)
+        self.experts = make_experts(expert, self.num_local_experts, d_model, d_hidden, activation)
         self._load_shard(full)
+
+    def _swatify_shard(self, source) -> None:
+        """Make this rank's bank a SWAT bank with ``source``'s settings (top-K over the shard)."""
+        shard = self.experts
+        self.experts = type(source)(self.num_local_experts, self.d_model, self.d_hidden, source.activation,
+                                    **swat_settings(source)).to(shard.w1.device)
+        with torch.no_grad():
+            for mine, theirs in zip(self.experts.weight_parameters(), shard.weight_parameters()):
+                mine.copy_(theirs)
 
     # -- construction helpers ----------------------------------------------------------
     def _config(self) -> dict:
@@ -157,7 +174,8 @@ class ExpertParallelMoE(MoE):
                 "router": f"{type(r).__name__}({r.extra_repr()})", "capacity_factor": self.capacity_factor,
                 "capacity_convention": self.capacity_convention, "drop_policy": self.drop_policy,
                 "aux_weights": repr(sorted(self.aux_weights.items())), "activation": self.experts.activation,
-                "num_groups": self.num_groups}
+                "num_groups": self.num_groups, "expert": self.expert_kind,
+                "num_shared_experts": self.num_shared_experts}
 
     @property
     def expert_range(self) -> tuple[int, int]:
@@ -165,27 +183,47 @@ class ExpertParallelMoE(MoE):
         return self.rank * self.num_local_experts, (self.rank + 1) * self.num_local_experts
 
     @torch.no_grad()
-    def _load_shard(self, full: ExpertBank) -> None:
+    def _load_shard(self, full: ExpertBank | GatedExpertBank) -> None:
         lo, hi = self.expert_range
-        for mine, whole in zip(self.experts.weights(), full.weights()):
+        for mine, whole in zip(self.experts.weight_parameters(), full.weight_parameters()):
             mine.copy_(whole[lo:hi])
 
     @classmethod
     def from_moe(cls, moe: MoE, group=None) -> "ExpertParallelMoE":
-        """The expert-parallel copy of a single-process layer: same router, this rank's expert shard."""
+        """The expert-parallel copy of a single-process layer: same router and shared experts,
+        this rank's shard of every weight of the expert bank (of the layer's kind)."""
+        if moe.shared_gate is not None:
+            raise ValueError("moe has a shared_gate (Qwen-MoE's gated shared experts), which the expert-parallel "
+                             "layer does not replicate; use the single-process layer")
         with torch.random.fork_rng(devices=[]):      # the throw-away init must not move the global RNG
             layer = cls(moe.d_model, moe.d_hidden, moe.num_experts, copy.deepcopy(moe.router),
                         capacity_factor=moe.capacity_factor, capacity_convention=moe.capacity_convention,
                         drop_policy=moe.drop_policy, aux_weights=dict(moe.aux_weights),
-                        activation=moe.experts.activation, num_groups=moe.num_groups, group=group)
+                        activation=moe.experts.activation, num_groups=moe.num_groups, group=group,
+                        expert=expert_kind(moe.experts), num_shared_experts=moe.num_shared_experts)
         layer._load_shard(moe.experts)
+        if is_swat_bank(moe.experts):
+            layer._swatify_shard(moe.experts)
+        if moe.shared_experts is not None:
+            layer.shared_experts.load_state_dict(moe.shared_experts.state_dict())
+        layer.granularity = moe.granularity
         layer.enabled.copy_(moe.enabled)
         return layer.to(moe.enabled.device)
 
-    def gather_experts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The full (w1, b1, w2, b2) of all E experts, on every rank (detached; collective)."""
+    def gather_experts(self) -> tuple[Tensor, ...]:
+        """The full ``weight_parameters()`` of all E experts — (w1, b1, w2, b2), or (w1, w3, w2)
+        for the gated kind — on every rank (detached; collective). For a SWAT bank these are the
+        dense parameters; :meth:`gather_effective_weights` gives the masked ones."""
+        return self._gather(self.experts.weight_parameters())
+
+    def gather_effective_weights(self) -> tuple[Tensor, ...]:
+        """The weights all E experts compute with (SWAT: masked by each rank's top-K), on every
+        rank (detached; collective)."""
+        return self._gather(self.experts.effective_weights())
+
+    def _gather(self, weights) -> tuple[Tensor, ...]:
         out = []
-        for w in self.experts.weights():
+        for w in weights:
             parts = [torch.empty_like(w) for _ in range(self.world_size)]
             dist.all_gather(parts, w.detach().contiguous(), group=self.group)
             out.append(torch.cat(parts))
@@ -195,7 +233,7 @@ class ExpertParallelMoE(MoE):
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
         proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        cap = self.capacity(x.shape[0])
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
         # capacity exactly as the single-process layer: each expert's queue in priority order
         order, pos_sorted = sort_by_priority(proposed, self.drop_policy)
         position = torch.empty_like(pos_sorted)
@@ -229,7 +267,7 @@ class ExpertParallelMoE(MoE):
         if r == 0:
             # nothing to run here, but this rank must still join both backward exchanges: keep
             # the received (empty) rows and the expert weights in the graph
-            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weights()))
+            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weight_parameters()))
         expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
         expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
         order = torch.argsort(expert, stable=True)

@@ -75,7 +75,8 @@ def clip_grad_norm_(model: nn.Module, max_norm: float | None, group=None) -> Ten
 
     As ``torch.nn.utils.clip_grad_norm_`` on the single-process model: the replicated
     gradients (equal on every rank after :func:`sync_gradients`) count once, each expert
-    shard once. Returns the norm before clipping (the same on every rank).
+    shard once. Returns the norm before clipping (the same on every rank); a non-finite
+    norm clips nothing.
     """
     experts = {id(p) for p in expert_parameters(model)}
     rep = [p.grad for p in model.parameters() if p.grad is not None and id(p) not in experts]
@@ -85,7 +86,8 @@ def clip_grad_norm_(model: nn.Module, max_norm: float | None, group=None) -> Ten
     dist.all_reduce(sq_exp, group=group)
     sq_rep = torch.stack([g.detach().float().pow(2).sum() for g in rep]).sum() if rep else torch.zeros((), device=dev)
     total = (sq_rep + sq_exp).sqrt()
-    if max_norm is not None and math.isfinite(max_norm):
+    # a NaN/Inf norm leaves the gradients as they are: the caller refuses or skips the step
+    if max_norm is not None and math.isfinite(max_norm) and bool(torch.isfinite(total)):
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)     # the same rule as torch's clip_grad_norm_
         for g in rep + exp:
             g.mul_(coef.to(g.dtype))

@@ -15,6 +15,12 @@ import json
 import os
 import sys
 
+import torch
+import torch.distributed as dist
+
+from pwlab import config, tasks
+from pwlab.distributed.trainer import DistributedTrainer
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pwlab.distributed.train",
@@ -35,9 +41,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _init(backend: str | None, timeout: float) -> bool:
     """Join torchrun's group (or make a group of one); True if this call created it."""
-    import torch
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -53,10 +56,6 @@ def _init(backend: str | None, timeout: float) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import torch.distributed as dist
-
-    from pwlab import config, tasks
-    from pwlab.distributed.trainer import DistributedTrainer
     created = _init(args.backend, args.timeout)
     rank = dist.get_rank()
     try:

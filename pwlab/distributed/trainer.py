@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pwlab.config import Config
 from pwlab.distributed.parallel import clip_grad_norm_, expert_parallel, shard_batches, sync_gradients
-from pwlab.train import NonFiniteLossError, Trainer
+from pwlab.train import NonFiniteGradientError, NonFiniteLossError, Trainer
 
 
 class DistributedTrainer(Trainer):
@@ -49,6 +49,7 @@ class DistributedTrainer(Trainer):
 
     def _one_step(self) -> dict:
         tc = self.config.train
+        snap = self._snapshot()               # the buffers a skipped step puts back
         t0 = time.perf_counter()
         self.model.train()
         batches = self.sampler.sample()
@@ -61,20 +62,25 @@ class DistributedTrainer(Trainer):
         finite = torch.tensor([float(bool(torch.isfinite(objective)))], device=objective.device)
         dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self.group)
         if not bool(finite[0]):
-            if not tc.skip_nonfinite:
-                raise NonFiniteLossError(self.step_count + 1, "distributed objective", float("nan"))
-            rec = {"step": self.step_count, "skipped": True, "nonfinite": "distributed objective"}
-            self.history.append(rec)
-            return rec
+            err = NonFiniteLossError(self.step_count + 1, names, float("nan"), what="distributed objective",
+                                     skipped=self._skips_at_limit())
+            return self._skip_or_raise(err, "distributed objective", snap)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         sync_gradients(self.model, self.group)
-        grad_norm = clip_grad_norm_(self.model, tc.grad_clip, self.group)
+        grad_norm = clip_grad_norm_(self.model, tc.grad_clip, self.group)    # global: one verdict on all ranks
+        if not bool(torch.isfinite(grad_norm)):
+            # checked before the update, as the single-process trainer does: never applied
+            first = next((n for n, p in self.model.named_parameters()
+                          if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+            err = NonFiniteGradientError(self.step_count + 1, names, float(grad_norm), first,
+                                         skipped=self._skips_at_limit())
+            return self._skip_or_raise(err, "gradient", snap)
         self.optimizer.step()
         self.step_count += 1
         rec = self._record(out, mine, float(grad_norm), time.perf_counter() - t0)
         self._globalise(rec, out, batches, share)
-        self.history.append(rec)
+        self._commit(rec)
         return rec
 
     def _globalise(self, rec: dict, out, batches, share: dict[str, float]) -> None:

@@ -12,7 +12,11 @@ by >= 20 points while no other task loses more than 5 points.
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import tiny
 from pwlab.experiments import common
+from pwlab.pathways import disable_experts, pathway_map, top_pathway
+from pwlab.train import Trainer, evaluate_model
 
 TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
@@ -23,7 +27,6 @@ MAX_OTHER_DROP = 5.0
 
 
 def config(seed: int):
-    from pwlab.config import tiny
     return (tiny().with_model(num_experts=NUM_EXPERTS, top_k=TOP_K, moe_layers="all")
             .with_train(seed=seed, **common.TRAIN))
 
@@ -31,9 +34,6 @@ def config(seed: int):
 def run(seed: int = 0, quick: bool = False) -> dict:
     """Per ablated task t: ``self_drop/<t>`` (points) and ``other_drop/<t>`` (the largest drop
     of another task), plus ``base/<t>`` accuracy."""
-    import pwlab.tasks as T
-    from pwlab.pathways import disable_experts, pathway_map, top_pathway
-    from pwlab.train import Trainer, evaluate_model
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     tr = Trainer(tasks, config(seed))

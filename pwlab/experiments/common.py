@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from pwlab.tasks import batches
+
 #: examples per task in validation-loss evaluations (fixed, so curves are comparable)
 VAL_EXAMPLES = 256
 #: training settings of every trunk experiment, pinned here so a change of the presets'
@@ -37,7 +39,6 @@ def validation_loss(model, tasks: Sequence, max_examples: int | None = None, spl
     included: this is the quality the papers compare.
     """
     max_examples = VAL_EXAMPLES if max_examples is None else max_examples
-    from pwlab.tasks import batches
     was_training = model.training
     model.eval()
     try:

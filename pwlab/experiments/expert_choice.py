@@ -14,7 +14,10 @@ for top-2. Held when both mean speed-ups are > 2 ("more than 2x faster").
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import tiny
 from pwlab.experiments import common
+from pwlab.train import Trainer
 
 TASKS = ("digits", "dtmf", "digit_words")
 NUM_EXPERTS = 8
@@ -25,7 +28,6 @@ ROUTERS = ("expert_choice", "top2", "top1")
 
 
 def configs(seed: int) -> dict:
-    from pwlab.config import tiny
     base = tiny().with_model(num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed, **common.TRAIN)
     return {"expert_choice": base.with_model(router="expert_choice", router_kwargs={"capacity_factor": 2.0}),
             "top2": base.with_model(router="topk", top_k=2, capacity_factor=1.0),
@@ -34,8 +36,6 @@ def configs(seed: int) -> dict:
 
 def run(seed: int = 0, quick: bool = False) -> dict:
     """``final_loss/<router>``, ``speedup/top1`` and ``speedup/top2`` (expert choice's step ratio)."""
-    import pwlab.tasks as T
-    from pwlab.train import Trainer
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     curves = {name: common.train_curve(Trainer(tasks, cfg), steps, EVAL_EVERY) for name, cfg in configs(seed).items()}

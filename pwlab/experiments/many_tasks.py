@@ -16,7 +16,10 @@ routing reduces the interference.
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import dense_baseline, tiny
 from pwlab.experiments import common
+from pwlab.train import Trainer
 
 TASKS = ("digits", "dtmf", "digit_words")
 PER_TASK_BATCH = 32
@@ -26,7 +29,6 @@ MULTI = ("token", "dense", "task")
 
 
 def configs(seed: int, batch: int) -> dict:
-    from pwlab.config import dense_baseline, tiny
     base = tiny().with_train(seed=seed, lr=common.TRAIN["lr"], batch_size=batch, sampling="uniform")
     return {"token": base, "dense": dense_baseline(base),
             "task": base.with_model(router="task", router_kwargs={"mode": "learned"})}
@@ -35,8 +37,6 @@ def configs(seed: int, batch: int) -> dict:
 def run(seed: int = 0, quick: bool = False) -> dict:
     """Accuracy in points: ``single/<task>``, ``<model>/<task>`` and ``interference/<model>/<task>``;
     ``interference/<model>`` is the mean over tasks."""
-    import pwlab.tasks as T
-    from pwlab.train import Trainer
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pwlab.experiments import common
+from pwlab.tasks.synthetic import mmoe_pair
 
 CORRELATIONS = (1.0, 0.5, 0.1)
 NUM_EXPERTS = 8
@@ -107,7 +108,6 @@ def train_pair(model: nn.Module, task_a, task_b, steps: int, seed: int) -> float
 
 def run(seed: int = 0, quick: bool = False) -> dict:
     """Test MSE ``shared_bottom/<p>`` and ``mmoe/<p>`` and ``advantage/<p>`` for each p."""
-    from pwlab.tasks.synthetic import mmoe_pair
     steps = STEPS["quick" if quick else "full"]
     out: dict = {"seed": seed, "steps": steps}
     for p in CORRELATIONS:

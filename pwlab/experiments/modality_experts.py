@@ -14,7 +14,11 @@ for four modalities: "well above"), on the mean over seeds.
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import tiny
 from pwlab.experiments import common
+from pwlab.pathways import pathway_map
+from pwlab.train import Trainer
 
 TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
@@ -25,7 +29,6 @@ VARIANTS = ("plain", "entropy")
 
 
 def config(seed: int, regularised: bool):
-    from pwlab.config import tiny
     aux = {"entropy_local": ENTROPY_WEIGHT, "entropy_global": ENTROPY_WEIGHT} if regularised else {}
     return (tiny().with_model(num_experts=NUM_EXPERTS, moe_layers="all", aux_weights=aux)
             .with_train(seed=seed, **common.TRAIN))
@@ -37,9 +40,6 @@ def run(seed: int = 0, quick: bool = False) -> dict:
     Returns keys ``<variant>/init/<block>``, ``<variant>/trained/<block>`` (bits),
     ``<variant>/rise`` (the largest rise over blocks) and the blocks.
     """
-    import pwlab.tasks as T
-    from pwlab.pathways import pathway_map
-    from pwlab.train import Trainer
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}

@@ -15,7 +15,10 @@ Held when the mean step ratio over seeds is > 1 (the sparse model got there in f
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import dense_baseline, tiny
 from pwlab.experiments import common
+from pwlab.train import Trainer
 
 TASKS = ("digits", "dtmf", "digit_words")
 NUM_EXPERTS = 8
@@ -25,7 +28,6 @@ STEPS = {"quick": 200, "full": 400}
 
 def configs(seed: int):
     """The sparse config and its dense twin, matched in active FLOPs per token."""
-    from pwlab.config import dense_baseline, tiny
     sparse = (tiny().with_model(router="switch", num_experts=NUM_EXPERTS, moe_layers="all")
               .with_train(seed=seed, **common.TRAIN))
     return sparse, dense_baseline(sparse)
@@ -33,8 +35,6 @@ def configs(seed: int):
 
 def run(seed: int = 0, quick: bool = False) -> dict:
     """Train both models; returns the step ratio and the curves' end points (plain numbers)."""
-    import pwlab.tasks as T
-    from pwlab.train import Trainer
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     sparse_cfg, dense_cfg = configs(seed)

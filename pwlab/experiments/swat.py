@@ -1,9 +1,9 @@
 """Claim 7 — SWAT: >= 8x fewer training FLOPs within 5 points of dense accuracy.
 
-Design: the SWAT issue's own measurement (``pwlab bench swat-accuracy``), reused rather than
-re-implemented: a dense model and its SWAT twin at 90% weight and activation sparsity
-(SWAT-U, first layer dense), same seed and steps; counted training FLOPs from
-:mod:`pwlab.flops`. "8x fewer FLOPs within 5%" is the paper's 90% rows (ResNet-50 on
+Design: the measurement of ``pwlab bench swat-accuracy`` (:mod:`pwlab.experiments.swat_mlp`),
+shared rather than re-implemented: a dense model and its SWAT twin at 90% weight and
+activation sparsity (SWAT-U, first layer dense), same seed and steps; counted training FLOPs
+from :mod:`pwlab.flops`. "8x fewer FLOPs within 5%" is the paper's 90% rows (ResNet-50 on
 ImageNet: 85.6% fewer FLOPs at −4.7 top-1).
 
 Task digits, SWAT-U at 90%, the benchmark's MLP (3 hidden layers of 256) and settings.
@@ -15,7 +15,7 @@ Held when, on the mean over seeds, dense FLOPs / SWAT FLOPs >= 8 and the accurac
 """
 from __future__ import annotations
 
-from pwlab.experiments import common
+from pwlab.experiments import common, swat_mlp
 
 MIN_FLOP_RATIO = 8.0
 MAX_GAP_POINTS = 5.0
@@ -29,12 +29,11 @@ STEPS = {"quick": 500, "full": 1500}
 
 
 def _measure(seed: int, quick: bool) -> dict:
-    """Dense and SWAT-U 90% runs of :func:`pwlab.bench.swat_accuracy.run` with one seed."""
-    from pwlab.bench import swat_accuracy
+    """Dense and SWAT-U 90% runs of :func:`pwlab.experiments.swat_mlp.run` with one seed."""
     steps = STEPS["quick" if quick else "full"]
-    task = swat_accuracy.load_task(TASK, seed)
-    dense = swat_accuracy.run(task, "uniform", 0.0, seed, steps=steps, **SETTINGS)
-    swat = swat_accuracy.run(task, "uniform", SPARSITY, seed, steps=steps, **SETTINGS)
+    task = swat_mlp.load_task(TASK, seed)
+    dense = swat_mlp.run(task, "uniform", 0.0, seed, steps=steps, **SETTINGS)
+    swat = swat_mlp.run(task, "uniform", SPARSITY, seed, steps=steps, **SETTINGS)
     return {"dense_acc": dense["accuracy"], "swat_acc": swat["accuracy"],
             "flop_ratio": dense["train_flops"] / swat["train_flops"],
             "layer_flop_ratio": swat["flop_reduction"], "steps": steps}

@@ -12,7 +12,11 @@ holds <= 1/4 of the expert parameters, on the mean over seeds.
 """
 from __future__ import annotations
 
+import pwlab.tasks as T
+from pwlab.config import tiny
 from pwlab.experiments import common
+from pwlab.pathways import extract_subnetwork
+from pwlab.train import Trainer, evaluate_model
 
 TASKS = ("digits", "dtmf", "digit_words", "wine")
 NUM_EXPERTS = 8
@@ -22,7 +26,6 @@ MAX_EXPERT_FRACTION = 0.25
 
 
 def config(seed: int):
-    from pwlab.config import tiny
     return tiny().with_model(router="task", router_kwargs={"mode": "learned"}, top_k=2,
                              num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed, **common.TRAIN)
 
@@ -35,9 +38,6 @@ def expert_parameters(model) -> int:
 def run(seed: int = 0, quick: bool = False) -> dict:
     """Per task: ``full/<task>``, ``sub/<task>`` accuracy (points), ``drop/<task>`` (full − sub)
     and ``fraction/<task>`` (its expert parameters over the model's)."""
-    import pwlab.tasks as T
-    from pwlab.pathways import extract_subnetwork
-    from pwlab.train import Trainer, evaluate_model
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     tr = Trainer(tasks, config(seed))

@@ -4,6 +4,9 @@ Scores ``S = softmax(x·W_g)`` over experts, (N, E); transpose to (E, N) and let
 take its top-C tokens, ``C = ceil(N · capacity_factor / E)`` (capped at N). Every expert is
 exactly full, so no balancing loss is needed; a token may get several experts or none
 (it then passes through the residual). The gate weight is the token's score for that expert.
+``capacity_factor`` is the average number of experts per token, so it lies in
+``(0, num_experts]``: at ``num_experts`` every expert takes every token, and a larger factor
+would name work that cannot happen (it is refused when the router is bound).
 Not usable for causal decoding: choosing needs the whole batch.
 """
 from __future__ import annotations
@@ -25,6 +28,9 @@ def expert_choice_capacity(num_tokens: int, num_experts: int, capacity_factor: f
 class ExpertChoice(LinearGate):
     """Each expert takes its ``C`` highest-scoring tokens."""
 
+    trusted = True
+    kind = "expert_choice"     # experts fill themselves: the layer applies no capacity
+
     def __init__(self, *, capacity_factor: float = 2.0, d_model: int | None = None, num_experts: int | None = None):
         self.capacity_factor = _checks.positive_float("capacity_factor", capacity_factor)
         # top_k is the *average* number of experts per token, rounded up, for FLOP accounting
@@ -32,7 +38,12 @@ class ExpertChoice(LinearGate):
         self.top_k = max(1, math.ceil(self.capacity_factor))
 
     def _check_top_k(self, num_experts: int) -> None:
-        pass   # experts choose; a token may get up to E experts
+        # experts choose, so a token may get up to E experts, but no more: a factor above E
+        # would report (and a dense twin would be sized for) experts per token that never run
+        if self.capacity_factor > num_experts:
+            raise ValueError(f"capacity_factor must be in (0, num_experts={num_experts}] for expert choice "
+                             f"(at num_experts every expert already takes every token), "
+                             f"got {self.capacity_factor}")
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)

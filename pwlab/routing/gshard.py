@@ -17,6 +17,8 @@ from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choic
 class GShardTop2(LinearGate):
     """Top-2 with a randomly dropped second expert."""
 
+    trusted = True
+
     def __init__(self, *, d_model: int | None = None, num_experts: int | None = None):
         super().__init__(top_k=2, d_model=d_model, num_experts=num_experts)
 

@@ -17,6 +17,9 @@ from pwlab.routing.base import Router, Routing, token_choice
 class HashRouter(Router):
     """expert = table[token_id mod num_buckets]; weight 1."""
 
+    expert_id_tables = ("table",)
+
+    trusted = True
     needs_token_ids = True
 
     def __init__(self, *, num_buckets: int = 4096, seed: int = 0, d_model: int | None = None,
@@ -25,7 +28,7 @@ class HashRouter(Router):
         self.seed = int(seed)
         super().__init__(top_k=1, d_model=d_model, num_experts=num_experts)
 
-    def _build(self) -> None:
+    def build(self) -> None:
         g = torch.Generator().manual_seed(self.seed)
         # a balanced table: each expert appears num_buckets/E times, in a random order
         table = torch.arange(self.num_buckets) % self.num_experts

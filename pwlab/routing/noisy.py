@@ -24,13 +24,16 @@ from pwlab.routing.base import LinearGate, Routing, noise, softmax_experts, toke
 class NoisyTopK(LinearGate):
     """Top-k of noisy logits; ``Routing.aux_losses["importance_load"]`` holds the paper's loss."""
 
+    trusted = True
+    noise_knob = "noise_eps"
+
     def __init__(self, *, k: int = 2, noise_eps: float = 1e-2, d_model: int | None = None,
                  num_experts: int | None = None):
         self.noise_eps = _checks.non_negative_float("noise_eps", noise_eps)
         super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
 
-    def _build(self) -> None:
-        super()._build()
+    def build(self) -> None:
+        super().build()
         self.w_noise = nn.Linear(self.d_model, self.num_experts, bias=False)
         nn.init.zeros_(self.w_noise.weight)   # the paper initialises W_g and W_noise to zero
 

@@ -15,6 +15,9 @@ from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choic
 class Switch(LinearGate):
     """Top-1 routing with the probability as weight."""
 
+    trusted = True
+    noise_knob = "jitter"
+
     def __init__(self, *, jitter: float = 0.0, d_model: int | None = None, num_experts: int | None = None):
         self.jitter = _checks.non_negative_float("jitter", jitter)
         super().__init__(top_k=1, d_model=d_model, num_experts=num_experts)

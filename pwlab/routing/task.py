@@ -22,6 +22,7 @@ MODES = ("fixed", "learned", "learned+token")
 class TaskRouter(Router):
     """Route by task id (N,) to ``k`` experts."""
 
+    trusted = True
     needs_task = True
 
     def __init__(self, *, num_tasks: int, k: int = 1, mode: str = "learned", d_model: int | None = None,
@@ -30,7 +31,15 @@ class TaskRouter(Router):
         self.mode = _checks.one_of("mode", mode, MODES)
         super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
 
-    def _build(self) -> None:
+    expert_id_tables = ("table",)
+
+    def expert_axis(self, name: str, tensor: Tensor) -> int | None:
+        """``task_logits.weight`` is (num_tasks, E): experts on axis 1; the token gate's on 0."""
+        if name == "task_logits.weight":
+            return 1
+        return 0 if name == "gate.weight" else None
+
+    def build(self) -> None:
         e, k = self.num_experts, self.top_k
         if self.mode == "fixed":
             table = (torch.arange(self.num_tasks)[:, None] * k + torch.arange(k)) % e

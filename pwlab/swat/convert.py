@@ -1,5 +1,8 @@
 """``swatify``: turn a model's ``nn.Linear`` / ``nn.Conv2d`` layers and MoE expert banks into SWAT layers.
 
+A plain :class:`~pwlab.experts.ExpertBank` becomes a :class:`SwatExpertBank`, a gated one a
+:class:`SwatGatedExpertBank` (its three weights masked alike).
+
 Variants (SWAT §4):
     ``"uniform"``     SWAT-U: the same weight sparsity in every converted layer.
     ``"erk"``         SWAT-ERK: per-layer weight densities from the Erdős–Rényi-Kernel rule of RigL
@@ -18,10 +21,11 @@ import math
 from torch import nn
 
 from pwlab import _checks
-from pwlab.experts import ExpertBank
+from pwlab.experts import BANKS, ExpertBank, GatedExpertBank
+from pwlab.routing.base import Router
 from pwlab.senses import Senses
 from pwlab.swat.functions import check_sparsity
-from pwlab.swat.layers import SwatConv2d, SwatExpertBank, SwatLinear
+from pwlab.swat.layers import SwatConv2d, SwatExpertBank, SwatGatedExpertBank, SwatLinear
 
 VARIANTS = ("uniform", "erk", "structured")
 
@@ -53,7 +57,7 @@ def _first_layers(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> set
     linear / conv layers and stay as they are). Otherwise it is the first linear / conv layer
     in module order. Expert banks are never a first layer.
     """
-    dense = [name for name, m in targets if not isinstance(m, ExpertBank)]
+    dense = [name for name, m in targets if not isinstance(m, BANKS)]
     encoders = [name for name, m in model.named_modules() if isinstance(m, Senses)]
     if not encoders:
         return set(dense[:1])
@@ -69,28 +73,33 @@ def _first_layers(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> set
 
 def _targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convertible layers in module order, skipping routers and already-converted layers."""
-    from pwlab.routing.base import Router
 
     out, skip = [], []
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in skip):
             continue
-        if isinstance(m, (Router, SwatLinear, SwatConv2d, SwatExpertBank)):
+        if isinstance(m, (Router, SwatLinear, SwatConv2d, SwatExpertBank, SwatGatedExpertBank)):
             skip.append(name)
             continue
-        if isinstance(m, (nn.Linear, nn.Conv2d, ExpertBank)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, *BANKS)):
             out.append((name, m))
             skip.append(name)
     return out
 
 
 def _shape(m: nn.Module) -> tuple[tuple[int, ...], int]:
+    if isinstance(m, GatedExpertBank):
+        return (m.d_model, m.d_hidden), 3 * m.num_experts                     # w1, w3 and w2 of each expert
     if isinstance(m, ExpertBank):
         return (m.d_model, m.d_hidden), 2 * m.num_experts                     # w1 and w2 of each expert
     return tuple(m.weight.shape), 1
 
 
 def _convert(m: nn.Module, **kw) -> nn.Module:
+    if isinstance(m, GatedExpertBank):
+        new = SwatGatedExpertBank(m.num_experts, m.d_model, m.d_hidden, m.activation, **kw)
+        new.w1, new.w3, new.w2 = m.w1, m.w3, m.w2                             # the same Parameters
+        return new.to(m.w1.device)
     if isinstance(m, ExpertBank):
         new = SwatExpertBank(m.num_experts, m.d_model, m.d_hidden, m.activation, **kw)
         new.w1, new.b1, new.w2, new.b2 = m.w1, m.b1, m.w2, m.b2               # the same Parameters

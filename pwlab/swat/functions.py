@@ -22,6 +22,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pwlab.swat import kernels
+# re-exported: the selection is part of this module's public surface (layers, benchmarks, tests)
+from pwlab.swat.topk import _kth_smallest, magnitude_threshold, magnitude_topk  # noqa: F401
 
 
 def check_sparsity(name: str, value) -> float:
@@ -29,84 +31,6 @@ def check_sparsity(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
-
-
-def magnitude_threshold(score: Tensor, sparsity: float) -> Tensor:
-    """``t`` such that keeping ``score > t`` drops the ``round(sparsity·n)`` smallest entries.
-
-    score: any shape, non-negative (magnitudes or channel L1 norms). Returns a 0-d tensor
-    (``-inf`` at sparsity 0: keep everything).
-    """
-    drop = int(round(sparsity * score.numel()))
-    if drop == 0:
-        return score.new_tensor(-math.inf)
-    flat = kernels.storage_flat(score.detach()) if score.dim() == 2 else score.detach().reshape(-1)
-    return _kth_smallest(flat, drop)                        # order-free: memory order, no copy
-
-
-_SAMPLE = 1 << 15       # largest bracketing sample
-_DIRECT = 1 << 14       # up to this many entries kthvalue itself is as fast
-
-
-def magnitude_topk(score: Tensor, sparsity: float) -> tuple[Tensor, Tensor]:
-    """``(t, kept)``: the threshold of :func:`magnitude_threshold` and the sorted indices, in
-    ``score``'s storage order (see :func:`kernels.storage_flat`), of the kept entries
-    ``score > t`` of a 2-D ``score`` (what the CSR index sets are built from). Found together:
-    at sparsity ≥ 0.5 on large tensors the search below already holds every entry above its
-    bracket, so ``kept`` costs no second pass over ``score``."""
-    flat = kernels.storage_flat(score.detach())
-    drop = int(round(sparsity * flat.numel()))
-    if drop == 0:
-        return score.new_tensor(-math.inf), torch.arange(flat.numel(), device=flat.device)
-    t, tail = _select(flat, drop, want_tail=True)
-    if tail is None:
-        return t, (flat > t).nonzero().squeeze(1)
-    idx, vals = tail
-    return t, idx[vals > t]
-
-
-def _kth_smallest(flat: Tensor, k: int) -> Tensor:
-    """The exact k-th smallest entry (1-based) of ``flat``, as ``flat.kthvalue(k).values``."""
-    return _select(flat, k)[0]
-
-
-def _select(flat: Tensor, k: int, want_tail: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """``(k-th smallest entry of flat, tail)``.
-
-    ``kthvalue`` over a 2048×2048 weight costs more than the layer's dense step, and SWAT needs
-    it at every refresh. For large tensors we bracket the answer with two quantiles of a fixed
-    sample (±4 standard errors), count what lies below the bracket (``count_nonzero``: a bool
-    ``sum`` is ~8x slower) and select inside the bracket only (a few % of the entries). With
-    ``want_tail`` and k ≥ n/2 we instead gather every entry from the bracket's bottom up (one
-    ``nonzero``, ~11 % of the entries at 90 % sparsity) and return it as ``tail`` = (indices,
-    values); else ``tail`` is None. If the answer falls outside the bracket we fall back to the
-    full select, so the result is always exact. The sample uses its own seeded generator, so the
-    global random stream is untouched.
-    """
-    n = flat.numel()
-    if n <= _DIRECT:
-        return flat.kthvalue(k).values, None
-    size = min(_SAMPLE, n >> 5)                        # 1/32 of the entries, at most 2^15
-    gen = torch.Generator(device=flat.device).manual_seed(n)
-    sample = flat[torch.randint(n, (size,), generator=gen, device=flat.device)]
-    q = k / n
-    margin = 4 * math.sqrt(q * (1 - q) / size) + 2 / size            # outside: p ≈ 3e-5 per side
-    lo_k = max(1, int(math.floor((q - margin) * size)))
-    hi_k = min(size, int(math.ceil((q + margin) * size)))
-    lo, hi = sample.kthvalue(lo_k).values, sample.kthvalue(hi_k).values
-    tail = None
-    if want_tail and q >= 0.5:
-        idx = (flat >= lo).nonzero().squeeze(1)
-        vals = flat.index_select(0, idx)
-        band, below, tail = vals[vals <= hi], n - vals.numel(), (idx, vals)
-    else:                                              # 3 passes over flat, and one compaction
-        above = flat >= lo
-        below = n - int(torch.count_nonzero(above))
-        band = flat[above.logical_and_(flat <= hi)]
-    r = k - below
-    if 1 <= r <= band.numel():
-        return band.kthvalue(r).values, tail
-    return flat.kthvalue(k).values, None
 
 
 def channel_scores(x: Tensor, dim: int) -> Tensor:

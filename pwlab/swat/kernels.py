@@ -28,6 +28,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+# in_out_order and storage_flat are re-exported: layers and tests read W's storage order from here
+from pwlab.swat.topk import in_out_order, magnitude_threshold, magnitude_topk, storage_flat
+
 MIN_ELEMENTS = 1 << 16   # smaller weight matrices: dense always (calibration noise > any gain)
 MAX_DENSITY = 0.5        # above this density CSR never wins on CPU
 MARGIN = 0.9             # sparse must be measured ≥ 10% faster than the masked dense path it replaces:
@@ -81,16 +84,6 @@ def act_csr_t(x: Tensor, threshold: Tensor | None, xt: Tensor | None = None) -> 
     crow = torch.zeros(xt.shape[0] + 1, dtype=torch.long, device=x.device)
     torch.cumsum(torch.count_nonzero(xs, 1), 0, out=crow[1:])
     return _csr(crow, flat.remainder(xt.shape[1]), xs.view(-1)[flat], xt.shape)
-
-
-def in_out_order(weight: Tensor) -> bool:
-    """Is the 2-D ``weight (out, in)`` stored in (in, out) memory order (its transpose contiguous)?"""
-    return weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous()
-
-
-def storage_flat(t: Tensor) -> Tensor:
-    """All entries of a 2-D ``t`` as a 1-D view in memory order (row-major, or (in, out) order)."""
-    return t.t().reshape(-1) if in_out_order(t) else t.reshape(-1)
 
 
 class SparsePlan:
@@ -176,7 +169,6 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
         g = torch.randn(rows, d_out, generator=gen, dtype=dtype)
         w_sparse = a_sparse = False
         if weight_density <= MAX_DENSITY:
-            from pwlab.swat.functions import magnitude_threshold, magnitude_topk
             sparsity, score = 1 - weight_density, w.abs()
 
             def refresh_dense():                                # what a refresh costs each path

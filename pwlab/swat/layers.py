@@ -1,4 +1,4 @@
-"""SWAT layers: drop-in subclasses of ``nn.Linear``, ``nn.Conv2d`` and the MoE expert bank.
+"""SWAT layers: drop-in subclasses of ``nn.Linear``, ``nn.Conv2d`` and the MoE expert banks (plain and gated).
 
 Each layer keeps its masks between refreshes. A *step* is counted when a training-mode forward
 sees weights that changed since the last one (optimizer updates are in place, so the
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pwlab import _checks
-from pwlab.experts import ACTIVATIONS, ExpertBank
+from pwlab.experts import ACTIVATIONS, ExpertBank, GatedExpertBank
 from pwlab.swat import kernels
 from pwlab.swat.functions import (SwatBmmFunction, SwatConv2dFunction, SwatLinearFunction, act_threshold,
                                   check_sparsity, magnitude_threshold, magnitude_topk, weight_mask,
@@ -148,6 +148,11 @@ class SwatLinear(nn.Linear, _SwatState):
         self._plans: dict = {}
 
     def forward(self, x: Tensor) -> Tensor:
+        _checks.float_input("x", x, self.weight.device)
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            # checked here: the reshape below would otherwise regroup a wrong width into rows
+            raise ValueError(f"x must have last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)} (last dimension {x.shape[-1] if x.dim() else None})")
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:
             # nothing is dropped: SWAT is exactly nn.Linear, and its own autograd node would only
@@ -215,7 +220,8 @@ class SwatLinear(nn.Linear, _SwatState):
 
 
 class SwatConv2d(nn.Conv2d, _SwatState):
-    """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``.
+    """``nn.Conv2d`` trained with SWAT (masked dense kernels): ``x (B, C_in, H, W) -> (B, C_out, H', W')``,
+    or unbatched ``(C_in, H, W) -> (C_out, H', W')`` as ``nn.Conv2d``.
     Arguments as :class:`SwatLinear` (structured drops whole filters and input channels)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -237,6 +243,16 @@ class SwatConv2d(nn.Conv2d, _SwatState):
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' for SwatConv2d, got {self.padding_mode!r}")
+        _checks.float_input("x", x, self.weight.device)
+        if x.dim() not in (3, 4):
+            raise ValueError(f"x must be (B, C_in, H, W) or unbatched (C_in, H, W), got shape {tuple(x.shape)}")
+        if x.dim() == 3:
+            # unbatched, as nn.Conv2d allows: a batch of one (the SWAT kernels and the activation
+            # top-K over channels expect the batch dimension)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have in_channels={self.in_channels} channels (dimension 1 of (B, C_in, H, W)), "
+                             f"got shape {tuple(x.shape)}")
         refresh = self._refresh_due((self.weight,))
         if not self.weight_sparsity and not self.act_sparsity:                 # exactly nn.Conv2d
             return self._conv_forward(x, self.weight, self.bias)
@@ -290,7 +306,7 @@ class SwatExpertBank(ExpertBank, _SwatState):
         t2 = self._threshold(1, h, real) if want else None
         return SwatBmmFunction.apply(h, w2, b2, m2, t2, self.structured)
 
-    def weights(self):
+    def effective_weights(self):
         """(w1, b1, w2, b2) with the top-K masks applied (plain autograd: masked gradients)."""
         self._prepare()
         m1, m2 = self._dense_mask("w1_mask", self.w1), self._dense_mask("w2_mask", self.w2)
@@ -313,3 +329,91 @@ class SwatExpertBank(ExpertBank, _SwatState):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self._swat_repr()
+
+
+class SwatGatedExpertBank(GatedExpertBank, _SwatState):
+    """A :class:`~pwlab.experts.GatedExpertBank` (SwiGLU) trained with SWAT, by the rules of
+    :class:`SwatExpertBank`: top-K of each of W1 (gate), W3 (up) and W2 (down), each over the
+    whole stacked tensor, and top-K-sparsified saved inputs — the bank's input x, shared by the
+    gate and up matmuls (one threshold), and the gated hidden ``act(x·W1) ⊙ (x·W3)`` that the
+    down matmul reads. Padding rows of the dispatch buffer are left out of the activation top-K.
+    """
+
+    def __init__(self, num_experts: int, d_model: int, d_hidden: int, activation: str = "silu", *,
+                 weight_sparsity: float = 0.9, act_sparsity: float = 0.9, topk_period: int = 10,
+                 structured: bool = False, fixed_mask: bool = True):
+        super().__init__(num_experts, d_model, d_hidden, activation)
+        self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, "dense", fixed_mask)
+        for name in ("w1_mask", "w3_mask", "w2_mask"):
+            self.register_buffer(name, None, persistent=False)
+        self.act_thresholds: list = [None, None]
+
+    def _prepare(self) -> bool:
+        refresh = self._refresh_due((self.w1, self.w3, self.w2))
+        for name in ("w1", "w3", "w2"):
+            setattr(self, f"{name}_mask", self._mask(f"{name}_mask", getattr(self, name), refresh))
+        if refresh:
+            self.act_thresholds = [None, None]
+        return self._wants_act(self.w1)
+
+    def _threshold(self, i: int, x: Tensor, real: Tensor | None) -> Tensor | None:
+        if self.act_thresholds[i] is None:
+            rows = x.reshape(-1, x.shape[-1])
+            rows = rows[real.reshape(-1)] if real is not None else rows
+            self.act_thresholds[i] = act_threshold(rows, self.act_sparsity, self.structured, -1)
+        return self.act_thresholds[i]
+
+    def _masks(self, e: int | None = None) -> list:
+        masks = [self._dense_mask(f"{n}_mask", getattr(self, n)) for n in ("w1", "w3", "w2")]
+        return masks if e is None else [None if m is None else m[e] for m in masks]
+
+    def _glu(self, x: Tensor, w1, w3, w2, masks, real: Tensor | None) -> Tensor:
+        want = self._prepare()
+        m1, m3, m2 = masks
+        t1 = self._threshold(0, x, real) if want else None
+
+        def matmul(inp, w, m, t):
+            # SwatBmmFunction adds a bias: the gated bank has none, so a zero one (no gradient)
+            return SwatBmmFunction.apply(inp, w, w.new_zeros(w.shape[:-2] + w.shape[-1:]), m, t, self.structured)
+
+        h = ACTIVATIONS[self.activation](matmul(x, w1, m1, t1)) * matmul(x, w3, m3, t1)
+        t2 = self._threshold(1, h, real) if want else None
+        return matmul(h, w2, m2, t2)
+
+    def effective_weights(self):
+        """(w1, w3, w2) with the top-K masks applied (plain autograd: masked gradients)."""
+        self._prepare()
+        return tuple(w if m is None else w * m for w, m in zip((self.w1, self.w3, self.w2), self._masks()))
+
+    def forward_padded(self, buf: Tensor) -> Tensor:
+        """``buf (E, C, D) -> (E, C, D)``; all-zero rows are padding."""
+        self._prepare()
+        real = buf.detach().abs().sum(-1) > 0                                   # (E, C)
+        return self._glu(buf, self.w1, self.w3, self.w2, self._masks(), real)
+
+    def forward_expert(self, e: int, x: Tensor) -> Tensor:
+        """Expert ``e`` on ``x (n, D) -> (n, D)`` (reference path; same masks and thresholds)."""
+        self._prepare()
+        return self._glu(x, self.w1[e], self.w3[e], self.w2[e], self._masks(e), None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._swat_repr()
+
+
+#: the SWAT expert banks (subclasses of the dense banks with the same stacked parameters)
+SWAT_BANKS = (SwatExpertBank, SwatGatedExpertBank)
+
+
+def is_swat_bank(bank: nn.Module) -> bool:
+    """Whether ``bank`` is a SWAT expert bank (its forward masks its parameters)."""
+    return isinstance(bank, SWAT_BANKS)
+
+
+def swat_settings(bank: nn.Module) -> dict:
+    """The keyword arguments that rebuild a SWAT bank's behaviour on other parameters (a shard,
+    a copy): sparsities, top-K period, structure and mask mode."""
+    if not is_swat_bank(bank):
+        raise TypeError(f"bank must be a SWAT expert bank ({', '.join(c.__name__ for c in SWAT_BANKS)}), "
+                        f"got {type(bank).__name__}")
+    return {"weight_sparsity": bank.weight_sparsity, "act_sparsity": bank.act_sparsity,
+            "topk_period": bank.topk_period, "structured": bank.structured, "fixed_mask": bank.fixed_mask}

@@ -15,7 +15,9 @@ from pwlab.tasks.base import Task
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    # sklearn's loader parses a bundled CSV; cache it so several tasks/seeds load it once
+    # sklearn's loader parses a bundled CSV; cache it so several tasks/seeds load it once.
+    # Imported here: sklearn.datasets takes about half as long to import as torch, and
+    # `import pwlab` should not pay it until a task built from its data is asked for.
     from sklearn.datasets import load_digits
 
     d = load_digits()

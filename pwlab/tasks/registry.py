@@ -40,9 +40,14 @@ def _resolve(names_) -> list[str]:
     return out
 
 
+#: the largest data seed: the builders derive each task's generator seed from it
+#: (``seed · 1_000_003 + salt``, see ``_split.generator``), which must fit in 64 bits
+MAX_SEED = 2**32 - 1
+
+
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1 = {MAX_SEED}], got {seed!r}")
     return seed
 
 
@@ -55,7 +60,7 @@ def get(name: str, seed: int = 0, **kw) -> Task:
 
     Args:
         name: one of :func:`names`.
-        seed: the data seed (same seed -> identical tensors).
+        seed: the data seed, an integer in ``[0, MAX_SEED]`` (same seed -> identical tensors).
         **kw: the builder's options (e.g. ``p=0.9`` for the MMoE pair).
     """
     (name,) = _resolve([name])

@@ -119,14 +119,62 @@ class MultiTaskSampler:
                 "names": [t.name for t in self.tasks]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume the stream where :meth:`state_dict` left it (same tasks, same order)."""
-        if list(state["names"]) != [t.name for t in self.tasks]:
-            raise ValueError(f"state holds tasks {state['names']}, this sampler has {[t.name for t in self.tasks]}")
-        self._gen.set_state(state["generator"])
-        self._perm = [p.clone() for p in state["perm"]]
-        self._pos = [int(p) for p in state["pos"]]
-        self._epoch = [int(e) for e in state["epoch"]]
-        self.steps = int(state["steps"])
+        """Resume the stream where :meth:`state_dict` left it (same tasks, same order).
+
+        Every entry is checked before anything changes: a state that does not fit (other
+        tasks, a position outside a task's epoch, a permutation of other size or with
+        repeats, values of the wrong type) raises ``ValueError`` naming the entry and task,
+        and leaves the sampler as it was.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict from MultiTaskSampler.state_dict(), got {type(state).__name__}")
+        missing = [k for k in ("generator", "perm", "pos", "epoch", "steps", "names") if k not in state]
+        if missing:
+            raise ValueError(f"sampler state is missing {missing}")
+        names = [t.name for t in self.tasks]
+        if not isinstance(state["names"], (list, tuple)) or list(state["names"]) != names:
+            raise ValueError(f"state holds tasks {state['names']}, this sampler has {names}")
+        sizes = [len(t.y_train) for t in self.tasks]
+        for key in ("perm", "pos", "epoch"):
+            if not isinstance(state[key], (list, tuple)) or len(state[key]) != len(names):
+                raise ValueError(f"sampler state['{key}'] must be a list of {len(names)} entries (one per task), "
+                                 f"got {state[key]!r:.80}")
+        perms = []
+        for k, (name, n, p) in enumerate(zip(names, sizes, state["perm"])):
+            if not isinstance(p, torch.Tensor) or p.dim() != 1 or p.dtype != torch.int64 or len(p) != n:
+                raise ValueError(f"sampler state['perm'][{k}] (task {name!r}) must be a 1-D int64 tensor of the "
+                                 f"task's {n} training indices, got "
+                                 f"{tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__}")
+            if not torch.equal(torch.sort(p).values, torch.arange(n)):
+                raise ValueError(f"sampler state['perm'][{k}] (task {name!r}) is not a permutation of 0..{n - 1}")
+            perms.append(p.clone())
+        pos = [_state_int(f"sampler state['pos'][{k}] (task {name!r})", v, 0, n)
+               for k, (name, n, v) in enumerate(zip(names, sizes, state["pos"]))]
+        epoch = [_state_int(f"sampler state['epoch'][{k}] (task {name!r})", v, 0, None)
+                 for k, (name, v) in enumerate(zip(names, state["epoch"]))]
+        steps = _state_int("sampler state['steps']", state["steps"], 0, None)
+        gen = state["generator"]
+        if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8:
+            raise ValueError("sampler state['generator'] must be a uint8 tensor from torch.Generator.get_state()")
+        try:
+            torch.Generator().set_state(gen)
+        except RuntimeError as e:
+            raise ValueError(f"sampler state['generator'] is not a CPU generator state: {str(e).splitlines()[0]}") \
+                from None
+        # all checked: commit
+        self._gen.set_state(gen)
+        self._perm, self._pos, self._epoch, self.steps = perms, pos, epoch, steps
+
+
+def _state_int(name: str, value, low: int, high: int | None) -> int:
+    # a tensor scalar or a plain int; bools and floats are not positions
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return value
 
 
 def batches(task: Task, split: str = "test", batch_size: int = 256, task_index: int = 0) -> Iterator[TaskBatch]:

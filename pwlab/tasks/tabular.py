@@ -11,6 +11,7 @@ from pwlab.tasks.base import Task
 
 @lru_cache(maxsize=2)
 def _table(which: str):
+    # imported here, not at the top: see _digits in image.py (sklearn's import time)
     from sklearn.datasets import load_breast_cancer, load_wine
 
     d = {"wine": load_wine, "breast_cancer": load_breast_cancer}[which]()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pwlab._checks import one_of
 from pwlab.tasks._split import generator, stratified_split
 from pwlab.tasks.base import Task
 
@@ -143,7 +144,6 @@ def arithmetic(seed: int = 0, *, holdout: str = "commuted", test_pairs: int | No
     Returns:
         a Task with x (N, 5) long character ids.
     """
-    from pwlab._checks import one_of
 
     one_of("holdout", holdout, ("commuted", "unseen"))
     rng = random.Random(seed * 1_000_003 + 5)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import get_colorscale, qualitative
 
 #: one colour per expert (cycled past 20 experts); the same in every figure
 EXPERT_COLORS = tuple(qualitative.D3) + tuple(qualitative.Pastel)
@@ -43,7 +43,6 @@ def rgba(hex_color: str, alpha: float) -> str:
 def scale(name: str) -> list[list]:
     """A named plotly.py colorscale as an explicit list: plotly.js reads some names reversed
     (``"Greys"``, ``"Blues"``), and figures built without validation pass names through as is."""
-    from plotly.colors import get_colorscale
     return [list(x) for x in get_colorscale(name)]
 
 

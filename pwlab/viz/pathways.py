@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from pwlab.viz._common import scale, GREY, SENSE_COLORS, array, axis_key, empty_figure, expert_color, figure, grid, rgba
 
@@ -37,7 +38,6 @@ def _counts(pmap, by: str) -> tuple[np.ndarray, list[str]]:
 def _source_colors(names: Sequence[str], by: str) -> list[str]:
     if by == "modality":
         return [SENSE_COLORS.get(n, "#7f7f7f") for n in names]
-    from plotly.colors import qualitative
     palette = qualitative.Set2 + qualitative.Dark2
     return [palette[i % len(palette)] for i in range(len(names))]
 

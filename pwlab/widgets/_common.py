@@ -4,13 +4,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import torch
+
+import pwlab.tasks as T
+from pwlab.pathways import PathwayMap, route_example
+from pwlab.senses import MODALITIES
+from pwlab.tasks.text import VOCAB as TEXT_VOCAB
+from pwlab.tasks.base import TaskBatch
+
 #: one task per sense: the default of every app
 DEFAULT_TASKS = ("digits", "dtmf", "digit_words", "wine")
 
 
 def load_tasks(tasks: Sequence | None, seed: int = 0) -> list:
     """Task objects from names (or tasks), default :data:`DEFAULT_TASKS`."""
-    import pwlab.tasks as T
     names = DEFAULT_TASKS if tasks is None else tasks
     if isinstance(names, str):
         raise ValueError(f"tasks must be a list of task names or Task objects, got the string {names!r}")
@@ -22,14 +29,12 @@ def load_tasks(tasks: Sequence | None, seed: int = 0) -> list:
 
 def example_view(model, task: str, index: int) -> tuple:
     """(ExampleRouting, raw input, token labels) of one test example, for :func:`pwlab.viz.example_routing`."""
-    from pwlab.pathways import route_example
     er = route_example(model, task, index)
     t = model.task(task)
     x = t.x_test[index]
     labels = None
     if t.sense == "text":
-        from pwlab.tasks import text
-        labels = [text.VOCAB[int(i) - 1] if int(i) > 0 else "" for i in x if int(i) != 0]
+        labels = [TEXT_VOCAB[int(i) - 1] if int(i) > 0 else "" for i in x if int(i) != 0]
         labels = ["␣" if c == " " else c for c in labels]
     elif t.sense == "tabular":
         names = t.meta.get("feature_names") if isinstance(getattr(t, "meta", None), dict) else None
@@ -60,11 +65,6 @@ def live_pathway_map(model, n: int):
     without capacity; with capacity or expert choice the tasks' tokens compete for slots
     together, as they do in a training step.
     """
-    import torch
-
-    from pwlab.pathways import PathwayMap
-    from pwlab.senses import MODALITIES
-    from pwlab.tasks.base import TaskBatch
     batches = [TaskBatch(task=t.name, task_index=model.task_index[t.name], sense=t.sense, x=t.x_test[:n],
                          y=t.y_test[:n]) for t in model.tasks]
     blocks = tuple(model.moe_blocks())

@@ -17,6 +17,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
+
 WIDTH = 1200
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -64,7 +66,6 @@ def screenshot(doc: str, height: int, out: Path) -> Path:
 
 def apps(seed: int = 0, only: set[str] | frozenset = frozenset()):
     """(name, title, controls, figure rows) of every app (or those in ``only``), built from ``seed``."""
-    from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
     if not only or "routing_playground" in only:
         yield _playground(RoutingPlayground(seed=seed))
     if only and not only & {"pathway_explorer", "expert_ablation", "swat_explorer"}:

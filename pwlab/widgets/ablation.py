@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ipywidgets as W
 
+from pwlab.pathways import disable_experts
+from pwlab.train import evaluate_model
 from pwlab.viz import ablation_bars
 from pwlab.widgets._live import live_figure, sync
+from pwlab.widgets.explorer import trained_trainer
 
 
 class ExpertAblation:
@@ -23,8 +26,6 @@ class ExpertAblation:
     """
 
     def __init__(self, trainer=None, *, seed: int = 0, max_examples: int = 64):
-        from pwlab.train import evaluate_model
-        from pwlab.widgets.explorer import trained_trainer
         self.trainer = trainer if trainer is not None else trained_trainer(seed=seed)
         self.model = self.trainer.model
         self.max_examples = int(max_examples)
@@ -65,8 +66,6 @@ class ExpertAblation:
 
     def evaluate(self) -> dict[str, float]:
         """The per-task metric with the current experts off."""
-        from pwlab.pathways import disable_experts
-        from pwlab.train import evaluate_model
         off = {b: e for b, e in self.disabled().items() if e}
         if not off:
             return dict(self.baseline)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import ipywidgets as W
 
 from pwlab import viz
+from pwlab.config import preset
+from pwlab.pathways import pathway_map
+from pwlab.train import Trainer
 from pwlab.widgets._common import example_view, load_tasks
 from pwlab.widgets._live import live_figure, sync
 
@@ -18,8 +21,6 @@ MODES = ("task", "sense", "example")
 
 def trained_trainer(tasks=None, config="tiny", *, seed: int = 0, steps: int = 150):
     """A :class:`pwlab.train.Trainer` trained ``steps`` steps from ``seed`` (the apps' default model)."""
-    from pwlab.config import preset
-    from pwlab.train import Trainer
     cfg = preset(config) if isinstance(config, str) else config
     tr = Trainer(load_tasks(tasks, seed), cfg.with_train(seed=seed))
     if steps:
@@ -39,7 +40,6 @@ class PathwayExplorer:
     """
 
     def __init__(self, trainer=None, *, seed: int = 0, max_examples: int = 128):
-        from pwlab.pathways import pathway_map
         self.trainer = trainer if trainer is not None else trained_trainer(seed=seed)
         self.model = self.trainer.model
         if not self.model.moe_blocks():
@@ -97,11 +97,36 @@ class PathwayExplorer:
         self.redraw()
 
     def select(self, mode: str | None = None, choice: str | None = None, example: int | None = None) -> None:
-        """Set the view programmatically (what the controls do)."""
+        """Set the view programmatically (what the controls do).
+
+        Args:
+            mode: what the Sankey and heatmap group by and highlight:
+
+                - ``"task"``: ``choice`` is a task name (``model.task_names``); the figures show
+                  the per-task pathway map with that task's flows highlighted.
+                - ``"sense"``: ``choice`` is a sense (``"image"``, ``"audio"``, ``"text"``,
+                  ``"tabular"``, those the model has); the map is grouped by sense, and the
+                  example panel shows an example of the first task of that sense.
+                - ``"example"``: ``choice`` is a task name; the highlighted pathway is the one
+                  example's own (per block, its two experts with the most combine weight).
+            choice: a task name or a sense, as ``mode`` says; changing ``mode`` resets it to
+                the first option of the new list.
+            example: index into the chosen task's test split (0 .. its size - 1).
+
+        Raises:
+            ValueError: from the controls, for a mode, choice or example outside their options.
+        """
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if mode is not None:
             self.mode.value = mode
         if choice is not None:
+            if choice not in self.choice.options:
+                raise ValueError(f"choice must be one of {list(self.choice.options)} in mode {self.mode.value!r}, "
+                                 f"got {choice!r}")
             self.choice.value = choice
+        if example is not None and not 0 <= example <= self.example.max:
+            raise ValueError(f"example must be in 0..{self.example.max} for {self._task_of_choice()!r}, got {example!r}")
         if example is not None:
             self.example.value = example
 

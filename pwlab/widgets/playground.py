@@ -10,6 +10,10 @@ with Play, an asyncio task on the kernel's event loop runs tick after tick and y
 (``await asyncio.sleep(0)``) between them, so clicks and slider moves are handled while it
 trains. Without a running loop (a script, a test), call :meth:`tick` / :meth:`run` yourself.
 Figures refresh at most every ``refresh_s`` seconds while playing, always after Step.
+
+The router list is :data:`pwlab.routing.ROUTERS` when the app is built, so a router made
+with :func:`pwlab.register_router` before that is in it; which knobs apply to a router (k,
+noise, capacity) comes from its :meth:`~pwlab.routing.Router.describe`, not a list of names.
 """
 from __future__ import annotations
 
@@ -19,12 +23,22 @@ import time
 import ipywidgets as W
 
 from pwlab import viz
+from pwlab._checks import positive_int
+from pwlab.config import PRESETS, Config, preset
+from pwlab.routing import ROUTERS
+from pwlab.train import Trainer
 from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
 from pwlab.widgets._live import Clock, live_figure, sync
 
-#: router → its noise knob (the others have none)
-NOISE_KNOB = {"noisy_topk": "noise_eps", "switch": "jitter"}
-_ROUTERS_WITH_K = ("topk", "noisy_topk", "task")
+
+def _about(name: str):
+    """What the router registered as ``name`` offers (its :meth:`~pwlab.routing.Router.describe`)."""
+    return ROUTERS[name].describe()
+
+
+def noise_knob(name: str) -> str | None:
+    """The noise argument of the router registered as ``name`` (e.g. ``"noise_eps"``), or None."""
+    return _about(name).noise
 
 
 class RoutingPlayground:
@@ -46,9 +60,6 @@ class RoutingPlayground:
 
     def __init__(self, tasks=None, config="tiny", *, seed: int = 0, batch_size: int | None = 32,
                  steps_per_tick: int = 1, refresh_s: float = 0.5, pathway_examples: int = 16, max_steps: int = 5000):
-        from pwlab._checks import positive_int
-        from pwlab.config import Config, preset
-        from pwlab.routing import ROUTERS
         self.tasks = load_tasks(tasks, seed)
         base = preset(config) if isinstance(config, str) else config
         if not isinstance(base, Config):
@@ -76,7 +87,7 @@ class RoutingPlayground:
                                        layout=lay)
         self.capacity = W.FloatSlider(value=m.capacity_factor or 0.0, min=0.0, max=4.0, step=0.25, style=style,
                                       description="capacity (0=∞)", layout=lay)
-        self.noise = W.FloatSlider(value=float(m.router_kwargs.get(NOISE_KNOB.get(m.router, ""), 0.0)), min=0.0,
+        self.noise = W.FloatSlider(value=float(m.router_kwargs.get(noise_knob(m.router) or "", 0.0)), min=0.0,
                                    max=1.0, step=0.01, description="noise", style=style, layout=lay)
         self.load_balancing = W.FloatSlider(value=lb, min=0.0, max=0.1, step=0.005, readout_format=".3f",
                                             description="w load balancing", style=style, layout=lay)
@@ -121,8 +132,8 @@ class RoutingPlayground:
         """The :class:`pwlab.config.Config` the knobs describe."""
         r = self.router.value
         kw = {}
-        if r in NOISE_KNOB:
-            kw[NOISE_KNOB[r]] = float(self.noise.value)
+        if noise_knob(r) is not None:
+            kw[noise_knob(r)] = float(self.noise.value)
         aux = dict(self._base.model.aux_weights, load_balancing=float(self.load_balancing.value),
                    z_loss=float(self.z_loss.value))
         e = int(self.num_experts.value)
@@ -133,7 +144,6 @@ class RoutingPlayground:
 
     def code_snippet(self) -> str:
         """A runnable snippet that builds this configuration and trains it as far as the app has."""
-        from pwlab.config import PRESETS, preset
         cfg = self.config()
         m, t = cfg.model, cfg.train
         data = [(x.name, int(x.meta.get("seed", 0)) if isinstance(x.meta, dict) else 0) for x in self.tasks]
@@ -160,14 +170,13 @@ class RoutingPlayground:
         return code
 
     def _build_trainer(self) -> None:
-        from pwlab.train import Trainer
         self.trainer = Trainer(self.tasks, self.config())
 
     def _enable_knobs(self) -> None:
-        r = self.router.value
-        self.top_k.disabled = r not in _ROUTERS_WITH_K
-        self.noise.disabled = r not in NOISE_KNOB
-        self.capacity.disabled = r == "expert_choice"    # expert choice fixes its own capacity
+        about = _about(self.router.value)
+        self.top_k.disabled = not about.k
+        self.noise.disabled = about.noise is None
+        self.capacity.disabled = about.owns_capacity      # e.g. expert choice fixes its own capacity
 
     def _on_knob(self, change) -> None:
         if self._quiet:
@@ -196,7 +205,7 @@ class RoutingPlayground:
         for moe in self.trainer.model.moe_blocks().values():
             moe.capacity_factor = cfg.model.capacity_factor
             moe.aux_weights.update({k: float(v) for k, v in cfg.model.aux_weights.items()})
-            attr = NOISE_KNOB.get(cfg.model.router)
+            attr = noise_knob(cfg.model.router)
             if attr is not None and hasattr(moe.router, attr):
                 setattr(moe.router, attr, float(self.noise.value))
 

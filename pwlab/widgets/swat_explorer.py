@@ -12,16 +12,22 @@ from __future__ import annotations
 import copy
 
 import ipywidgets as W
+import torch
 from torch import nn
 
 from pwlab import viz
+from pwlab.experts import ExpertBank
+from pwlab.flops import model_flops
+from pwlab.swat import swatify, weight_mask
+from pwlab.tasks import MultiTaskSampler
+from pwlab.train import Trainer
 from pwlab.widgets._common import load_tasks
 from pwlab.widgets._live import live_figure, sync
+from pwlab.widgets.explorer import trained_trainer
 
 
 def _layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Layer label → (module, weight attribute) for every linear layer and expert bank of the trunk."""
-    from pwlab.experts import ExpertBank
     out = {}
     for name, m in model.named_modules():
         if not name.startswith("blocks."):
@@ -47,7 +53,6 @@ class SwatExplorer:
 
     def __init__(self, tasks=None, config="tiny", *, seed: int = 0, pretrain_steps: int = 100, retrain_steps: int = 30,
                  max_examples: int = 128, trainer=None):
-        from pwlab.widgets.explorer import trained_trainer
         self.seed, self.retrain_steps, self.max_examples = int(seed), int(retrain_steps), int(max_examples)
         if trainer is None:
             trainer = trained_trainer(tasks, config, seed=seed, steps=pretrain_steps)
@@ -84,9 +89,6 @@ class SwatExplorer:
     # -- measurements ------------------------------------------------------------------
     def _tokens_per_step(self) -> int:
         """Real tokens in one training batch of the configuration (a fresh sampler: nothing consumed)."""
-        import torch
-
-        from pwlab.tasks import MultiTaskSampler
         tc = self.trainer.config.train
         sampler = MultiTaskSampler(self.trainer.tasks, batch_size=tc.batch_size, strategy=tc.sampling,
                                    temperature=tc.temperature, seed=tc.seed)
@@ -95,16 +97,13 @@ class SwatExplorer:
         return int(mask.sum())
 
     def _step_flops(self, model) -> int:
-        from pwlab.flops import model_flops
         return model_flops(model, self.tokens_per_step).training
 
     def _swatified(self):
-        from pwlab.swat import swatify
         return swatify(copy.deepcopy(self.base), float(self.weight_sparsity.value), float(self.act_sparsity.value))
 
     def current_mask(self):
         """(weight, mask) of the chosen layer at the chosen sparsity (retrained weights when available)."""
-        from pwlab.swat import weight_mask
         module, attr = self.layers[self.layer.value]
         key = (float(self.weight_sparsity.value), float(self.act_sparsity.value))
         if self.swat_model is not None and self._swat_key == key:
@@ -125,9 +124,6 @@ class SwatExplorer:
 
     def retrain(self) -> dict:
         """Swatify a copy of the dense model, train it ``retrain_steps`` steps, evaluate; returns the result."""
-        import torch
-
-        from pwlab.train import Trainer
         torch.manual_seed(self.seed)
         model = self._swatified()
         tr = Trainer(self.trainer.tasks, self.trainer.config, model=model)

@@ -1,0 +1,179 @@
+"""SenseRoutingLive: LIMoE-style per-sense routing bars, live over training.
+
+Each bar is the share of one sense's assignments that go to one expert, per MoE block
+(:func:`pwlab.viz.sense_bars`, after Mustafa et al. 2022, fig. 5): an expert whose bars are
+all one colour would be a modality expert. Step trains ``steps_per_tick`` steps and redraws;
+Play runs one step after another as an asyncio task on the kernel's event loop, yielding between
+ticks (as :class:`pwlab.widgets.RoutingPlayground` does), so Pause and the other buttons are
+handled while it trains; Reset rebuilds the untrained model from the seed. Next to the bars,
+``I(E; M)`` (bits) per block over the steps drawn so far says how much the routing depends on
+the sense.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from pwlab import viz
+from pwlab._checks import positive_int
+from pwlab.config import Config, preset
+from pwlab.train import Trainer
+from pwlab.viz._common import figure
+from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
+from pwlab.widgets._live import Clock, live_figure, sync
+
+
+class SenseRoutingLive:
+    """Train a multi-sense MoE and watch each sense's share of every expert.
+
+    Args:
+        tasks: task names or Task objects (default: one task per sense).
+        config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
+        seed: seeds the model and its training (default: the config's ``train.seed``).
+        trainer: continue this :class:`pwlab.train.Trainer` instead (``tasks``, ``config`` and
+            ``seed`` are then taken from it); Reset rebuilds its untrained model from its config.
+        steps_per_tick: training steps per Step (Play trains one step per tick).
+        refresh_s: least time between two redraws while playing (Step always redraws).
+        pathway_examples: test examples per task behind the bars.
+        max_steps: Play stops here.
+
+    ``.widget`` is the app; :meth:`step`, :meth:`run`, :meth:`play`, :meth:`pause` and
+    :meth:`reset` are its buttons.
+    """
+
+    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, trainer=None, steps_per_tick: int = 5,
+                 refresh_s: float = 0.5, pathway_examples: int = 32, max_steps: int = 300):
+        if trainer is not None:
+            if not isinstance(trainer, Trainer):
+                raise ValueError(f"trainer must be a pwlab.train.Trainer, got {type(trainer).__name__}")
+            self.tasks, cfg = list(trainer.tasks), trainer.config
+        else:
+            cfg = preset(config) if isinstance(config, str) else config
+            if not isinstance(cfg, Config):
+                raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(cfg).__name__}")
+            if seed is not None:
+                cfg = cfg.with_train(seed=positive_int("seed", seed, minimum=0))
+            self.tasks = load_tasks(tasks, cfg.train.seed)
+        if not cfg.model.moe_layer_indices():
+            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
+        self.cfg = cfg
+        self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
+        self.refresh_s = float(refresh_s)
+        self.pathway_examples = positive_int("pathway_examples", pathway_examples)
+        self.max_steps = positive_int("max_steps", max_steps)
+        self.trainer = trainer if trainer is not None else Trainer(self.tasks, cfg)
+        self.clock = Clock()
+        self.mi: list[tuple[int, list[float]]] = []     # (step, I(E;M) per block) at every redraw
+        self._task: asyncio.Task | None = None
+        self._last_draw = 0.0
+        self.play_button = W.Button(description="Play", icon="play", button_style="success")
+        self.pause_button = W.Button(description="Pause", icon="pause")
+        self.step_button = W.Button(description="Step", icon="step-forward")
+        self.reset_button = W.Button(description="Reset", icon="refresh", button_style="warning")
+        self.status = W.HTML()
+        self.pmap = None
+        self.bars = live_figure(viz.sense_bars(None))
+        self.curve = live_figure(self.mi_figure())
+        self.play_button.on_click(lambda _: self.play())
+        self.pause_button.on_click(lambda _: self.pause())
+        self.step_button.on_click(lambda _: self.step())
+        self.reset_button.on_click(lambda _: self.reset())
+        self.redraw()
+        buttons = W.HBox([self.play_button, self.pause_button, self.step_button, self.reset_button])
+        self.widget = W.VBox([buttons, self.status, W.HBox([self.bars, self.curve])])
+
+    # -- training ----------------------------------------------------------------------
+    @property
+    def playing(self) -> bool:
+        """True while Play's task is ticking on the event loop."""
+        return self._task is not None and not self._task.done()
+
+    def tick(self, force_redraw: bool = False, steps: int | None = None) -> None:
+        """``steps`` steps (default ``steps_per_tick``; fewer at ``max_steps``), then a redraw when one is due."""
+        n = min(self.steps_per_tick if steps is None else steps, self.max_steps - self.trainer.step_count)
+        if n > 0:
+            self.trainer.step(n)
+        if force_redraw or time.perf_counter() - self._last_draw >= self.refresh_s:
+            self.redraw()
+
+    def step(self) -> None:
+        """The Step button: one tick, figures redrawn."""
+        self.tick(force_redraw=True)
+
+    def run(self, ticks: int) -> None:
+        """``ticks`` ticks synchronously (what Play does, for scripts and tests), then a redraw."""
+        for _ in range(positive_int("ticks", ticks)):
+            if self.trainer.step_count >= self.max_steps:
+                break
+            self.tick()
+        self.redraw()
+
+    def play(self) -> bool:
+        """Start ticking on the running event loop; False when there is none (then use :meth:`run`)."""
+        if self.playing:
+            return True
+        loop = running_loop()
+        if loop is None:
+            return False
+        self._task = loop.create_task(self._loop())
+        self._update_status()
+        return True
+
+    async def _loop(self) -> None:
+        try:
+            while self.trainer.step_count < self.max_steps:
+                self.tick(steps=1)              # one step per tick: a click waits for one step at most
+                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
+        finally:
+            self.redraw()
+
+    def pause(self) -> None:
+        """Stop after the current tick."""
+        if self.playing:
+            self._task.cancel()
+        self._task = None
+        self._update_status()
+
+    def reset(self) -> None:
+        """Back to the untrained model of the seed; clears the I(E; M) curve."""
+        self.pause()
+        self.trainer = Trainer(self.tasks, self.cfg)
+        self.mi = []
+        self.redraw()
+
+    # -- drawing -----------------------------------------------------------------------
+    def mi_figure(self) -> go.Figure:
+        """I(E; M) per MoE block at every redraw so far."""
+        steps = [s for s, _ in self.mi]
+        data = [dict(type="scatter", x=steps, y=[round(v[i], 4) for _, v in self.mi], mode="lines+markers",
+                     name=f"block {b}") for i, b in enumerate(self.trainer.model.moe_blocks())]
+        layout = dict(title=dict(text="I(E; sense), bits"), xaxis=dict(title=dict(text="training step")),
+                      yaxis=dict(title=dict(text="bits"), rangemode="tozero"), height=350, width=380,
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2))
+        return figure(data, layout)
+
+    def redraw(self) -> None:
+        """Count the pathway map of the current model and refresh both figures in place."""
+        self.pmap = live_pathway_map(self.trainer.model, self.pathway_examples)
+        mi = [float(v) for v in self.pmap.mutual_information("modality")]
+        step = self.trainer.step_count
+        if not self.mi or self.mi[-1][0] != step:
+            self.mi.append((step, mi))
+        fig = viz.sense_bars(self.pmap)
+        fig.update_layout(title=f"step {step}: % of each sense's assignments per expert")
+        sync(self.bars, fig)
+        sync(self.curve, self.mi_figure())
+        self._last_draw = time.perf_counter()
+        self.clock.mark()
+        self._update_status()
+
+    def _update_status(self) -> None:
+        h = [r for r in self.trainer.history if "loss" in r]
+        loss = f"loss {h[-1]['loss']:.3f}" if h else "untrained"
+        mi = ", ".join(f"block {b} {v:.2f}" for b, v in zip(self.trainer.model.moe_blocks(), self.mi[-1][1])) \
+            if self.mi else ""
+        state = "playing" if self.playing else "paused"
+        self.status.value = f"<b>step {self.trainer.step_count}</b> · {loss} · {state} · I(E; sense) bits: {mi}"
