@@ -14,7 +14,14 @@ import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.pathways import disable_experts, route_example
 from pwlab.train import Trainer, evaluate_model
-from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer
+from pwlab import MoE, Switch, TopK
+from pwlab.distributed import a2a_volume
+from pwlab.flops import ffn_flops, moe_ffn_flops
+from pwlab.moe import expert_capacity
+from pwlab.widgets import (AllToAllExplorer, CapacityExplorer, CostExplorer, ExpertAblation, PathwayExplorer,
+                           RoutingPlayground, SwatExplorer)
+from pwlab.widgets.capacity import CURVE_FACTORS, cluster_data
+from pwlab.widgets.cost import LAYERS, dense_ffn
 
 NAMES = ("digits", "digit_words", "wine")          # three senses, quick to load
 
@@ -236,3 +243,189 @@ def test_live_pathway_map_equals_pathway_map(tasks, cfg):
     live, ref = pg._live_map(), pathway_map(pg.trainer.model, max_examples=4)
     assert torch.equal(live.task_counts, ref.task_counts) and torch.equal(live.modality_counts, ref.modality_counts)
     assert torch.equal(live.tokens, ref.tokens) and live.blocks == ref.blocks
+
+
+# -- CostExplorer (notebook 01) -----------------------------------------------------------
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_cost_sliders_update_the_bars_in_place_to_the_flop_counts():
+    app = CostExplorer(tokens=16, repeats=1)
+    fig = app.figure
+    params, flops = fig.data[0], fig.data[1]
+    assert list(params.x) == list(LAYERS)
+    app.num_experts.value = 16
+    app.d_hidden.value = 64
+    app.top_k.value = 3
+    assert app.figure is fig and fig.data[0] is params                 # the same widget and traces, new values
+    d, h, e, k = 64, 64, 16, 3
+    # oracles: pwlab.flops for the FLOPs, the modules' own parameter counts for the parameters
+    assert list(flops.y) == [moe_ffn_flops(1, d, h, e, k).forward, ffn_flops(1, d, e * h).forward,
+                             ffn_flops(1, d, k * h).forward]
+    assert list(params.y) == [_numel(MoE(d, h, e, TopK(k=k))), _numel(dense_ffn(d, e * h)), _numel(dense_ffn(d, k * h))]
+    # the MoE holds the wide layer's parameters (plus its router) at about k/E of its FLOPs
+    assert params.y[0] > params.y[1] and flops.y[0] / flops.y[1] == pytest.approx(k / e + 2 * d * e / flops.y[1])
+
+
+def test_cost_timing_runs_on_change_for_small_layers_and_on_measure_for_large_ones():
+    app = CostExplorer(tokens=8, repeats=1, live_timing_params=200_000)
+    timed = app.figure.data[2]
+    assert list(timed.x) == [LAYERS[0], LAYERS[2]] and all(v > 0 for v in timed.y)
+    app.num_experts.value = 4                                          # 4 experts: ~66k parameters, timed at once
+    assert app._timed_at == app.setting() and "measured on 8 tokens" in app.status.value
+    app.num_experts.value = 32                                         # ~530k parameters: not timed on change
+    assert list(app.figure.data[2].x) == [] and "press <b>Measure</b>" in app.status.value
+    ms = app.measure()
+    assert list(app.figure.data[2].y) == [round(ms[LAYERS[0]], 3), round(ms[LAYERS[2]], 3)]
+    app.num_experts.value = 2                                          # top-k follows the number of experts
+    assert app.top_k.max == 2 and app.top_k.value <= 2
+
+
+def test_cost_explorer_rejects_bad_settings():
+    with pytest.raises(ValueError, match="top_k"):
+        CostExplorer(num_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="tokens"):
+        CostExplorer(tokens=0)
+    with pytest.raises(ValueError, match=r"d_model must be in \[16, 256\]"):
+        CostExplorer(d_model=512)
+
+
+# -- CapacityExplorer (notebook 03) -------------------------------------------------------
+@pytest.fixture(scope="module")
+def capacity_app():
+    return CapacityExplorer(steps=5, tokens=128, eval_tokens=256)
+
+
+def test_capacity_slider_redraws_the_load_from_one_call_at_that_capacity(capacity_app):
+    app = capacity_app
+    load, curves = app.load, app.curves
+    layer = app.layer()
+    for cf in (0.5, 1.25, 0.0):
+        app.capacity.value = cf
+        assert app.load is load and app.curves is curves
+        # oracle: the trained layer called directly at this capacity
+        layer.capacity_factor = cf or None
+        with torch.no_grad():
+            want = layer(app.eval_x)[1]
+        layer.capacity_factor = None
+        total = float(want.proposed_counts.sum())
+        kept = [t for t in load.data if t.name == "kept"][0]
+        proposed = [t for t in load.data if t.name == "proposed"][0]
+        assert np.allclose(kept.y, (want.counts.float() / total).numpy(), atol=1e-4)
+        assert np.allclose(proposed.y, (want.proposed_counts.float() / total).numpy(), atol=1e-4)
+        cap = expert_capacity(len(app.eval_x), app.num_experts, 1, cf or None)
+        if cap is not None:
+            assert int(want.counts.max()) <= cap
+        marker = curves.data[-1]
+        assert (list(marker.x), list(marker.y)) == (([cf], [round(float(want.dropped_fraction), 4)]) if cf else ([], []))
+        assert f"dropped <b>{float(want.dropped_fraction):.1%}</b>" in app.status.value
+        assert f"router entropy <b>{float(want.router_entropy):.2f}</b>" in app.status.value
+    assert layer.capacity_factor is None                               # the capacity applies to the call only
+
+
+def test_capacity_loss_weights_retrain_from_the_seed(capacity_app):
+    app = capacity_app
+    app.capacity.value = 1.0
+    app.load_balancing.value = 1e-1
+    app.z_loss.value = 1e-3
+    # oracle: the same training written out: Switch layer, Adam, MSE + weighted aux losses
+    x, y = cluster_data(128, seed=0)
+    torch.manual_seed(0)
+    ref = MoE(16, 32, 8, Switch(), aux_weights={"load_balancing": 1e-1, "z_loss": 1e-3})
+    opt = torch.optim.Adam(ref.parameters(), lr=3e-2)
+    for _ in range(5):
+        out, stats = ref(x)
+        loss = (out - y).pow(2).mean() + stats.aux_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    got = app.layer()
+    assert all(torch.allclose(a, b) for a, b in zip(got.parameters(), ref.parameters()))
+    assert torch.equal(app.stats.proposed_counts, call_counts(ref, app.eval_x))
+    names = [t.name for t in app.curves.data]
+    assert "balance 0.1, z 0.001" in names and "balance 0, z 0" in names          # one curve per trained pair
+    mine = app.curves.data[names.index("balance 0.1, z 0.001")]
+    assert list(mine.x) == list(CURVE_FACTORS) and mine.y == tuple(round(v, 4) for v in app.curve())
+    assert all(a >= b for a, b in zip(mine.y, mine.y[1:]))             # more slots never drop more
+    app.load_balancing.value, app.z_loss.value = 0.0, 0.0
+    assert app.layer() is app._layers[(0.0, 0.0)]                      # a pair is trained once
+
+
+def call_counts(moe, x):
+    with torch.no_grad():
+        return moe(x)[1].proposed_counts
+
+
+def test_capacity_explorer_rejects_bad_settings():
+    with pytest.raises(ValueError, match="load_balancing"):
+        CapacityExplorer(load_balancing=0.5, steps=0)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        CapacityExplorer(capacity_factor=5.0, steps=0)
+    with pytest.raises(ValueError, match="data"):
+        CapacityExplorer(data=torch.zeros(4, 16), steps=0)
+
+
+# -- AllToAllExplorer (notebook 09) -------------------------------------------------------
+MEASURED = dict(tokens=1024, d_model=64, top_k=2, num_experts=8, world_size=2, bytes=1_081_408)
+
+
+def test_a2a_sliders_update_bytes_and_time_to_the_cost_model():
+    app = AllToAllExplorer(measured=MEASURED)
+    fig = app.figure
+    model, now, measured, times = fig.data[0], fig.data[1], fig.data[2], fig.data[3]
+    assert list(measured.x) == [2] and list(measured.y) == [1.081408]     # the run's setting: its marker shows
+    app.tokens.value = 4096
+    app.d_model.value = 128
+    app.top_k.value = 1
+    app.world_size.value = 4
+    app.bandwidth.value = 100.0
+    assert app.figure is fig and fig.data[0] is model
+    assert list(model.x) == [1, 2, 4, 8]                                   # P must divide E = 8
+    want = [a2a_volume(4096, 128, 1, 8, p)["total"] for p in (1, 2, 4, 8)]
+    assert np.allclose(model.y, [w / 1e6 for w in want], rtol=1e-5, atol=0)
+    # time: each device sends its share, total / P, at 100 GB/s
+    assert np.allclose(times.y, [1e3 * w / p / 100e9 for w, p in zip(want, (1, 2, 4, 8))], rtol=1e-5, atol=0)
+    assert list(now.x) == [4] and now.y[0] == pytest.approx(want[2] / 1e6, rel=1e-5)
+    assert list(measured.x) == []                                          # the measured run does not apply here
+    app.tokens.value, app.d_model.value, app.top_k.value = 1024, 64, 2
+    assert list(measured.x) == [2]
+    app.precision.value = 2                                                # bfloat16: half the row bytes
+    half = a2a_volume(1024, 64, 2, 8, 2, bytes_per_element=2)["total"]
+    assert list(measured.x) == [] and model.y[1] == pytest.approx(half / 1e6, rel=1e-5)
+
+
+def test_a2a_keeps_experts_a_multiple_of_the_devices():
+    app = AllToAllExplorer()
+    app.world_size.value = 32
+    assert app.num_experts.value == 32 and list(app.figure.data[0].x) == [1, 2, 4, 8, 16, 32]
+    app.num_experts.value = 16
+    assert app.world_size.value == 16
+
+
+def test_a2a_explorer_rejects_bad_settings():
+    with pytest.raises(ValueError, match="measured"):
+        AllToAllExplorer(measured=dict(tokens=1024))
+    with pytest.raises(ValueError, match="world_size"):
+        AllToAllExplorer(world_size=3)
+    with pytest.raises(ValueError, match="num_experts"):
+        AllToAllExplorer(world_size=16, num_experts=8)
+
+
+def test_new_apps_figures_are_valid_plotly(capacity_app):
+    import plotly.graph_objects as go
+    # the apps build their figures unvalidated (for speed): plotly must accept every property
+    for fig in (CostExplorer(tokens=8, repeats=1).figure, capacity_app.load, capacity_app.curves,
+                AllToAllExplorer(measured=MEASURED).figure):
+        go.Figure(fig.to_plotly_json())
+
+
+def test_new_apps_send_no_figure_update_before_they_are_shown():
+    # JupyterLab drew an empty plot for a FigureWidget that was sent an update before its first
+    # view: the apps build their figures whole and leave them alone until a control moves
+    cap = CapacityExplorer(steps=1, tokens=32, eval_tokens=64)
+    figs = [CostExplorer(tokens=8, repeats=1).figure, cap.load, cap.curves, AllToAllExplorer().figure]
+    assert all(f._last_trace_edit_id == 0 and f._last_layout_edit_id == 0 for f in figs)
+    assert all(len(f.data) > 0 for f in figs)
+    cap.capacity.value = 0.5
+    assert cap.load._last_trace_edit_id > 0                            # a control's move does send updates

@@ -5,7 +5,11 @@ Two JSON lines:
 - ``slider_to_figure_ms``: median time from a control's value change to its figures updated
   in place (the observers run synchronously, so the time of the assignment is the time to the
   updated FigureWidgets), over the PathwayExplorer's example slider and task dropdown, the
-  ExpertAblation toggles and the SwatExplorer sparsity slider; per-app medians alongside.
+  ExpertAblation toggles, the SwatExplorer sparsity slider, the CostExplorer experts slider
+  (the MoE timed at every change), the CapacityExplorer capacity slider and the
+  AllToAllExplorer world-size and d_model sliders; per-app medians alongside. A new pair of
+  CapacityExplorer loss weights retrains its layer: reported apart as ``capacity_retrain_ms``
+  (each pair's first visit), not in the median of slider changes.
 - ``steps_per_s``: RoutingPlayground training steps per second while playing (ticks of
   ``Trainer.step``, figures refreshed every ``refresh_s``), with the longest gap between two
   refreshes and the training-only rate, at the playground's default batch size (a knob;
@@ -21,7 +25,9 @@ import time
 
 import torch
 
-from pwlab.widgets import ExpertAblation, PathwayExplorer, RoutingPlayground, SwatExplorer, trained_trainer
+from pwlab.widgets import (AllToAllExplorer, CapacityExplorer, CostExplorer, ExpertAblation, PathwayExplorer,
+                           RoutingPlayground, SwatExplorer, trained_trainer)
+from pwlab.widgets.capacity import LOAD_BALANCING_WEIGHTS
 from pwlab.commands import _args
 
 
@@ -39,6 +45,9 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
     ex = PathwayExplorer(tr, max_examples=64)
     ab = ExpertAblation(tr)
     sw = SwatExplorer(trainer=tr, retrain_steps=0)
+    cost = CostExplorer(seed=seed)
+    cap = CapacityExplorer(seed=seed)
+    a2a = AllToAllExplorer()
     names = list(ex.choice.options)
 
     def toggle(i):
@@ -52,11 +61,21 @@ def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> 
         "ablation_toggle": _timed(toggle, range(repeats)),
         "swat_sparsity": _timed(lambda v: setattr(sw.weight_sparsity, "value", v),
                                 [round(0.05 * ((i % 18) + 1), 2) for i in range(repeats)]),
+        "cost_experts": _timed(lambda v: setattr(cost.num_experts, "value", v),
+                               [(2, 4, 6, 12, 16, 10)[i % 6] for i in range(repeats)]),
+        "capacity_factor": _timed(lambda v: setattr(cap.capacity, "value", v),
+                                  [round(0.25 * ((i % 11) + 1), 2) for i in range(repeats)]),
+        "a2a_world_size": _timed(lambda v: setattr(a2a.world_size, "value", v),
+                                 [(1, 2, 4, 8)[(i + 1) % 4] for i in range(repeats)]),
+        "a2a_d_model": _timed(lambda v: setattr(a2a.d_model, "value", v),
+                              [(32, 64, 128, 256)[(i + 1) % 4] for i in range(repeats)]),
     }
     every = [t for ts in per_app.values() for t in ts]
+    # retraining for a new pair of loss weights: the first visit of each (later ones are cached)
+    retrain = _timed(lambda v: setattr(cap.load_balancing, "value", v), LOAD_BALANCING_WEIGHTS[1:])
     return {"metric": "slider_to_figure_ms", "value": round(statistics.median(every), 2), "preset": preset,
             "per_app_median_ms": {k: round(statistics.median(v), 2) for k, v in per_app.items()},
-            "changes": len(every)}
+            "changes": len(every), "capacity_retrain_ms": round(statistics.median(retrain), 2)}
 
 
 def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, batch_size: int | None = 32) -> dict:
