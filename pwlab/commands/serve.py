@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         # Voila has no allow_root switch to pass; it starts every visitor's kernel as this user.
         print("pwlab serve: running as root, so every visitor's kernel runs as root", file=sys.stderr)
     print(f"pwlab serve: each visit runs {nb.name} top to bottom in a fresh kernel, so a page appears "
-          "only after the notebook's run time (seconds to a minute; docs/teaching.md lists them)", file=sys.stderr)
+          "only after the notebook's run time (seconds to a minute; docs/teaching.md lists them)")
     # Readiness by TCP only: fetching the page would start a kernel and run the notebook.
     return _jupyter.supervise(cmd, lambda: _jupyter.port_answers(args.port, host), url,
                               f"Pathways Lab dashboard ({nb.name})", env=voila_env(token))
