@@ -112,8 +112,8 @@ class SigmoidGroupTopK(LinearGate):
             raise ValueError(f"top_k={self.top_k} exceeds the {self.topk_group * per_group} experts of the "
                              f"topk_group={self.topk_group} kept groups")
 
-    def _build(self) -> None:
-        super()._build()
+    def build(self) -> None:
+        super().build()
         self.register_buffer("expert_bias", torch.zeros(self.num_experts))
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
