@@ -1,4 +1,4 @@
-"""The widgets of notebooks 00, 04, 05 and 08 in JupyterLab in headless Chromium.
+"""The widgets of notebooks 00, 04, 05, 06, 07 and 08 in JupyterLab in headless Chromium.
 
 Each test opens the notebook in a workspace of its own, runs every cell through the Run menu,
 saves, compares the page with the saved outputs (``_lab``), then works the notebook's app as a
@@ -111,4 +111,31 @@ def test_all_together_tradeoff_explorer(lab_page):
     wait_kernel_settled(page)
     _plots_change(page, app, lambda: button(app, "parameters").click(), "the scatter to follow the x axis")
     shoot(app, "08_all_together-tradeoff")
+    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
+
+
+def test_pathways_explorer_and_ablation(lab_page):
+    """06: the Pathway Explorer follows its task dropdown; Expert Ablation's bars follow a
+    switched-off expert."""
+    lab, page, workspace = lab_page
+    _open_and_run(lab, page, workspace, "notebooks/06_pathways.ipynb", min_plots=3, min_sliders=1)
+    app = _app(page, has_label="example")
+    task = _dropdown(app, "task")
+    _plots_change(page, app, lambda: task.select_option(label="wine"), "the explorer to follow the task dropdown")
+    wait_kernel_settled(page)
+    ablation = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-toggle-button")).last
+    toggle = ablation.locator(".widget-toggle-button").first
+    _plots_change(page, ablation, lambda: toggle.click(), "the ablation bars to follow a switched expert")
+    shoot(ablation, "06_pathways-ablation")
+    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
+
+
+def test_swat_explorer_sparsity_slider(lab_page):
+    """07: the SWAT Explorer's weight-sparsity slider redraws its figures."""
+    lab, page, workspace = lab_page
+    _open_and_run(lab, page, workspace, "notebooks/07_swat.ipynb", min_plots=2, min_sliders=2)
+    app = _app(page, has_button="Retrain")
+    slider = slider_named(app, "weight sparsity")
+    _plots_change(page, app, lambda: drag_slider(page, slider, 0.9), "the figures to follow the sparsity slider")
+    shoot(app, "07_swat-explorer")
     assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
