@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,8 @@ class _TopKMoE(torch.autograd.Function):
     """Forward of the top-k MoE layer; see :func:`topk_moe` for the arguments and outputs."""
 
     @staticmethod
-    def forward(ctx, x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, w_lb, w_z, enabled, side):
+    def forward(ctx, x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, w_lb, w_z, enabled, grouped,
+                side):
         ctx.set_materialize_grads(False)
         n = x.shape[0]
         e = wg.shape[0]
@@ -72,8 +74,15 @@ class _TopKMoE(torch.autograd.Function):
         renorm = renormalize and k > 1
         top_sum = top_p.sum(0, keepdim=True) if renorm else None
         weight_t = top_p / top_sum if renorm else top_p
-        counts, kept_counts, kept, slot, slot_token = slot_layout(expert_t, e, capacity, enabled)
-        y, buf, pre, h, mine = _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation)
+        if capacity is None and enabled is None and grouped:               # dropless: no padding
+            counts, layout = row_layout(expert_t, e)
+            kept_counts, kept = counts, torch.ones(expert_t.numel(), dtype=torch.bool, device=x.device)
+            y, buf, pre, h, mine = _grouped_forward(x, layout, weight_t, w1, b1, w2, b2, activation)
+            slot, slot_token = layout.row, layout.row_token
+        else:
+            counts, kept_counts, kept, slot, slot_token = slot_layout(expert_t, e, capacity, enabled)
+            y, buf, pre, h, mine = _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation)
+            layout = None
         # auxiliary losses: Switch load balancing and the router z-loss. logsumexp from the
         # top choice's own probability: lse = l_top − log p_top, exact and safe as p_top ≥ 1/E.
         lse = logits_t.gather(0, expert_t[:1]).sub_(top_p[:1].log()).view(-1)   # (N,)
@@ -86,6 +95,7 @@ class _TopKMoE(torch.autograd.Function):
         ctx.save_for_backward(x, wg, w1, w2, probs_t, top_sum, weight_t, expert_t, lse, lb_grad, slot,
                               slot_token, buf, pre, h, mine)
         ctx.sizes = (k, renorm, activation, w_lb, w_z)
+        ctx.layout = layout
         return y, logits_t, probs_t, weight_t, lb, z, aux
 
     @staticmethod
@@ -95,15 +105,19 @@ class _TopKMoE(torch.autograd.Function):
          slot_token, buf, pre, h, mine) = ctx.saved_tensors
         k, renorm, activation, w_lb, w_z = ctx.sizes
         n = x.shape[0]
-        e = buf.shape[0]
+        e = wg.shape[0]
         g_x = g_w1 = g_b1 = g_w2 = g_b2 = None
         g_w = g_weight_t
         if gy is not None:
             gy = gy.contiguous()
             g_mine = torch.linalg.vecdot(mine, gy)                            # (k, N): ∂/∂ combine weight
             g_w = g_mine if g_w is None else g_w.add(g_mine)
-            g_x, g_w1, g_b1, g_w2, g_b2 = _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2,
-                                                            activation, ctx.needs_input_grad[0])
+            if ctx.layout is not None:
+                g_x, g_w1, g_b1, g_w2, g_b2 = _grouped_backward(gy, ctx.layout, weight_t, buf, pre, h, w1, w2,
+                                                                activation, ctx.needs_input_grad[0])
+            else:
+                g_x, g_w1, g_b1, g_w2, g_b2 = _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2,
+                                                                activation, ctx.needs_input_grad[0])
         # router: combine weights → top-k probabilities → all probabilities → logits
         lb_scale = _scale(g_lb, g_aux, w_lb)
         g_p = (lb_grad * lb_scale).unsqueeze(1).expand(e, n).clone()          # (E, N)
@@ -122,7 +136,7 @@ class _TopKMoE(torch.autograd.Function):
         g_wg = torch.mm(g_logits, x) if ctx.needs_input_grad[1] else None
         if ctx.needs_input_grad[0]:
             g_x = torch.mm(g_logits.t(), wg) if g_x is None else g_x.addmm_(g_logits.t(), wg)
-        return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None, None
+        return g_x, g_wg, g_w1, g_b1, g_w2, g_b2, None, None, None, None, None, None, None, None, None
 
 
 def slot_layout(expert_t: Tensor, num_experts: int, capacity: int | None, enabled: Tensor | None = None):
@@ -195,6 +209,147 @@ def _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2, activ
     return g_x, g_w1, g_b1, g_w2, g_b2
 
 
+#: the mean rows per expert from which a dropless call takes the unpadded layout by default
+#: (``MoE.dropless_layout="auto"``): measured with ``pwlab bench moe --dropless-layout`` on a
+#: 2-core CPU, one ``addmm`` per expert is as fast per FLOP as the padded batched matmul from a
+#: few hundred rows per expert on, and slower below (per-call overhead)
+GROUPED_MIN_ROWS = 256
+
+
+class RowLayout(NamedTuple):
+    """The unpadded dropless layout: the A assignments sorted by expert into A rows.
+
+    ``row_token (A,)`` the token each row reads; ``row (A,)`` the row of each rank-major
+    assignment; ``row_expert (A,)`` the expert of each row (non-decreasing); ``bounds`` the
+    cumulative counts per expert (row ranges), as ints and as ``offs (E,)`` int32."""
+
+    row_token: Tensor
+    row: Tensor
+    row_expert: Tensor
+    bounds: tuple[int, ...]
+    offs: Tensor
+
+
+def row_layout(expert_t: Tensor, num_experts: int) -> tuple[Tensor, RowLayout]:
+    """``counts (E,)`` and the :class:`RowLayout` of the rank-major choices ``expert_t (k, N)``
+    (within an expert, rows keep the position-priority order of :func:`slot_layout`)."""
+    k, n = expert_t.shape
+    expert = expert_t.reshape(-1)
+    order = torch.argsort(expert, stable=True)                                # rank-major order within experts
+    counts = torch.bincount(expert, minlength=num_experts)
+    row = torch.empty_like(order)
+    row[order] = torch.arange(order.numel(), device=order.device)
+    token, _ = rank_major_layout(n, k, expert_t.device)
+    ends = counts.cumsum(0)
+    return counts, RowLayout(row_token=token[order], row=row, row_expert=expert[order],
+                             bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
+
+
+@functools.lru_cache(maxsize=8)
+def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` (one call for all experts' row ranges) runs for this device
+    and dtype: a private PyTorch op, present on CPU for float32 and on recent GPUs for bfloat16;
+    where it is missing or refuses, :func:`grouped_mm` loops over the experts instead."""
+    op = getattr(torch, "_grouped_mm", None)
+    if op is None:
+        return False
+    try:
+        a = torch.ones(8, 4, device=device, dtype=dtype)
+        b = torch.ones(2, 4, 4, device=device, dtype=dtype)
+        out = op(a, b, offs=torch.tensor([3, 8], device=device, dtype=torch.int32))
+        wgrad = op(a.t(), a, offs=torch.tensor([3, 8], device=device, dtype=torch.int32))
+        return bool((out == 4).all()) and wgrad.shape == (2, 4, 4) and bool((wgrad[0] == 3).all())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+def _aligned(t: Tensor, *widths: int) -> bool:
+    """Whether rows of these widths start on 16-byte boundaries, as ``torch._grouped_mm`` needs."""
+    return all(w * t.element_size() % 16 == 0 for w in widths)
+
+
+def grouped_mm(a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
+    """Row range e of ``a (A, K)`` times ``b[e] (K, M)``, for every expert: ``(A, M)``."""
+    if _aligned(a, a.shape[1], b.shape[1], b.shape[2]) and _grouped_mm_works(a.device, a.dtype):
+        return torch._grouped_mm(a, b, offs=layout.offs)
+    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
+    for e, end in enumerate(layout.bounds):
+        if end > start:
+            torch.mm(a[start:end], b[e], out=out[start:end])
+        start = end
+    return out
+
+
+def grouped_mm_t(a: Tensor, g: Tensor, layout: RowLayout) -> Tensor:
+    """Per expert, ``a[rows_e]ᵀ · g[rows_e]`` (a weight gradient): ``a (A, K), g (A, M) -> (E, K, M)``
+    (an expert without rows gets zeros)."""
+    if _aligned(a, a.shape[1], g.shape[1]) and _grouped_mm_works(a.device, a.dtype):
+        return torch._grouped_mm(a.t(), g, offs=layout.offs)
+    out, start = a.new_zeros(len(layout.bounds), a.shape[1], g.shape[1]), 0
+    for e, end in enumerate(layout.bounds):
+        if end > start:
+            torch.mm(a[start:end].t(), g[start:end], out=out[e])
+        start = end
+    return out
+
+
+def _grouped_addmm(bias: Tensor, a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
+    """``bias[e] + a[rows_e] · b[e]`` for every expert: ``(A, M)``, one ``addmm`` per expert with
+    rows (on a CPU as fast per FLOP as one batched matmul from a few hundred rows per expert on,
+    and the bias rides in the matmul)."""
+    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
+    for e, end in enumerate(layout.bounds):
+        if end > start:
+            torch.addmm(bias[e], a[start:end], b[e], out=out[start:end])
+        start = end
+    return out
+
+
+def _segment_sums(g: Tensor, layout: RowLayout) -> Tensor:
+    """Per expert, the sum of its rows of ``g (A, M)``: ``(E, M)`` (a bias gradient)."""
+    out, start = g.new_zeros(len(layout.bounds), g.shape[1]), 0
+    for e, end in enumerate(layout.bounds):
+        if end > start:
+            torch.sum(g[start:end], 0, out=out[e])
+        start = end
+    return out
+
+
+def _grouped_forward(x, layout: RowLayout, weight_t, w1, b1, w2, b2, activation):
+    """:func:`_experts_forward` on the unpadded :class:`RowLayout` (dropless, every expert on):
+    ``y (N, D)`` and ``(buf, pre, h, mine)`` for the backward."""
+    k, n = weight_t.shape
+    buf = x.index_select(0, layout.row_token)                                 # (A, D)
+    pre = _grouped_addmm(b1, buf, w1, layout)                                 # (A, H)
+    h = ACTIVATIONS[activation](pre)
+    out = _grouped_addmm(b2, h, w2, layout)                                   # (A, D)
+    mine = out.index_select(0, layout.row).view(k, n, -1)                     # (k, N, D)
+    y = mine[0] * weight_t[0].unsqueeze(1)
+    for j in range(1, k):
+        y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
+    return y, buf, pre, h, mine
+
+
+def _grouped_backward(gy, layout: RowLayout, weight_t, buf, pre, h, w1, w2, activation, need_x: bool):
+    """Gradients of :func:`_grouped_forward` with the routing fixed, as :func:`_experts_backward`."""
+    k, n = weight_t.shape
+    e = w1.shape[0]
+    row_weight = torch.empty_like(weight_t.reshape(-1)).index_put_((layout.row,), weight_t.reshape(-1))
+    g_out = gy.index_select(0, layout.row_token).mul_(row_weight.unsqueeze(1))      # (A, D)
+    g_w2 = grouped_mm_t(h, g_out, layout)
+    g_b2 = _segment_sums(g_out, layout)
+    g_pre = _act_backward(activation, grouped_mm(g_out, w2.transpose(1, 2), layout), pre)
+    g_w1 = grouped_mm_t(buf, g_pre, layout)
+    g_b1 = _segment_sums(g_pre, layout)
+    g_x = None
+    if need_x:
+        g_rows = grouped_mm(g_pre, w1.transpose(1, 2), layout).index_select(0, layout.row).view(k, n, -1)
+        g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
+        for j in range(2, k):
+            g_x.add_(g_rows[j])
+    return g_x, g_w1, g_b1, g_w2, g_b2
+
+
 def _with_zero_row(like: Tensor, rows: int, d: int) -> Tensor:
     """An uninitialised (1 + rows, d) buffer whose row 0 is zero (what dropped assignments read)."""
     buf = like.new_empty(rows + 1, d)
@@ -209,13 +364,15 @@ def _scale(g_own: Tensor | None, g_aux: Tensor | None, weight: float) -> float:
 
 def topk_moe(x: Tensor, wg: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *, k: int,
              renormalize: bool, capacity: int | None, activation: str, w_lb: float, w_z: float,
-             enabled: Tensor | None = None):
+             enabled: Tensor | None = None, grouped: bool = True):
     """The top-k MoE layer on ``x (N, D)``, N ≥ 1.
 
     Args: the gate weight ``wg (E, D)``; the expert bank ``w1 (E, D, H), b1 (E, H), w2 (E, H, D),
     b2 (E, D)``; ``capacity`` C or None (dropless); the weights of the load-balancing and z-losses;
     ``enabled (E,)`` bool, or None when every expert is on (assignments to an expert switched off
-    are dropped, as in :meth:`pwlab.moe.MoE.disabled`).
+    are dropped, as in :meth:`pwlab.moe.MoE.disabled`); ``grouped``: run a dropless call
+    (``capacity=None``, every expert on) on the unpadded layout of :func:`row_layout` (False: the
+    padded one, every expert padded to the fullest).
 
     Returns ``(y (N, D), logits (E, N), probs (E, N), weight (k, N), load_balancing, z_loss,
     aux_loss, expert (k, N), kept (A,), counts (E,), kept_counts (E,), finite)``: the router
@@ -224,5 +381,5 @@ def topk_moe(x: Tensor, wg: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tens
     """
     side: list = []     # outputs without gradient travel outside autograd (cheaper than outputs)
     outs = _TopKMoE.apply(x, wg, w1, b1, w2, b2, k, renormalize, capacity, activation, float(w_lb), float(w_z),
-                          enabled, side)
+                          enabled, bool(grouped), side)
     return (*outs, *side)

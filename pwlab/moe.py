@@ -67,6 +67,12 @@ from pwlab.routing.topk import TopK
 CAPACITY_CONVENTIONS = ("k_tokens", "tokens")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("fast", "loop")
+#: ``layer.dropless_layout``, for a dropless call on the one-node path (:mod:`pwlab.fused`):
+#: ``"grouped"`` sorts the N·k assignments by expert into exactly N·k rows (one matmul per
+#: expert), ``"padded"`` pads every expert to the fullest one's count (one batched matmul, more
+#: rows), ``"auto"`` takes ``"grouped"`` from :data:`pwlab.fused.GROUPED_MIN_ROWS` rows per
+#: expert on average (``pwlab bench moe --dropless-layout`` times each)
+DROPLESS_LAYOUTS = ("auto", "grouped", "padded")
 AUX_LOSSES = ("load_balancing", "z_loss", "importance_load", "entropy_local", "entropy_global")
 _FUSED_DTYPES = (torch.float32, torch.float64)   # half precision takes the general path (its losses upcast)
 DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load": 1e-2,
@@ -232,6 +238,8 @@ class MoE(nn.Module):
         #: take the one-node path of :mod:`pwlab.fused` when the configuration allows it
         #: (False forces the general path; tests compare the two)
         self.fused = True
+        #: how that path lays out a dropless call (see :data:`DROPLESS_LAYOUTS`)
+        self.dropless_layout = "auto"
 
     @property
     def top_k(self) -> int:
@@ -413,7 +421,8 @@ class MoE(nn.Module):
         y, logits_t, probs_t, weight_t, lb, z, aux_loss, expert_t, kept, counts, kept_counts, finite = fused.topk_moe(
             x, r.gate.weight, bank.w1, bank.b1, bank.w2, bank.b2, k=r.top_k, renormalize=r.renormalize,
             capacity=cap, activation=bank.activation, w_lb=self.aux_weights["load_balancing"],
-            w_z=self.aux_weights["z_loss"], enabled=None if self._all_enabled else self.enabled)
+            w_z=self.aux_weights["z_loss"], enabled=None if self._all_enabled else self.enabled,
+            grouped=self._grouped(x.shape[0]))
         if not finite:
             # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
             # look at instead of a pass over x (a finite x cannot overflow here in practice)
@@ -425,6 +434,13 @@ class MoE(nn.Module):
             aux_loss = aux_loss + self.aux_weights[name] * value
         return y, _FusedStats(raw, counts=kept_counts, proposed_counts=counts, capacity=cap, kept=kept,
                               aux_losses=aux, aux_loss=aux_loss)
+
+    def _grouped(self, num_tokens: int) -> bool:
+        """Whether a dropless call of ``num_tokens`` tokens takes the unpadded layout."""
+        layout = _checks.one_of("dropless_layout", self.dropless_layout, DROPLESS_LAYOUTS)
+        if layout == "auto":
+            return num_tokens * self.top_k >= fused.GROUPED_MIN_ROWS * self.num_experts
+        return layout == "grouped"
 
     def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}

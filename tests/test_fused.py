@@ -170,3 +170,102 @@ def test_non_finite_input_is_an_error():
         x[3, 2] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
             layer(x)
+
+
+# -- the unpadded dropless layout (MoE.dropless_layout) ------------------------------------
+
+@pytest.mark.parametrize("k,activation,renormalize", [(2, "gelu", True), (1, "relu", True), (3, "silu", False)])
+def test_grouped_dropless_equals_general_path(k, activation, renormalize):
+    """Dropless on the unpadded layout: values and every gradient equal the general path (float64)."""
+    torch.manual_seed(20 + k)
+    fast, general = _twins(k=k, renormalize=renormalize, capacity_factor=None, activation=activation)
+    fast.dropless_layout = "grouped"
+    x = torch.randn(41, D, dtype=torch.float64)
+    results = []
+    for layer in (fast, general):
+        xi = x.clone().requires_grad_()
+        y, s = layer(xi)
+        _loss(y, s).backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in layer.named_parameters()}, s))
+    (y1, gx1, gp1, s1), (y2, gx2, gp2, s2) = results
+    assert torch.allclose(y1, y2, atol=1e-12) and torch.allclose(gx1, gx2, atol=1e-12)
+    for name in gp1:
+        assert torch.allclose(gp1[name], gp2[name], atol=1e-12), name
+    assert torch.equal(s1.counts, s2.counts) and bool(s1.kept.all()) and s1.capacity is None
+
+
+def test_grouped_and_padded_layouts_agree_in_float32():
+    """float32 takes torch._grouped_mm where it runs: the two dropless layouts agree to 1e-5."""
+    torch.manual_seed(5)
+    layer = MoE(16, 24, 6, TopK(k=2))
+    x = torch.randn(300, 16)
+    out = {}
+    for layout in ("grouped", "padded"):
+        layer.dropless_layout = layout
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        y, s = layer(xi)
+        (y.pow(2).sum() + s.aux_loss).backward()
+        out[layout] = [y.detach(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
+    for a, b in zip(out["grouped"], out["padded"]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_row_layout_by_hand():
+    """Rank-major choices of 3 tokens (k = 2) over 3 experts, sorted by expert, priority kept."""
+    expert_t = torch.tensor([[2, 0, 2], [0, 1, 0]])        # first choices, then second choices
+    counts, lay = fused.row_layout(expert_t, 3)
+    assert counts.tolist() == [3, 1, 2]
+    # rows: expert 0 takes (token 1, first), (token 0, second), (token 2, second); expert 1 token 1;
+    # expert 2 tokens 0 and 2 (first choices)
+    assert lay.row_token.tolist() == [1, 0, 2, 1, 0, 2]
+    assert lay.row_expert.tolist() == [0, 0, 0, 1, 2, 2]
+    assert lay.bounds == (3, 4, 6) and lay.offs.tolist() == [3, 4, 6]
+    # assignment a = j·N + n sits in row lay.row[a]
+    assert lay.row.tolist() == [4, 0, 5, 1, 3, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grouped_matmuls_equal_one_matmul_per_expert(dtype):
+    """grouped_mm / grouped_mm_t (torch._grouped_mm where it runs, else a loop) against naive
+    per-expert products, an expert without rows included."""
+    torch.manual_seed(6)
+    counts = torch.tensor([3, 0, 5, 2])
+    ends = counts.cumsum(0)
+    lay = fused.RowLayout(row_token=torch.arange(10), row=torch.arange(10),
+                          row_expert=torch.repeat_interleave(torch.arange(4), counts),
+                          bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
+    a, b, g = torch.randn(10, 8, dtype=dtype), torch.randn(4, 8, 12, dtype=dtype), torch.randn(10, 12, dtype=dtype)
+    starts = (ends - counts).tolist()
+    ref = torch.cat([a[s:s + c] @ b[e] for e, (s, c) in enumerate(zip(starts, counts.tolist()))])
+    ref_t = torch.stack([a[s:s + c].t() @ g[s:s + c] for s, c in zip(starts, counts.tolist())])
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(fused.grouped_mm(a, b, lay), ref, atol=tol)
+    assert torch.allclose(fused.grouped_mm_t(a, g, lay), ref_t, atol=tol)
+    assert torch.equal(fused.grouped_mm_t(a, g, lay)[1], torch.zeros(8, 12, dtype=dtype))
+
+
+def test_gradcheck_grouped_dropless():
+    """The unpadded dropless backward against finite differences."""
+    torch.manual_seed(7)
+    n, d, h, e, k = 9, 4, 5, 3, 2
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+              for shape in ((e, d), (e, d, h), (e, h), (e, h, d), (e, d))]
+
+    def run(x, wg, w1, b1, w2, b2):
+        y, logits, probs, weight, lb, z, aux, *_ = fused.topk_moe(
+            x, wg, w1, b1, w2, b2, k=k, renormalize=True, capacity=None, activation="gelu", w_lb=0.3, w_z=0.2,
+            grouped=True)
+        return y, logits, probs, weight, lb, z, aux
+
+    assert torch.autograd.gradcheck(run, (x, *params), atol=1e-6)
+
+
+def test_dropless_layout_is_checked_and_auto_follows_rows_per_expert():
+    layer = MoE(D, H, 4, TopK(k=2))
+    assert not layer._grouped(fused.GROUPED_MIN_ROWS * 2 - 1)     # N·k / E just below the threshold
+    assert layer._grouped(fused.GROUPED_MIN_ROWS * 2)
+    layer.dropless_layout = "sideways"
+    with pytest.raises(ValueError, match="dropless_layout must be one of"):
+        layer(torch.randn(3, D))

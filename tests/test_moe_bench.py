@@ -99,3 +99,49 @@ def test_breakdown_needs_the_one_node_path():
     layer.fused = False
     with pytest.raises(ValueError, match="one-node path"):
         bench._ExpertsWithFixedRouting(layer, x)
+
+
+def test_dropless_and_peer_columns(capsys, keep_threads):
+    """The dropless side and transformers' Mixtral block (when installed) join every line."""
+    pytest.importorskip("transformers", reason="the peer side needs the extra: pip install 'pwlab[hf]'")
+    assert bench.main(["--sizes", "tiny", "--repeats", "2", "--threads", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["dropless_over_capacity"] == pytest.approx(r["dropless_ms"] / r["moe_ms"], rel=0.01)
+    assert r["hf_over_pwlab_capacity"] == pytest.approx(r["hf_ms"] / r["moe_ms"], rel=0.01)
+    assert r["hf_over_pwlab_dropless"] == pytest.approx(r["hf_ms"] / r["dropless_ms"], rel=0.01)
+
+
+def test_peer_spends_our_active_flops_and_is_a_top2_moe():
+    """Gated experts of width round(2H/3): three D×(2H/3) matmuls per expert ≈ our two D×H (within
+    rounding); and the block is a top-2 of 8 MoE, equal to its pwlab import."""
+    pytest.importorskip("transformers", reason="the peer side needs the extra: pip install 'pwlab[hf]'")
+    from pwlab.interop import moe_from_hf
+    for size, (n, d, h) in bench.SIZES.items():
+        block = bench._Peer(d, h, seed=0).block
+        per_expert = sum(p.numel() for p in block.experts.parameters()) / bench.NUM_EXPERTS
+        assert abs(per_expert - 2 * d * h) <= 3 * d, size           # 3·D·round(2H/3) vs 2·D·H
+    peer = bench._Peer(16, 24, seed=1)
+    ours = moe_from_hf(peer.block)
+    x = torch.randn(40, 16)
+    assert ours.top_k == bench.TOP_K and ours.num_experts == bench.NUM_EXPERTS
+    assert torch.allclose(peer(x), ours(x)[0], atol=1e-5)
+
+
+def test_without_transformers_the_peer_columns_are_left_out_with_a_how_to(capsys, keep_threads, monkeypatch):
+    monkeypatch.setattr(bench, "peer_available", lambda: False)
+    assert bench.main(["--sizes", "tiny", "--repeats", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr()
+    r = json.loads(out.out)
+    assert "hf_ms" not in r and "dropless_over_capacity" in r
+    assert "pip install 'pwlab[hf]'" in out.err
+
+
+def test_dropless_layouts_compute_the_same_layer():
+    """Both dropless layouts the benchmark can time are the same maths (float64)."""
+    layer, x = _layer()
+    layer.capacity_factor = None
+    ys = []
+    for layout in ("grouped", "padded"):
+        layer.dropless_layout = layout
+        ys.append(layer(x)[0])
+    assert torch.allclose(ys[0], ys[1], atol=1e-12)

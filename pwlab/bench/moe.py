@@ -5,22 +5,33 @@ layer over a dense FFN of hidden width k·H, so both spend the same FLOPs per to
 ``einsum_over_moe`` (a GShard-style one-hot einsum dispatch over ours). Times are medians of
 repeats measured in the same run, interleaved so drifts of the machine hit both sides.
 
-``--breakdown`` adds a fourth side, the layer's own expert part (dispatch, expert FFNs,
+Two more sides by default: the same layer dropless (``capacity_factor=None``, the same
+weights), reported as ``dropless_ms`` and ``dropless_over_capacity``; and, when the optional
+``transformers`` is installed (``pip install 'pwlab[hf]'``), its own eager Mixtral sparse MoE
+block at equal active FLOPs (gated experts of intermediate width round(2H/3): three D×(2H/3)
+matmuls per expert against our two D×H), on the same tokens, reported as ``hf_ms`` and
+``hf_over_pwlab`` — transformers' time over ours, for our capacity and our dropless layer
+(``hf_over_pwlab_capacity``, ``hf_over_pwlab_dropless``). ``--no-peer`` leaves it out.
+
+``--breakdown`` adds one more side, the layer's own expert part (dispatch, expert FFNs,
 combine: the same code) with the routing computed beforehand, and reports ``experts_ms``,
 ``experts_over_dense`` (what the layer would cost over the dense FFN if routing, capacity and
 the auxiliary losses took no time) and ``routing_ms`` (``moe_ms − experts_ms``).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 
 from pwlab import fused
-from pwlab.moe import MoE, _FusedStats, apply_capacity
+from pwlab.interop import tiny_hf_block
+from pwlab.moe import DROPLESS_LAYOUTS, MoE, _FusedStats, apply_capacity
 from pwlab.routing import TopK
 from pwlab.commands import _args
 
@@ -115,17 +126,39 @@ def _time(fn, x, grad, repeats: int) -> list[float]:
     return out
 
 
+class _Peer(nn.Module):
+    """transformers' eager Mixtral sparse MoE block, top-2 of 8, at our layer's active FLOPs."""
+
+    def __init__(self, d: int, h: int, seed: int):
+        super().__init__()
+        self.block = tiny_hf_block("mixtral", seed=seed, d_model=d, d_hidden=round(2 * h / 3),
+                                   num_experts=NUM_EXPERTS, k=TOP_K).train()
+
+    def forward(self, x):
+        return self.block(x.unsqueeze(0)).squeeze(0)
+
+
+def peer_available() -> bool:
+    """Whether the optional ``transformers`` (the peer side) is installed."""
+    return importlib.util.find_spec("transformers") is not None
+
+
 def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | None = 1.0,
-            breakdown: bool = False) -> dict:
+            breakdown: bool = False, peer: bool = True, dropless_layout: str = "auto") -> dict:
 
     n, d, h = SIZES[size]
     torch.manual_seed(seed)
     moe = MoE(d, h, NUM_EXPERTS, TopK(k=TOP_K), capacity_factor=capacity_factor)
+    dropless = MoE(d, h, NUM_EXPERTS, TopK(k=TOP_K), capacity_factor=None)
+    dropless.load_state_dict(moe.state_dict())
+    dropless.dropless_layout = dropless_layout
     dense = _DenseFFN(d, TOP_K * h)
     einsum = _EinsumMoE(moe)
     x = torch.randn(n, d, requires_grad=True)
     grad = torch.randn(n, d)
-    fns = {"moe": moe, "dense": dense, "einsum": einsum}
+    fns = {"moe": moe, "dropless": dropless, "dense": dense, "einsum": einsum}
+    if peer:
+        fns["hf"] = _Peer(d, h, seed)
     if breakdown:
         fns["experts"] = _ExpertsWithFixedRouting(moe, x)
     for f in fns.values():          # warm-up
@@ -141,11 +174,16 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
         extra = {"experts_ms": round(med["experts"] * 1e3, 3),
                  "experts_over_dense": round(med["experts"] / med["dense"], 3),
                  "routing_ms": round((med["moe"] - med["experts"]) * 1e3, 3)}
+    if peer:
+        extra.update({"hf_ms": round(med["hf"] * 1e3, 3),
+                      "hf_over_pwlab_capacity": round(med["hf"] / med["moe"], 3),
+                      "hf_over_pwlab_dropless": round(med["hf"] / med["dropless"], 3)})
     return {"size": size, "tokens": n, "d_model": d, "d_hidden": h, "num_experts": NUM_EXPERTS, "top_k": TOP_K,
             "capacity_factor": capacity_factor, "threads": torch.get_num_threads(),
-            "moe_ms": round(med["moe"] * 1e3, 3), "dense_ms": round(med["dense"] * 1e3, 3),
-            "einsum_ms": round(med["einsum"] * 1e3, 3),
+            "moe_ms": round(med["moe"] * 1e3, 3), "dropless_ms": round(med["dropless"] * 1e3, 3),
+            "dense_ms": round(med["dense"] * 1e3, 3), "einsum_ms": round(med["einsum"] * 1e3, 3),
             "moe_over_dense": round(med["moe"] / med["dense"], 3),
+            "dropless_over_capacity": round(med["dropless"] / med["moe"], 3),
             "einsum_over_moe": round(med["einsum"] / med["moe"], 3), **extra}
 
 
@@ -159,11 +197,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads for both sides (default: torch's, here the number of cores)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the layer's expert part with the routing precomputed (experts_ms, routing_ms)")
+    p.add_argument("--no-peer", action="store_true",
+                   help="leave out transformers' Mixtral block (the hf_* columns)")
+    p.add_argument("--dropless-layout", default="auto", choices=list(DROPLESS_LAYOUTS),
+                   help="the dropless side's layout (see pwlab.moe.DROPLESS_LAYOUTS)")
     args = p.parse_args(argv)
+    peer = not args.no_peer
+    if peer and not peer_available():
+        print("pwlab bench moe: transformers is not installed, so the hf_* columns are left out "
+              "(pip install 'pwlab[hf]' adds them)", file=sys.stderr)
+        peer = False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (15 if args.quick else 40)
     for size in args.sizes:
         r = repeats if size != "large" else max(5, repeats // 3)
-        print(json.dumps(measure(size, r, capacity_factor=args.capacity_factor, breakdown=args.breakdown)), flush=True)
+        print(json.dumps(measure(size, r, capacity_factor=args.capacity_factor, breakdown=args.breakdown, peer=peer,
+                                 dropless_layout=args.dropless_layout)), flush=True)
     return 0
