@@ -44,7 +44,9 @@ class ModelConfig:
         router: a name of :data:`pwlab.routing.ROUTERS`.
         router_kwargs: extra constructor arguments of the router.
         top_k: experts per token for routers that take ``k``.
-        capacity_factor: None (dropless) or > 0 (see :mod:`pwlab.moe`).
+        capacity_factor: None (dropless) or > 0 (see :mod:`pwlab.moe`). For a router that fills
+            every expert itself (expert choice) it is the router's own factor (None: the
+            router's default), the one capacity factor of the layer either way.
         aux_weights: weights of the MoE auxiliary losses (missing names take the MoE defaults).
         task_token: prepend a learned token per task (the trunk then knows the task).
         pooling: ``"mean"`` over real tokens, or the ``"task_token"``'s output.
@@ -85,6 +87,12 @@ class ModelConfig:
         _checks.one_of("pooling", self.pooling, POOLINGS)
         _checks.one_of("activation", self.activation, ACTIVATIONS)
         _checks.positive_float("capacity_factor", self.capacity_factor, allow_none=True)
+        own = self.router_kwargs.get("capacity_factor") if isinstance(self.router_kwargs, dict) else None
+        if (_router_description(self.router).owns_capacity and None not in (own, self.capacity_factor)
+                and own != self.capacity_factor):
+            raise ValueError(f"capacity_factor is set twice: capacity_factor={self.capacity_factor} and "
+                             f"router_kwargs['capacity_factor']={own} for router {self.router!r}, which fills every "
+                             f"expert itself; set one of them")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pooling == "task_token" and not self.task_token:
@@ -137,6 +145,8 @@ class ModelConfig:
             kw.setdefault("k", self.top_k)
         if about.num_tasks:
             kw.setdefault("num_tasks", num_tasks)
+        if about.owns_capacity and self.capacity_factor is not None:
+            kw.setdefault("capacity_factor", self.capacity_factor)    # one capacity factor per layer
         return kw
 
     def to_dict(self) -> dict:

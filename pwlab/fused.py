@@ -333,7 +333,6 @@ def _grouped_forward(x, layout: RowLayout, weight_t, w1, b1, w2, b2, activation)
 def _grouped_backward(gy, layout: RowLayout, weight_t, buf, pre, h, w1, w2, activation, need_x: bool):
     """Gradients of :func:`_grouped_forward` with the routing fixed, as :func:`_experts_backward`."""
     k, n = weight_t.shape
-    e = w1.shape[0]
     row_weight = torch.empty_like(weight_t.reshape(-1)).index_put_((layout.row,), weight_t.reshape(-1))
     g_out = gy.index_select(0, layout.row_token).mul_(row_weight.unsqueeze(1))      # (A, D)
     g_w2 = grouped_mm_t(h, g_out, layout)

@@ -205,7 +205,7 @@ class MoE(nn.Module):
         super().__init__()
         _checks.positive_int("num_experts", num_experts)
         _checks.positive_int("d_model", d_model)
-        self.capacity_factor = _checks.positive_float("capacity_factor", capacity_factor, allow_none=True)
+        capacity_factor = _checks.positive_float("capacity_factor", capacity_factor, allow_none=True)
         self.capacity_convention = _checks.one_of("capacity_convention", capacity_convention, CAPACITY_CONVENTIONS)
         self.drop_policy = _checks.one_of("drop_policy", drop_policy, DROP_POLICIES)
         self.dispatch = _checks.one_of("dispatch", dispatch, DISPATCHES)
@@ -220,6 +220,17 @@ class MoE(nn.Module):
         if not isinstance(router, Router):
             raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
         self.router = router.bind(d_model, num_experts)
+        self._capacity_factor = None
+        if self.router.kind == "expert_choice":
+            # one capacity factor per layer: a router that fills every expert itself owns it
+            if capacity_factor is not None and capacity_factor != getattr(self.router, "capacity_factor", None):
+                raise ValueError(
+                    f"capacity_factor is set twice: {type(router).__name__} fills every expert itself with its own "
+                    f"capacity_factor={self.router.capacity_factor}, and the layer got capacity_factor="
+                    f"{capacity_factor}; set it in one place (e.g. {type(router).__name__}(capacity_factor="
+                    f"{capacity_factor}), layer capacity_factor=None)")
+        else:
+            self._capacity_factor = capacity_factor
         # expert kinds and DeepSeek-MoE's shared experts (routing never sees the shared ones)
         self.experts = make_experts(expert, num_experts, d_model, d_hidden, activation)
         self.expert_kind = expert
@@ -244,6 +255,29 @@ class MoE(nn.Module):
     @property
     def top_k(self) -> int:
         return self.router.top_k
+
+    @property
+    def capacity_factor(self) -> float | None:
+        """The layer's one capacity factor: None (dropless) or > 0. Under a router that fills
+        every expert itself (``Routing.kind == "expert_choice"``) it is the router's own, read and
+        set through the layer (experts then take ``ceil(N·cf/E)`` tokens each)."""
+        if self.router.kind == "expert_choice":
+            return getattr(self.router, "capacity_factor", None)
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value: float | None) -> None:
+        if self.router.kind == "expert_choice":
+            if value is None:
+                raise ValueError(f"capacity_factor must be a number in (0, num_experts={self.num_experts}] under "
+                                 f"{type(self.router).__name__} (experts fill themselves: there is no dropless "
+                                 f"expert choice), got None")
+            if not hasattr(self.router, "set_capacity_factor"):
+                raise ValueError(f"capacity_factor cannot be set on this layer: {type(self.router).__name__} fills "
+                                 f"every expert itself and has no set_capacity_factor(value)")
+            self.router.set_capacity_factor(value)
+        else:
+            self._capacity_factor = _checks.positive_float("capacity_factor", value, allow_none=True)
 
     def capacity(self, num_tokens: int, num_assignments: int | None = None, kind: str | None = None) -> int | None:
         """C for ``num_tokens`` tokens (and ``num_assignments`` proposed ones, when known), or None.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from pwlab.moe import MoE
 from pwlab.routing import ExpertChoice, GShardTop2, HashRouter, NoisyTopK, Switch, TaskRouter, TopK
 
 NUM_TASKS = 3
@@ -29,3 +30,12 @@ def route_inputs(n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"task": torch.randint(0, NUM_TASKS, (n,), generator=g),
             "token_ids": torch.randint(0, 1000, (n,), generator=g)}
+
+
+def moe_case(name: str, d: int, h: int, e: int, capacity_factor=None, **kw) -> MoE:
+    """An MoE layer over router case ``name`` with the layer's one capacity factor set (under
+    expert choice that is the router's own factor: None keeps the case's 1.5)."""
+    layer = MoE(d, h, e, ROUTER_CASES[name](), **kw)
+    if capacity_factor is not None or layer.router.kind != "expert_choice":
+        layer.capacity_factor = capacity_factor
+    return layer

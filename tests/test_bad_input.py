@@ -21,7 +21,7 @@ from pwlab.routing import ExpertChoice, HashRouter, TaskRouter
 from pwlab.senses import Senses
 from pwlab.soft_moe import SoftMoE
 from pwlab.swat.layers import SwatConv2d, SwatLinear
-from tests.routing_cases import NUM_TASKS, ROUTER_CASES, route_inputs
+from tests.routing_cases import NUM_TASKS, ROUTER_CASES, moe_case, route_inputs
 
 D, H, E, N = 8, 12, 4, 6
 ID_ROUTERS = [name for name, make in ROUTER_CASES.items() if make().needs_task or make().needs_token_ids]
@@ -165,7 +165,7 @@ def test_integer_input_asks_for_a_floating_dtype(kind, name, dtype):
 @pytest.mark.parametrize("cf", [None, 1.0])
 @pytest.mark.parametrize("name", list(ROUTER_CASES))
 def test_moe_forward_and_backward_on_an_empty_batch_give_zero_grads(name, cf, dispatch):
-    layer = MoE(D, H, E, ROUTER_CASES[name](), capacity_factor=cf, dispatch=dispatch)
+    layer = moe_case(name, D, H, E, cf, dispatch=dispatch)
     x = torch.randn(0, D, requires_grad=True)
     y, stats = layer(x, **route_inputs(0))
     assert y.shape == (0, D) and stats.counts.tolist() == [0] * E

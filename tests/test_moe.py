@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 from pwlab.dispatch import _FusedExperts, slot_positions
 from pwlab.moe import MoE, expert_capacity
 from pwlab.routing import TopK
-from tests.routing_cases import ROUTER_CASES, route_inputs
+from tests.routing_cases import ROUTER_CASES, moe_case, route_inputs
 
 D, H, E = 8, 12, 4
 
 
-def _pair(name, **kw):
-    """Two MoE layers with identical weights: fast and loop dispatch."""
-    fast = MoE(D, H, E, ROUTER_CASES[name](), dispatch="fast", **kw)
-    loop = MoE(D, H, E, ROUTER_CASES[name](), dispatch="loop", **kw)
+def _pair(name, capacity_factor=None, **kw):
+    """Two MoE layers with identical weights: fast and loop dispatch. The capacity factor goes
+    through the layer (under expert choice it is the router's own: one factor per layer)."""
+    fast, loop = (moe_case(name, D, H, E, capacity_factor, dispatch=dispatch, **kw) for dispatch in ("fast", "loop"))
     loop.load_state_dict(fast.state_dict())
     return fast, loop
 
@@ -72,7 +72,7 @@ def test_fast_dispatch_equals_loop_reference(name, cf):
 @pytest.mark.parametrize("cf", [0.25, 0.5, 1.0, None])
 @pytest.mark.parametrize("name", ["topk2", "topk1", "gshard", "noisy_topk2", "hash", "task_learned_token"])
 def test_capacity_matches_a_naive_loop(name, cf, policy):
-    layer = MoE(D, H, E, ROUTER_CASES[name](), capacity_factor=cf, drop_policy=policy)
+    layer = moe_case(name, D, H, E, cf, drop_policy=policy)
     x = torch.randn(50, D)
     _, stats = layer(x, generator=torch.Generator().manual_seed(3), **route_inputs(50))
     cap = expert_capacity(50, E, layer.top_k, cf)
@@ -111,7 +111,7 @@ def test_position_policy_prefers_first_choices_and_early_tokens():
        policy=st.sampled_from(["position", "probability"]), seed=st.integers(0, 10_000))
 def test_routing_properties(n, cf, name, policy, seed):
     torch.manual_seed(seed)
-    layer = MoE(D, H, E, ROUTER_CASES[name](), capacity_factor=cf, drop_policy=policy)
+    layer = moe_case(name, D, H, E, cf, drop_policy=policy)
     y, s = layer(torch.randn(n, D), generator=torch.Generator().manual_seed(seed), **route_inputs(n, seed))
     kept, proposed = s.routing, s.proposed
     assert y.shape == (n, D) and bool(torch.isfinite(y).all())

@@ -240,13 +240,14 @@ class RenamedExpertChoice(ExpertChoice):
 def test_a_subclass_of_expert_choice_gets_no_capacity_from_the_layer():
     # N=16, E=4, the router's factor 2: each expert takes C = ceil(16·2/4) = 8 tokens, A = 32.
     # The layer's capacity_factor 0.5 would give C = ceil(0.5·2·16/4) = 4 and drop half.
-    layer = MoE(8, 16, 4, RenamedExpertChoice(capacity_factor=2.0), capacity_factor=0.5)
+    layer = MoE(8, 16, 4, RenamedExpertChoice(capacity_factor=2.0))
+    assert layer.capacity_factor == 2.0                 # the layer's one factor is the router's
     y, stats = layer(torch.randn(16, 8))
     assert stats.proposed.kind == "expert_choice" and stats.capacity is None
     assert int(stats.kept.sum()) == 32 and stats.counts.tolist() == [8, 8, 8, 8]
     assert layer.router_kind == "expert_choice"
     # the same as the built-in class with the same weights
-    ref = MoE(8, 16, 4, ExpertChoice(capacity_factor=2.0), capacity_factor=0.5)
+    ref = MoE(8, 16, 4, ExpertChoice(capacity_factor=2.0), capacity_factor=2.0)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(16, 8)
     assert torch.equal(layer(x)[0], ref(x)[0])
@@ -530,3 +531,38 @@ def test_each_router_slices_itself_to_a_subset_of_experts():
     t = torch.arange(4)
     x = torch.zeros(4, 6)
     assert torch.allclose(small(x, task=t).logits, task(x, task=t).logits[:, keep])
+
+
+def test_one_capacity_factor_per_layer():
+    """Under expert choice the layer's capacity factor is the router's: set twice is refused,
+    set through the layer reaches the router (C = ceil(N·cf/E) by hand), None is refused."""
+    with pytest.raises(ValueError, match=r"capacity_factor is set twice.*ExpertChoice\(capacity_factor=0.5\)"):
+        MoE(8, 16, 4, ExpertChoice(capacity_factor=2.0), capacity_factor=0.5)
+    layer = MoE(8, 16, 4, ExpertChoice(capacity_factor=2.0))
+    layer.capacity_factor = 0.5                           # C = ceil(16·0.5/4) = 2 tokens per expert
+    assert layer.router.capacity_factor == 0.5 and layer.top_k == 1
+    _, stats = layer(torch.randn(16, 8))
+    assert stats.counts.tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="no dropless expert choice"):
+        layer.capacity_factor = None
+    with pytest.raises(ValueError, match=r"capacity_factor must be in \(0, num_experts=4\]"):
+        layer.capacity_factor = 5.0
+    assert layer.capacity_factor == 0.5                   # a refused value changes nothing
+    # token choice: the layer's own, None included
+    tc = MoE(8, 16, 4, capacity_factor=1.0)
+    tc.capacity_factor = None
+    assert tc.capacity_factor is None and tc.capacity(16) is None
+    with pytest.raises(ValueError, match="capacity_factor"):
+        tc.capacity_factor = -1.0
+
+
+def test_one_capacity_factor_per_config():
+    """A config's capacity_factor is expert choice's own factor; set twice differently is refused."""
+    from pwlab.config import ModelConfig
+    from pwlab.model import make_moe
+    cfg = ModelConfig(router="expert_choice", capacity_factor=1.5, num_experts=4)
+    layer = make_moe(cfg, num_tasks=1)
+    assert layer.capacity_factor == 1.5 and layer.router.capacity_factor == 1.5
+    assert make_moe(ModelConfig(router="expert_choice", num_experts=4), 1).capacity_factor == 2.0   # its default
+    with pytest.raises(ValueError, match="capacity_factor is set twice"):
+        ModelConfig(router="expert_choice", capacity_factor=1.5, router_kwargs={"capacity_factor": 2.0})

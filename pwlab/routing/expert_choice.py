@@ -37,13 +37,26 @@ class ExpertChoice(LinearGate):
         super().__init__(top_k=1, d_model=d_model, num_experts=num_experts)
         self.top_k = max(1, math.ceil(self.capacity_factor))
 
+    def set_capacity_factor(self, value: float) -> None:
+        """Change the capacity factor (and with it ``top_k``, the rounded-up experts per token),
+        checked as at construction and binding."""
+        value = _checks.positive_float("capacity_factor", value)
+        if self.num_experts is not None:
+            self._check_factor(value, self.num_experts)
+        self.capacity_factor = value
+        self.top_k = max(1, math.ceil(value))
+
     def _check_top_k(self, num_experts: int) -> None:
+        self._check_factor(self.capacity_factor, num_experts)
+
+    @staticmethod
+    def _check_factor(value: float, num_experts: int) -> None:
         # experts choose, so a token may get up to E experts, but no more: a factor above E
         # would report (and a dense twin would be sized for) experts per token that never run
-        if self.capacity_factor > num_experts:
+        if value > num_experts:
             raise ValueError(f"capacity_factor must be in (0, num_experts={num_experts}] for expert choice "
                              f"(at num_experts every expert already takes every token), "
-                             f"got {self.capacity_factor}")
+                             f"got {value}")
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)
