@@ -24,10 +24,10 @@ import ipywidgets as W
 
 from pwlab import viz
 from pwlab._checks import positive_int
-from pwlab.config import PRESETS, Config, preset
+from pwlab.config import PRESETS, preset
 from pwlab.routing import ROUTERS
 from pwlab.train import Trainer
-from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
+from pwlab.widgets._common import live_pathway_map, model_args, running_loop
 from pwlab.widgets._live import Clock, live_figure, sync
 
 
@@ -47,9 +47,12 @@ class RoutingPlayground:
     Args:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
-        seed: seeds the model, the sampler and the routing noise.
+        trainer: continue this :class:`pwlab.train.Trainer` (its tasks, config and seed; the knobs
+            start at its config, batch size included); a knob that changes the network, or
+            Reset, then builds a fresh model from the knobs.
+        seed: seeds the model, the sampler and the routing noise (default: the config's ``train.seed``).
         batch_size: examples per step (a knob too); the default 32 keeps a step quick, as a
-            playground wants; None takes the config's.
+            playground wants; None takes the config's (with ``trainer=``, always the trainer's).
         steps_per_tick: training steps per tick.
         refresh_s: least time between two figure refreshes while playing.
         pathway_examples: test examples per task behind the live pathway heatmap.
@@ -58,14 +61,12 @@ class RoutingPlayground:
     ``.widget`` is the app to display.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, batch_size: int | None = 32,
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, batch_size: int | None = 32,
                  steps_per_tick: int = 1, refresh_s: float = 0.5, pathway_examples: int = 16, max_steps: int = 5000):
-        self.tasks = load_tasks(tasks, seed)
-        base = preset(config) if isinstance(config, str) else config
-        if not isinstance(base, Config):
-            raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
-        if not base.model.moe_layer_indices():
-            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
+        a = model_args("RoutingPlayground", tasks, config, trainer=trainer, seed=seed)
+        self.tasks, base, seed = a.tasks, a.config, a.seed
+        if a.trainer is not None:
+            batch_size = None                    # the knobs start at the trainer's config, batch size included
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.refresh_s = float(refresh_s)
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
@@ -107,7 +108,10 @@ class RoutingPlayground:
         self.controls = (self.router, self.top_k, self.num_experts, self.capacity, self.noise, self.load_balancing,
                          self.z_loss, self.batch_size, self.seed)
         self._base = base
-        self._build_trainer()
+        if a.trainer is not None:
+            self.trainer = a.trainer
+        else:
+            self._build_trainer()
         self.curves = live_figure(viz.task_curves(self.trainer.history))
         self.load = live_figure(viz.load_over_training(self.trainer.history))
         self.pathways = live_figure(viz.expert_heatmaps(None))

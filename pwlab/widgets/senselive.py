@@ -19,10 +19,9 @@ import plotly.graph_objects as go
 
 from pwlab import viz
 from pwlab._checks import positive_int
-from pwlab.config import Config, preset
 from pwlab.train import Trainer
 from pwlab.viz._common import figure
-from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
+from pwlab.widgets._common import live_pathway_map, model_args, running_loop
 from pwlab.widgets._live import Clock, live_figure, sync
 
 
@@ -32,9 +31,9 @@ class SenseRoutingLive:
     Args:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
-        seed: seeds the model and its training (default: the config's ``train.seed``).
         trainer: continue this :class:`pwlab.train.Trainer` instead (``tasks``, ``config`` and
             ``seed`` are then taken from it); Reset rebuilds its untrained model from its config.
+        seed: seeds the model and its training (default: the config's ``train.seed``).
         steps_per_tick: training steps per Step (Play trains one step per tick).
         refresh_s: least time between two redraws while playing (Step always redraws).
         pathway_examples: test examples per task behind the bars.
@@ -44,27 +43,15 @@ class SenseRoutingLive:
     :meth:`reset` are its buttons.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, trainer=None, steps_per_tick: int = 5,
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, steps_per_tick: int = 5,
                  refresh_s: float = 0.5, pathway_examples: int = 32, max_steps: int = 300):
-        if trainer is not None:
-            if not isinstance(trainer, Trainer):
-                raise ValueError(f"trainer must be a pwlab.train.Trainer, got {type(trainer).__name__}")
-            self.tasks, cfg = list(trainer.tasks), trainer.config
-        else:
-            cfg = preset(config) if isinstance(config, str) else config
-            if not isinstance(cfg, Config):
-                raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(cfg).__name__}")
-            if seed is not None:
-                cfg = cfg.with_train(seed=positive_int("seed", seed, minimum=0))
-            self.tasks = load_tasks(tasks, cfg.train.seed)
-        if not cfg.model.moe_layer_indices():
-            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
-        self.cfg = cfg
+        a = model_args("SenseRoutingLive", tasks, config, trainer=trainer, seed=seed)
+        self.tasks, self.cfg, self.seed = a.tasks, a.config, a.seed
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.refresh_s = float(refresh_s)
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
         self.max_steps = positive_int("max_steps", max_steps)
-        self.trainer = trainer if trainer is not None else Trainer(self.tasks, cfg)
+        self.trainer = a.trainer if a.trainer is not None else Trainer(self.tasks, self.cfg)
         self.clock = Clock()
         self.mi: list[tuple[int, list[float]]] = []     # (step, I(E;M) per block) at every redraw
         self._task: asyncio.Task | None = None
