@@ -17,7 +17,6 @@ noise, capacity) comes from its :meth:`~pwlab.routing.Router.describe`, not a li
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import ipywidgets as W
@@ -27,8 +26,8 @@ from pwlab._checks import positive_int
 from pwlab.config import PRESETS, preset
 from pwlab.routing import ROUTERS
 from pwlab.train import Trainer
-from pwlab.widgets._common import live_pathway_map, model_args, running_loop
-from pwlab.widgets._live import Clock, live_figure, sync
+from pwlab.widgets._common import live_pathway_map, model_args
+from pwlab.widgets._live import Clock, PlayLoop, live_figure, sync
 
 
 def _about(name: str):
@@ -41,7 +40,7 @@ def noise_knob(name: str) -> str | None:
     return _about(name).noise
 
 
-class RoutingPlayground:
+class RoutingPlayground(PlayLoop):
     """Live MoE training with every routing knob.
 
     Args:
@@ -72,7 +71,7 @@ class RoutingPlayground:
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
         self.max_steps = positive_int("max_steps", max_steps)
         self.clock = Clock()
-        self._task: asyncio.Task | None = None
+        self._task = None
         self._last_draw = 0.0
         self._tick_s = self._draw_s = 0.0       # the last tick's and the last refresh's durations
         self._quiet = False
@@ -213,12 +212,7 @@ class RoutingPlayground:
             if attr is not None and hasattr(moe.router, attr):
                 setattr(moe.router, attr, float(self.noise.value))
 
-    # -- training ----------------------------------------------------------------------
-    @property
-    def playing(self) -> bool:
-        """True while Play's task is ticking on the event loop."""
-        return self._task is not None and not self._task.done()
-
+    # -- training (Play / Pause / run: PlayLoop) --------------------------------------------
     def tick(self, force_redraw: bool = False) -> list[dict]:
         """One tick: ``steps_per_tick`` steps, then a refresh if the next one would come too late.
 
@@ -238,40 +232,6 @@ class RoutingPlayground:
     def step(self) -> list[dict]:
         """The Step button: one tick, figures refreshed."""
         return self.tick(force_redraw=True)
-
-    def run(self, ticks: int) -> None:
-        """Run ``ticks`` ticks synchronously (what Play does, for scripts and tests)."""
-        for _ in range(int(ticks)):
-            if self.trainer.step_count >= self.max_steps:
-                break
-            self.tick()
-        self.redraw()
-
-    def play(self) -> bool:
-        """Start ticking on the running event loop; returns False when there is none (then use :meth:`run`)."""
-        if self._task is not None and not self._task.done():
-            return True
-        loop = running_loop()
-        if loop is None:
-            return False
-        self._task = loop.create_task(self._loop())
-        self._update_status()
-        return True
-
-    async def _loop(self) -> None:
-        try:
-            while self.trainer.step_count < self.max_steps:
-                self.tick()
-                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
-        finally:
-            self.redraw()
-
-    def pause(self) -> None:
-        """Stop after the current tick."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = None
-        self._update_status()
 
     def reset(self) -> None:
         """Rebuild the model from the seed and the knobs; clears the history."""

@@ -11,7 +11,6 @@ the sense.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import ipywidgets as W
@@ -21,11 +20,11 @@ from pwlab import viz
 from pwlab._checks import positive_int
 from pwlab.train import Trainer
 from pwlab.viz._common import figure
-from pwlab.widgets._common import live_pathway_map, model_args, running_loop
-from pwlab.widgets._live import Clock, live_figure, sync
+from pwlab.widgets._common import live_pathway_map, model_args
+from pwlab.widgets._live import Clock, PlayLoop, live_figure, sync
 
 
-class SenseRoutingLive:
+class SenseRoutingLive(PlayLoop):
     """Train a multi-sense MoE and watch each sense's share of every expert.
 
     Args:
@@ -54,7 +53,7 @@ class SenseRoutingLive:
         self.trainer = a.trainer if a.trainer is not None else Trainer(self.tasks, self.cfg)
         self.clock = Clock()
         self.mi: list[tuple[int, list[float]]] = []     # (step, I(E;M) per block) at every redraw
-        self._task: asyncio.Task | None = None
+        self._task = None
         self._last_draw = 0.0
         self.play_button = W.Button(description="Play", icon="play", button_style="success")
         self.pause_button = W.Button(description="Pause", icon="pause")
@@ -72,12 +71,7 @@ class SenseRoutingLive:
         buttons = W.HBox([self.play_button, self.pause_button, self.step_button, self.reset_button])
         self.widget = W.VBox([buttons, self.status, W.HBox([self.bars, self.curve])])
 
-    # -- training ----------------------------------------------------------------------
-    @property
-    def playing(self) -> bool:
-        """True while Play's task is ticking on the event loop."""
-        return self._task is not None and not self._task.done()
-
+    # -- training (Play / Pause / run: PlayLoop) --------------------------------------------
     def tick(self, force_redraw: bool = False, steps: int | None = None) -> None:
         """``steps`` steps (default ``steps_per_tick``; fewer at ``max_steps``), then a redraw when one is due."""
         n = min(self.steps_per_tick if steps is None else steps, self.max_steps - self.trainer.step_count)
@@ -86,43 +80,12 @@ class SenseRoutingLive:
         if force_redraw or time.perf_counter() - self._last_draw >= self.refresh_s:
             self.redraw()
 
+    def _play_tick(self) -> None:
+        self.tick(steps=1)              # one step per tick: a click waits for one step at most
+
     def step(self) -> None:
         """The Step button: one tick, figures redrawn."""
         self.tick(force_redraw=True)
-
-    def run(self, ticks: int) -> None:
-        """``ticks`` ticks synchronously (what Play does, for scripts and tests), then a redraw."""
-        for _ in range(positive_int("ticks", ticks)):
-            if self.trainer.step_count >= self.max_steps:
-                break
-            self.tick()
-        self.redraw()
-
-    def play(self) -> bool:
-        """Start ticking on the running event loop; False when there is none (then use :meth:`run`)."""
-        if self.playing:
-            return True
-        loop = running_loop()
-        if loop is None:
-            return False
-        self._task = loop.create_task(self._loop())
-        self._update_status()
-        return True
-
-    async def _loop(self) -> None:
-        try:
-            while self.trainer.step_count < self.max_steps:
-                self.tick(steps=1)              # one step per tick: a click waits for one step at most
-                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
-        finally:
-            self.redraw()
-
-    def pause(self) -> None:
-        """Stop after the current tick."""
-        if self.playing:
-            self._task.cancel()
-        self._task = None
-        self._update_status()
 
     def reset(self) -> None:
         """Back to the untrained model of the seed; clears the I(E; M) curve."""
