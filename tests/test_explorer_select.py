@@ -18,7 +18,7 @@ def explorer():
     cfg = tiny().with_model(d_model=16, d_hidden=16).with_train(batch_size=16, eval_examples=32)
     tr = Trainer([T.get(n, seed=0) for n in NAMES], cfg)
     tr.step(3)
-    yield PathwayExplorer(tr, max_examples=8)
+    yield PathwayExplorer(trainer=tr, max_examples=8)
     torch.set_num_threads(n)
 
 

@@ -185,7 +185,7 @@ def test_a_thousand_random_ui_events_raise_nothing(tasks, cfg):
 
 # -- PathwayExplorer ---------------------------------------------------------------------
 def test_explorer_highlights_the_choice_and_colours_the_example(trained):
-    ex = PathwayExplorer(trained, max_examples=16)
+    ex = PathwayExplorer(trainer=trained, max_examples=16)
     sankey, tokens = ex.sankey, ex.tokens
     ex.select(mode="task", choice="wine")
     link = sankey.data[0].link
@@ -207,7 +207,7 @@ def test_explorer_highlights_the_choice_and_colours_the_example(trained):
 
 # -- ExpertAblation ----------------------------------------------------------------------
 def test_ablation_bars_equal_a_direct_evaluation(trained):
-    ab = ExpertAblation(trained, max_examples=32)
+    ab = ExpertAblation(trainer=trained, max_examples=32)
     ab.set_disabled({1: [0, 2]})
     with disable_experts(trained.model, {1: [0, 2]}):
         want = evaluate_model(trained.model, trained.tasks, max_examples=32)

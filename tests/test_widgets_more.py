@@ -65,7 +65,7 @@ def _in_a_fresh_loop(coro):
 
 # -- 00: PathwayExplorer on the notebook's model (a task and an example) ---------------------
 def test_explorer_task_dropdown_and_example_slider_follow_the_core(trained):
-    ex = PathwayExplorer(trained, max_examples=16)
+    ex = PathwayExplorer(trainer=trained, max_examples=16)
     heatmap, tokens = ex.heatmap, ex.tokens
     ex.choice.value = "digit_words"
     ex.example.value = 3
@@ -294,7 +294,7 @@ def test_controls_that_do_not_train_answer_within_100_ms(tasks, cfg, trained, ru
     mix = _mix(tasks, cfg)
     mix.train()
     trade = TradeoffExplorer(runs, tasks=tasks)
-    ex = PathwayExplorer(trained, max_examples=64)
+    ex = PathwayExplorer(trainer=trained, max_examples=64)
     medians = {
         "taskmix_temperature": _median_ms(lambda v: setattr(mix.temperature, "value", v),
                                           [round(0.2 + 0.5 * i, 2) for i in range(15)]),

@@ -42,8 +42,8 @@ def _timed(set_value, values) -> list[float]:
 
 def slider_to_figure(preset: str, seed: int, repeats: int, train_steps: int) -> dict:
     tr = trained_trainer(config=preset, seed=seed, steps=train_steps)
-    ex = PathwayExplorer(tr, max_examples=64)
-    ab = ExpertAblation(tr)
+    ex = PathwayExplorer(trainer=tr, max_examples=64)
+    ab = ExpertAblation(trainer=tr)
     sw = SwatExplorer(trainer=tr, retrain_steps=0)
     cost = CostExplorer(seed=seed)
     cap = CapacityExplorer(seed=seed)

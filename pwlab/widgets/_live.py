@@ -7,9 +7,13 @@ otherwise the trace list is replaced, still in the same widget.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 import plotly.graph_objects as go
+
+from pwlab._checks import positive_int
+from pwlab.widgets._common import running_loop
 
 #: layout arrays replaced whole (an absent one is cleared, so a removed highlight disappears)
 _ARRAYS = ("shapes", "annotations", "images")
@@ -63,3 +67,61 @@ class Clock:
     def max_interval(self) -> float:
         t = self.times
         return max((b - a for a, b in zip(t, t[1:])), default=0.0)
+
+
+class PlayLoop:
+    """Play / Pause / run for an app that trains in ticks (RoutingPlayground, SenseRoutingLive).
+
+    Play starts an asyncio task on the kernel's running event loop that runs
+    :meth:`_play_tick` after :meth:`_play_tick` until ``trainer.step_count`` reaches
+    ``max_steps``, yielding (``await asyncio.sleep(0)``) between ticks so that clicks and slider
+    moves are handled while it trains; it redraws when it stops. Without a running loop (a
+    script, a test) :meth:`play` returns False and :meth:`run` does the same synchronously.
+
+    The app provides ``trainer``, ``max_steps``, ``tick()``, ``redraw()`` and ``_update_status()``.
+    """
+
+    _task: asyncio.Task | None = None
+
+    def _play_tick(self) -> None:
+        """One tick of Play (default: :meth:`tick`)."""
+        self.tick()
+
+    @property
+    def playing(self) -> bool:
+        """True while Play's task is ticking on the event loop."""
+        return self._task is not None and not self._task.done()
+
+    def run(self, ticks: int) -> None:
+        """``ticks`` ticks synchronously (what Play does, for scripts and tests), then a redraw."""
+        for _ in range(positive_int("ticks", ticks)):
+            if self.trainer.step_count >= self.max_steps:
+                break
+            self.tick()
+        self.redraw()
+
+    def play(self) -> bool:
+        """Start ticking on the running event loop; False when there is none (then use :meth:`run`)."""
+        if self.playing:
+            return True
+        loop = running_loop()
+        if loop is None:
+            return False
+        self._task = loop.create_task(self._loop())
+        self._update_status()
+        return True
+
+    async def _loop(self) -> None:
+        try:
+            while self.trainer.step_count < self.max_steps:
+                self._play_tick()
+                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
+        finally:
+            self.redraw()
+
+    def pause(self) -> None:
+        """Stop after the current tick."""
+        if self.playing:
+            self._task.cancel()
+        self._task = None
+        self._update_status()

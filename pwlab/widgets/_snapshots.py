@@ -72,13 +72,13 @@ def apps(seed: int = 0, only: set[str] | frozenset = frozenset()):
         return
     tr = trained_trainer(seed=seed, steps=150)
     if not only or "pathway_explorer" in only:
-        ex = PathwayExplorer(tr)
+        ex = PathwayExplorer(trainer=tr)
         ex.select(mode="example", choice="digits", example=3)
         yield ("pathway_explorer", "PathwayExplorer", [("show", ex.mode.value), ("task", ex.choice.value),
                                                        ("example", ex.example.value)],
                [[ex.sankey], [ex.heatmap], [ex.tokens]])
     if not only or "expert_ablation" in only:
-        ab = ExpertAblation(tr)
+        ab = ExpertAblation(trainer=tr)
         ab.set_disabled({b: [0, 1] for b in ab.toggles})
         yield ("expert_ablation", "ExpertAblation", [("experts off", ab.disabled())], [[ab.bars]])
     if not only or "swat_explorer" in only:

@@ -69,7 +69,7 @@ class AllToAllExplorer:
     ``.widget`` is the app; ``.figure`` its FigureWidget; :meth:`volume` the model at the sliders.
     """
 
-    def __init__(self, *, measured=None, world_size: int = 2, tokens: int = 1024, d_model: int = 64, top_k: int = 2,
+    def __init__(self, measured=None, *, world_size: int = 2, tokens: int = 1024, d_model: int = 64, top_k: int = 2,
                  num_experts: int = 8, bandwidth_gbps: float = 10.0, bytes_per_element: int = 4):
         self.measured = _check_measured(measured)
         if self.measured:

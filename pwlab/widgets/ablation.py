@@ -12,6 +12,7 @@ import ipywidgets as W
 from pwlab.pathways import disable_experts
 from pwlab.train import evaluate_model
 from pwlab.viz import ablation_bars
+from pwlab.widgets._common import model_args
 from pwlab.widgets._live import live_figure, sync
 from pwlab.widgets.explorer import trained_trainer
 
@@ -20,13 +21,22 @@ class ExpertAblation:
     """Toggle experts per MoE block; per-task metric bars update.
 
     Args:
-        trainer: a trained :class:`pwlab.train.Trainer` (default: the explorer's seeded model).
-        seed: seeds the default model.
+        tasks: task names or Task objects (default: one task per sense).
+        config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
+        trainer: ablate this trained :class:`pwlab.train.Trainer` (its tasks, config and seed)
+            instead of training one: ``ExpertAblation(trainer=tr)``.
+        seed: seeds the model the app trains (default: the config's ``train.seed``).
+        pretrain_steps: training steps of that model (with ``trainer=``, none).
         max_examples: test examples per task in each evaluation.
     """
 
-    def __init__(self, trainer=None, *, seed: int = 0, max_examples: int = 64):
-        self.trainer = trainer if trainer is not None else trained_trainer(seed=seed)
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, pretrain_steps: int = 150,
+                 max_examples: int = 64):
+        a = model_args("ExpertAblation", tasks, config, trainer=trainer, seed=seed)
+        self.seed = a.seed
+        self.trainer = a.trainer
+        if self.trainer is None:
+            self.trainer = trained_trainer(a.tasks, a.config, seed=a.seed, steps=pretrain_steps)
         self.model = self.trainer.model
         self.max_examples = int(max_examples)
         moe = self.model.moe_blocks()

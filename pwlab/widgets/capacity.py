@@ -112,7 +112,7 @@ class CapacityExplorer:
     stats on show; :meth:`layer` the trained layer of a pair of weights.
     """
 
-    def __init__(self, *, data=None, eval_x=None, num_experts: int = 8, d_hidden: int = 32, steps: int = 20,
+    def __init__(self, data=None, *, eval_x=None, num_experts: int = 8, d_hidden: int = 32, steps: int = 20,
                  lr: float = 3e-2, capacity_factor: float | None = 1.0, load_balancing: float = 0.0,
                  z_loss: float = 0.0, tokens: int = 256, eval_tokens: int = 1024, seed: int = 0):
         self.seed = int(seed)

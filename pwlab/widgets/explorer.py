@@ -10,20 +10,24 @@ from __future__ import annotations
 import ipywidgets as W
 
 from pwlab import viz
-from pwlab.config import preset
+from pwlab._checks import positive_int
 from pwlab.pathways import pathway_map
 from pwlab.train import Trainer
-from pwlab.widgets._common import example_view, load_tasks
+from pwlab.widgets._common import example_view, model_args
 from pwlab.widgets._live import live_figure, sync
 
 MODES = ("task", "sense", "example")
 
 
-def trained_trainer(tasks=None, config="tiny", *, seed: int = 0, steps: int = 150):
-    """A :class:`pwlab.train.Trainer` trained ``steps`` steps from ``seed`` (the apps' default model)."""
-    cfg = preset(config) if isinstance(config, str) else config
-    tr = Trainer(load_tasks(tasks, seed), cfg.with_train(seed=seed))
-    if steps:
+def trained_trainer(tasks=None, config=None, *, seed: int | None = None, steps: int = 150):
+    """A :class:`pwlab.train.Trainer` trained ``steps`` steps from ``seed`` (the apps' default model).
+
+    ``tasks``, ``config`` and ``seed`` as for every model app (:func:`pwlab.widgets._common.model_args`):
+    None is one task per sense, ``"tiny"`` and the config's ``train.seed``.
+    """
+    a = model_args("trained_trainer", tasks, config, seed=seed, need_moe=False)
+    tr = Trainer(a.tasks, a.config)
+    if positive_int("steps", steps, minimum=0):
         tr.step(steps)
     return tr
 
@@ -32,15 +36,24 @@ class PathwayExplorer:
     """Explore the pathways of a trained model.
 
     Args:
-        trainer: a trained :class:`pwlab.train.Trainer` (default: :func:`trained_trainer` with ``seed``).
-        seed: seeds the default model (ignored when ``trainer`` is given).
+        tasks: task names or Task objects (default: one task per sense).
+        config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
+        trainer: show this trained :class:`pwlab.train.Trainer` (its tasks, config and seed) instead
+            of training one: ``PathwayExplorer(trainer=tr)``.
+        seed: seeds the model the app trains (default: the config's ``train.seed``).
+        pretrain_steps: training steps of that model (with ``trainer=``, none).
         max_examples: test examples per task counted in the pathway map.
 
     ``.widget`` is the app; :meth:`select` sets the choice programmatically.
     """
 
-    def __init__(self, trainer=None, *, seed: int = 0, max_examples: int = 128):
-        self.trainer = trainer if trainer is not None else trained_trainer(seed=seed)
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, pretrain_steps: int = 150,
+                 max_examples: int = 128):
+        a = model_args("PathwayExplorer", tasks, config, trainer=trainer, seed=seed)
+        self.seed = a.seed
+        self.trainer = a.trainer
+        if self.trainer is None:
+            self.trainer = trained_trainer(a.tasks, a.config, seed=a.seed, steps=pretrain_steps)
         self.model = self.trainer.model
         if not self.model.moe_blocks():
             raise ValueError("trainer must hold a model with at least one MoE block")

@@ -17,18 +17,17 @@ noise, capacity) comes from its :meth:`~pwlab.routing.Router.describe`, not a li
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import ipywidgets as W
 
 from pwlab import viz
 from pwlab._checks import positive_int
-from pwlab.config import PRESETS, Config, preset
+from pwlab.config import PRESETS, preset
 from pwlab.routing import ROUTERS
 from pwlab.train import Trainer
-from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
-from pwlab.widgets._live import Clock, live_figure, sync
+from pwlab.widgets._common import live_pathway_map, model_args
+from pwlab.widgets._live import Clock, PlayLoop, live_figure, sync
 
 
 def _about(name: str):
@@ -41,15 +40,18 @@ def noise_knob(name: str) -> str | None:
     return _about(name).noise
 
 
-class RoutingPlayground:
+class RoutingPlayground(PlayLoop):
     """Live MoE training with every routing knob.
 
     Args:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
-        seed: seeds the model, the sampler and the routing noise.
+        trainer: continue this :class:`pwlab.train.Trainer` (its tasks, config and seed; the knobs
+            start at its config, batch size included); a knob that changes the network, or
+            Reset, then builds a fresh model from the knobs.
+        seed: seeds the model, the sampler and the routing noise (default: the config's ``train.seed``).
         batch_size: examples per step (a knob too); the default 32 keeps a step quick, as a
-            playground wants; None takes the config's.
+            playground wants; None takes the config's (with ``trainer=``, always the trainer's).
         steps_per_tick: training steps per tick.
         refresh_s: least time between two figure refreshes while playing.
         pathway_examples: test examples per task behind the live pathway heatmap.
@@ -58,20 +60,18 @@ class RoutingPlayground:
     ``.widget`` is the app to display.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, batch_size: int | None = 32,
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, batch_size: int | None = 32,
                  steps_per_tick: int = 1, refresh_s: float = 0.5, pathway_examples: int = 16, max_steps: int = 5000):
-        self.tasks = load_tasks(tasks, seed)
-        base = preset(config) if isinstance(config, str) else config
-        if not isinstance(base, Config):
-            raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
-        if not base.model.moe_layer_indices():
-            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
+        a = model_args("RoutingPlayground", tasks, config, trainer=trainer, seed=seed)
+        self.tasks, base, seed = a.tasks, a.config, a.seed
+        if a.trainer is not None:
+            batch_size = None                    # the knobs start at the trainer's config, batch size included
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.refresh_s = float(refresh_s)
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
         self.max_steps = positive_int("max_steps", max_steps)
         self.clock = Clock()
-        self._task: asyncio.Task | None = None
+        self._task = None
         self._last_draw = 0.0
         self._tick_s = self._draw_s = 0.0       # the last tick's and the last refresh's durations
         self._quiet = False
@@ -107,7 +107,10 @@ class RoutingPlayground:
         self.controls = (self.router, self.top_k, self.num_experts, self.capacity, self.noise, self.load_balancing,
                          self.z_loss, self.batch_size, self.seed)
         self._base = base
-        self._build_trainer()
+        if a.trainer is not None:
+            self.trainer = a.trainer
+        else:
+            self._build_trainer()
         self.curves = live_figure(viz.task_curves(self.trainer.history))
         self.load = live_figure(viz.load_over_training(self.trainer.history))
         self.pathways = live_figure(viz.expert_heatmaps(None))
@@ -209,12 +212,7 @@ class RoutingPlayground:
             if attr is not None and hasattr(moe.router, attr):
                 setattr(moe.router, attr, float(self.noise.value))
 
-    # -- training ----------------------------------------------------------------------
-    @property
-    def playing(self) -> bool:
-        """True while Play's task is ticking on the event loop."""
-        return self._task is not None and not self._task.done()
-
+    # -- training (Play / Pause / run: PlayLoop) --------------------------------------------
     def tick(self, force_redraw: bool = False) -> list[dict]:
         """One tick: ``steps_per_tick`` steps, then a refresh if the next one would come too late.
 
@@ -234,40 +232,6 @@ class RoutingPlayground:
     def step(self) -> list[dict]:
         """The Step button: one tick, figures refreshed."""
         return self.tick(force_redraw=True)
-
-    def run(self, ticks: int) -> None:
-        """Run ``ticks`` ticks synchronously (what Play does, for scripts and tests)."""
-        for _ in range(int(ticks)):
-            if self.trainer.step_count >= self.max_steps:
-                break
-            self.tick()
-        self.redraw()
-
-    def play(self) -> bool:
-        """Start ticking on the running event loop; returns False when there is none (then use :meth:`run`)."""
-        if self._task is not None and not self._task.done():
-            return True
-        loop = running_loop()
-        if loop is None:
-            return False
-        self._task = loop.create_task(self._loop())
-        self._update_status()
-        return True
-
-    async def _loop(self) -> None:
-        try:
-            while self.trainer.step_count < self.max_steps:
-                self.tick()
-                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
-        finally:
-            self.redraw()
-
-    def pause(self) -> None:
-        """Stop after the current tick."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = None
-        self._update_status()
 
     def reset(self) -> None:
         """Rebuild the model from the seed and the knobs; clears the history."""

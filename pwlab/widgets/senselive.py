@@ -11,7 +11,6 @@ the sense.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import ipywidgets as W
@@ -19,22 +18,21 @@ import plotly.graph_objects as go
 
 from pwlab import viz
 from pwlab._checks import positive_int
-from pwlab.config import Config, preset
 from pwlab.train import Trainer
 from pwlab.viz._common import figure
-from pwlab.widgets._common import live_pathway_map, load_tasks, running_loop
-from pwlab.widgets._live import Clock, live_figure, sync
+from pwlab.widgets._common import live_pathway_map, model_args
+from pwlab.widgets._live import Clock, PlayLoop, live_figure, sync
 
 
-class SenseRoutingLive:
+class SenseRoutingLive(PlayLoop):
     """Train a multi-sense MoE and watch each sense's share of every expert.
 
     Args:
         tasks: task names or Task objects (default: one task per sense).
         config: a :class:`pwlab.config.Config` or preset name (default ``"tiny"``).
-        seed: seeds the model and its training (default: the config's ``train.seed``).
         trainer: continue this :class:`pwlab.train.Trainer` instead (``tasks``, ``config`` and
             ``seed`` are then taken from it); Reset rebuilds its untrained model from its config.
+        seed: seeds the model and its training (default: the config's ``train.seed``).
         steps_per_tick: training steps per Step (Play trains one step per tick).
         refresh_s: least time between two redraws while playing (Step always redraws).
         pathway_examples: test examples per task behind the bars.
@@ -44,30 +42,18 @@ class SenseRoutingLive:
     :meth:`reset` are its buttons.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, trainer=None, steps_per_tick: int = 5,
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, steps_per_tick: int = 5,
                  refresh_s: float = 0.5, pathway_examples: int = 32, max_steps: int = 300):
-        if trainer is not None:
-            if not isinstance(trainer, Trainer):
-                raise ValueError(f"trainer must be a pwlab.train.Trainer, got {type(trainer).__name__}")
-            self.tasks, cfg = list(trainer.tasks), trainer.config
-        else:
-            cfg = preset(config) if isinstance(config, str) else config
-            if not isinstance(cfg, Config):
-                raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(cfg).__name__}")
-            if seed is not None:
-                cfg = cfg.with_train(seed=positive_int("seed", seed, minimum=0))
-            self.tasks = load_tasks(tasks, cfg.train.seed)
-        if not cfg.model.moe_layer_indices():
-            raise ValueError("config must have at least one MoE layer (moe_layers='none' has nothing to route)")
-        self.cfg = cfg
+        a = model_args("SenseRoutingLive", tasks, config, trainer=trainer, seed=seed)
+        self.tasks, self.cfg, self.seed = a.tasks, a.config, a.seed
         self.steps_per_tick = positive_int("steps_per_tick", steps_per_tick)
         self.refresh_s = float(refresh_s)
         self.pathway_examples = positive_int("pathway_examples", pathway_examples)
         self.max_steps = positive_int("max_steps", max_steps)
-        self.trainer = trainer if trainer is not None else Trainer(self.tasks, cfg)
+        self.trainer = a.trainer if a.trainer is not None else Trainer(self.tasks, self.cfg)
         self.clock = Clock()
         self.mi: list[tuple[int, list[float]]] = []     # (step, I(E;M) per block) at every redraw
-        self._task: asyncio.Task | None = None
+        self._task = None
         self._last_draw = 0.0
         self.play_button = W.Button(description="Play", icon="play", button_style="success")
         self.pause_button = W.Button(description="Pause", icon="pause")
@@ -85,12 +71,7 @@ class SenseRoutingLive:
         buttons = W.HBox([self.play_button, self.pause_button, self.step_button, self.reset_button])
         self.widget = W.VBox([buttons, self.status, W.HBox([self.bars, self.curve])])
 
-    # -- training ----------------------------------------------------------------------
-    @property
-    def playing(self) -> bool:
-        """True while Play's task is ticking on the event loop."""
-        return self._task is not None and not self._task.done()
-
+    # -- training (Play / Pause / run: PlayLoop) --------------------------------------------
     def tick(self, force_redraw: bool = False, steps: int | None = None) -> None:
         """``steps`` steps (default ``steps_per_tick``; fewer at ``max_steps``), then a redraw when one is due."""
         n = min(self.steps_per_tick if steps is None else steps, self.max_steps - self.trainer.step_count)
@@ -99,43 +80,12 @@ class SenseRoutingLive:
         if force_redraw or time.perf_counter() - self._last_draw >= self.refresh_s:
             self.redraw()
 
+    def _play_tick(self) -> None:
+        self.tick(steps=1)              # one step per tick: a click waits for one step at most
+
     def step(self) -> None:
         """The Step button: one tick, figures redrawn."""
         self.tick(force_redraw=True)
-
-    def run(self, ticks: int) -> None:
-        """``ticks`` ticks synchronously (what Play does, for scripts and tests), then a redraw."""
-        for _ in range(positive_int("ticks", ticks)):
-            if self.trainer.step_count >= self.max_steps:
-                break
-            self.tick()
-        self.redraw()
-
-    def play(self) -> bool:
-        """Start ticking on the running event loop; False when there is none (then use :meth:`run`)."""
-        if self.playing:
-            return True
-        loop = running_loop()
-        if loop is None:
-            return False
-        self._task = loop.create_task(self._loop())
-        self._update_status()
-        return True
-
-    async def _loop(self) -> None:
-        try:
-            while self.trainer.step_count < self.max_steps:
-                self.tick(steps=1)              # one step per tick: a click waits for one step at most
-                await asyncio.sleep(0)          # let the kernel handle UI events between ticks
-        finally:
-            self.redraw()
-
-    def pause(self) -> None:
-        """Stop after the current tick."""
-        if self.playing:
-            self._task.cancel()
-        self._task = None
-        self._update_status()
 
     def reset(self) -> None:
         """Back to the untrained model of the seed; clears the I(E; M) curve."""

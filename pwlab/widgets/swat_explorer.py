@@ -21,7 +21,7 @@ from pwlab.flops import model_flops
 from pwlab.swat import swatify, weight_mask
 from pwlab.tasks import MultiTaskSampler
 from pwlab.train import Trainer
-from pwlab.widgets._common import load_tasks
+from pwlab.widgets._common import model_args
 from pwlab.widgets._live import live_figure, sync
 from pwlab.widgets.explorer import trained_trainer
 
@@ -45,19 +45,23 @@ class SwatExplorer:
     Args:
         tasks: task names or Task objects (default: one per sense).
         config: preset name or Config (default ``"tiny"``).
-        seed: seeds the dense model, its training and every retraining.
-        pretrain_steps: dense training before any sparsity.
+        trainer: start from this trained :class:`pwlab.train.Trainer` (its tasks, config and
+            seed) instead of pretraining one: ``SwatExplorer(trainer=tr)``.
+        seed: seeds the dense model, its training and every retraining (default: the config's
+            ``train.seed``; with ``trainer=``, the trainer's).
+        pretrain_steps: dense training before any sparsity (with ``trainer=``, none).
         retrain_steps: SWAT training steps per "Retrain".
         max_examples: test examples per task in each evaluation.
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int = 0, pretrain_steps: int = 100, retrain_steps: int = 30,
-                 max_examples: int = 128, trainer=None):
-        self.seed, self.retrain_steps, self.max_examples = int(seed), int(retrain_steps), int(max_examples)
-        if trainer is None:
-            trainer = trained_trainer(tasks, config, seed=seed, steps=pretrain_steps)
-        self.trainer = trainer
-        self.tasks = load_tasks(self.trainer.tasks)
+    def __init__(self, tasks=None, config=None, *, trainer=None, seed: int | None = None, pretrain_steps: int = 100,
+                 retrain_steps: int = 30, max_examples: int = 128):
+        a = model_args("SwatExplorer", tasks, config, trainer=trainer, seed=seed, need_moe=False)
+        self.seed, self.retrain_steps, self.max_examples = a.seed, int(retrain_steps), int(max_examples)
+        self.trainer = a.trainer
+        if self.trainer is None:
+            self.trainer = trained_trainer(a.tasks, a.config, seed=a.seed, steps=pretrain_steps)
+        self.tasks = list(self.trainer.tasks)
         self.base = self.trainer.model
         self.layers = _layers(self.base)
         self.tokens_per_step = self._tokens_per_step()

@@ -23,11 +23,11 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from pwlab._checks import positive_int
-from pwlab.config import Config, preset
+from pwlab.config import Config
 from pwlab.tasks import mixing_probabilities
 from pwlab.train import Trainer
 from pwlab.viz._common import figure
-from pwlab.widgets._common import load_tasks, running_loop
+from pwlab.widgets._common import model_args, running_loop
 from pwlab.widgets._live import live_figure, sync
 
 ROUTING = ("token", "task")
@@ -58,6 +58,9 @@ class TaskMixExplorer:
             token-level router; "task" routing swaps in a learned task router, top-k kept.
         seed: seeds every trained model and its sampler (each run starts from the same init);
             default: the config's ``train.seed``.
+
+    It trains a fresh model for every setting it shows, so, alone of the model apps, it takes
+    no ``trainer=`` (a Trainer passed as ``tasks`` is refused with that explanation).
         steps: training steps per "Train".
         steps_per_tick: steps between two progress updates (and two UI events, while playing).
         single: task name → single-task accuracy (a fraction, as ``Trainer.evaluate`` gives),
@@ -68,15 +71,10 @@ class TaskMixExplorer:
     ``.widget`` is the app; :meth:`set` moves the controls, :meth:`train` presses "Train".
     """
 
-    def __init__(self, tasks=None, config="tiny", *, seed: int | None = None, steps: int = 100, steps_per_tick: int = 2,
+    def __init__(self, tasks=None, config=None, *, seed: int | None = None, steps: int = 100, steps_per_tick: int = 2,
                  single: dict | None = None, max_examples: int | None = 256, temperature: float = 1.0):
-        base = preset(config) if isinstance(config, str) else config
-        if not isinstance(base, Config):
-            raise ValueError(f"config must be a preset name or a pwlab.config.Config, got {type(base).__name__}")
-        seed = base.train.seed if seed is None else positive_int("seed", seed, minimum=0)
-        self.tasks = load_tasks(tasks, seed)
-        if not base.model.moe_layer_indices():
-            raise ValueError("config must have at least one MoE layer (moe_layers='none' has no routing level)")
+        a = model_args("TaskMixExplorer", tasks, config, seed=seed, reuses_trainer=False)
+        self.tasks, base, seed = a.tasks, a.config, a.seed
         if base.model.router == "task":
             raise ValueError("config must use a token-level router; the routing toggle switches to the task router")
         self.base, self.seed = base, seed

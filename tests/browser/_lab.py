@@ -16,6 +16,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PWLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -182,6 +184,21 @@ def assert_notebook_rendered(page, saved: dict, min_plots: int = 0, min_sliders:
     assert got["sliders_drawn"] == got["sliders"], f"{got['sliders'] - got['sliders_drawn']} sliders not drawn"
     assert got["plots"] >= min_plots, f"expected at least {min_plots} plots, found {got['plots']}"
     assert got["sliders"] >= min_sliders, f"expected at least {min_sliders} sliders, found {got['sliders']}"
+    return got
+
+
+def open_and_run(lab, page, workspace: str, rel: str, **expect) -> dict:
+    """Open ``rel`` (a path under the lab's root) in ``workspace``, Run All, save, and check the page
+    against the saved outputs (:func:`assert_notebook_rendered`, ``expect`` its minimums) with no
+    JavaScript error; what was drawn is returned. A notebook this checkout lacks skips the test."""
+    if not (lab.root / rel).is_file():
+        pytest.skip(f"{rel} is not in this checkout")
+    open_notebook(page, lab.base, lab.token, rel, workspace)
+    seconds = run_all(page)
+    save(page)
+    got = assert_notebook_rendered(page, saved_outputs(lab.root / rel), **expect)
+    print(f"{rel}: ran in {seconds:.1f} s; drew {got}")
+    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
     return got
 
 

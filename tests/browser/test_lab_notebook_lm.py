@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, open_notebook, plot_data, run_all, save, saved_outputs, shoot,
-                  wait_kernel_settled, wait_until)
+from _lab import open_and_run, plot_data, shoot, wait_kernel_settled, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -18,13 +17,7 @@ def test_language_model_notebook_and_its_explorer(lab_page):
     """Run all: no error output, every figure of the stored notebook drawn; then the explorer's
     layer and router dropdowns each change its figures in place."""
     lab, page, workspace = lab_page
-    if not (REPO / REL).is_file():
-        pytest.skip(f"{REL} is not written yet")
-    open_notebook(page, lab.base, lab.token, REL, workspace)
-    seconds = run_all(page)
-    save(page)
-    got = assert_notebook_rendered(page, saved_outputs(lab.root / REL), min_plots=2)
-    print(f"{REL}: ran in {seconds:.1f} s; drew {got}")
+    open_and_run(lab, page, workspace, REL, min_plots=2)
     wait_kernel_settled(page)
     app = page.locator(".jp-OutputArea-output").filter(
         has=page.locator(".widget-dropdown", has_text=re.compile(r"^layer"))).last

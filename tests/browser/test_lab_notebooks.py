@@ -14,22 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, button, drag_slider, expert_traces, fixture_slider_drives_bars,
-                  loss_points, open_notebook, plot_data, readout, run_all, save, saved_outputs, shoot, slider_named,
-                  status_text, wait_kernel_settled, wait_until)
+from _lab import (REPO, button, drag_slider, expert_traces, fixture_slider_drives_bars, loss_points, open_and_run,
+                  plot_data, readout, shoot, slider_named, status_text, wait_kernel_settled, wait_until)
 from pwlab.widgets.cost import moe_params
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _open_and_run(lab, page, workspace, rel: str, **expect) -> dict:
-    open_notebook(page, lab.base, lab.token, rel, workspace)
-    seconds = run_all(page)
-    save(page)
-    got = assert_notebook_rendered(page, saved_outputs(lab.root / rel), **expect)
-    print(f"{rel}: ran in {seconds:.1f} s; drew {got}")
-    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
-    return got
 
 
 def _shoot_outputs(page, prefix: str) -> None:
@@ -52,7 +41,7 @@ def test_harness_on_fixture_notebook(lab_page):
     """The harness itself, on a notebook whose behaviour we fully know: a slider drives a
     FigureWidget, a button appends one point to a loss trace, plus a static plotly output."""
     lab, page, workspace = lab_page
-    got = _open_and_run(lab, page, workspace, "fixtures/widgets_demo.ipynb", min_plots=3, min_sliders=1)
+    got = open_and_run(lab, page, workspace, "fixtures/widgets_demo.ipynb", min_plots=3, min_sliders=1)
     assert got["widget_views"] == 1 and got["plotly_outputs"] == 1
     app = fixture_slider_drives_bars(page)
     n = loss_points(app)
@@ -66,7 +55,7 @@ def test_welcome_notebook(lab_page):
     lab, page, workspace = lab_page
     if not (REPO / "notebooks" / "00_welcome.ipynb").is_file():
         pytest.skip("notebooks/00_welcome.ipynb is not written yet")
-    _open_and_run(lab, page, workspace, "notebooks/00_welcome.ipynb", min_plots=1)
+    open_and_run(lab, page, workspace, "notebooks/00_welcome.ipynb", min_plots=1)
     _shoot_outputs(page, "00_welcome")
     shoot(page, "00_welcome-page")
 
@@ -77,7 +66,7 @@ def test_routing_playground(lab_page):
     shows one line per expert of the new count)."""
     lab, page, workspace = lab_page
     rel = playground_notebook()
-    _open_and_run(lab, page, workspace, rel, min_plots=3, min_sliders=3)
+    open_and_run(lab, page, workspace, rel, min_plots=3, min_sliders=3)
     app = page.locator(".jp-OutputArea-output").filter(has=button(page, "Step")).filter(
         has=page.locator(".widget-label", has_text=re.compile(r"^experts$"))).first
     step = button(app, "Step")
@@ -135,7 +124,7 @@ def test_dense_vs_sparse_cost_explorer(lab_page):
     count at the new E (the formula checked kernel side against the modules' numel)."""
     lab, page, workspace = lab_page
     with _console_errors_on_failure(page):
-        _open_and_run(lab, page, workspace, "notebooks/01_dense_vs_sparse.ipynb", min_plots=3, min_sliders=4)
+        open_and_run(lab, page, workspace, "notebooks/01_dense_vs_sparse.ipynb", min_plots=3, min_sliders=4)
         app = _app_with(page, "experts E")
         experts = slider_named(app, "experts E")
         wait_until(lambda: _traces(app), "the cost figure to hold its bars before any change", page=page)
@@ -157,7 +146,7 @@ def test_balance_and_capacity_explorer(lab_page):
     marker of the dropped-fraction figure to the new capacity factor."""
     lab, page, workspace = lab_page
     with _console_errors_on_failure(page):
-        _open_and_run(lab, page, workspace, "notebooks/03_balance_and_capacity.ipynb", min_plots=4, min_sliders=3)
+        open_and_run(lab, page, workspace, "notebooks/03_balance_and_capacity.ipynb", min_plots=4, min_sliders=3)
         label = "capacity factor (0=∞)"
         app = _app_with(page, label)
         capacity = slider_named(app, label)
@@ -186,7 +175,7 @@ def test_scaling_out_all_to_all_explorer(lab_page):
     to 64 devices and hides the measured marker (it no longer applies)."""
     lab, page, workspace = lab_page
     with _console_errors_on_failure(page):
-        _open_and_run(lab, page, workspace, "notebooks/09_scaling_out.ipynb", min_plots=2, min_sliders=6)
+        open_and_run(lab, page, workspace, "notebooks/09_scaling_out.ipynb", min_plots=2, min_sliders=6)
         app = _app_with(page, "devices P")
         devices = slider_named(app, "devices P")
         assert _traces(app)[2][1] == "measured" and _traces(app)[2][2] == [2]

@@ -11,25 +11,13 @@ import re
 
 import pytest
 
-from _lab import (REPO, assert_notebook_rendered, button, drag_slider, open_notebook, plot_data, readout, run_all,
-                  save, saved_outputs, shoot, slider_named, status_text, wait_kernel_settled, wait_until)
+from _lab import (button, drag_slider, open_and_run, plot_data, readout, shoot, slider_named, status_text,
+                  wait_kernel_settled, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
 #: training on a click: the notebook's run length of steps on a shared CPU
 TRAIN_TIMEOUT_S = 300.0
-
-
-def _open_and_run(lab, page, workspace, rel: str, **expect) -> dict:
-    if not (REPO / rel).is_file():
-        pytest.skip(f"{rel} is not in this checkout")
-    open_notebook(page, lab.base, lab.token, rel, workspace)
-    seconds = run_all(page)
-    save(page)
-    got = assert_notebook_rendered(page, saved_outputs(lab.root / rel), **expect)
-    print(f"{rel}: ran in {seconds:.1f} s; drew {got}")
-    assert not page.js_errors, f"JavaScript errors on the page: {page.js_errors[:5]}"
-    return got
 
 
 def _app(page, *, has_button: str | None = None, has_label: str | None = None):
@@ -58,7 +46,7 @@ def _plots_change(page, app, act, what: str, timeout_s: float = 90.0) -> list[st
 def test_welcome_pathway_explorer(lab_page):
     """00: the task dropdown and the example slider of the Pathway Explorer redraw its figures."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/00_welcome.ipynb", min_plots=3, min_sliders=1)
+    open_and_run(lab, page, workspace, "notebooks/00_welcome.ipynb", min_plots=3, min_sliders=1)
     app = _app(page, has_label="example")
     task = _dropdown(app, "task")
     _plots_change(page, app, lambda: task.select_option(label="wine"), "the figures to follow the task dropdown")
@@ -74,7 +62,7 @@ def test_welcome_pathway_explorer(lab_page):
 def test_multitask_task_mix_explorer(lab_page):
     """04: the temperature slider redraws the mix at once; Train adds a run's accuracy bars."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/04_multitask.ipynb", min_plots=2, min_sliders=1)
+    open_and_run(lab, page, workspace, "notebooks/04_multitask.ipynb", min_plots=2, min_sliders=1)
     app = _app(page, has_button="Train")
     slider = slider_named(app, "temperature T")
     _plots_change(page, app, lambda: drag_slider(page, slider, 0.1), "the task mix to follow the slider")
@@ -90,7 +78,7 @@ def test_multitask_task_mix_explorer(lab_page):
 def test_senses_live_routing(lab_page):
     """05: Step trains and redraws the sense bars and the I(E; sense) curve."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/05_senses.ipynb", min_plots=2)
+    open_and_run(lab, page, workspace, "notebooks/05_senses.ipynb", min_plots=2)
     app = _app(page, has_button="Step")
     _plots_change(page, app, lambda: button(app, "Step").click(), "the bars to change after Step")
     wait_until(lambda: re.search(r"\bstep 5\b", status_text(app)), "the status to read step 5", page=page)
@@ -104,7 +92,7 @@ def test_senses_live_routing(lab_page):
 def test_all_together_tradeoff_explorer(lab_page):
     """08: the task dropdown and the x-axis toggle move the one scatter."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/08_all_together.ipynb", min_plots=3)
+    open_and_run(lab, page, workspace, "notebooks/08_all_together.ipynb", min_plots=3)
     app = _app(page, has_button="parameters")
     task = _dropdown(app, "task")
     _plots_change(page, app, lambda: task.select_option(label="wine"), "the scatter to follow the task")
@@ -118,7 +106,7 @@ def test_pathways_explorer_and_ablation(lab_page):
     """06: the Pathway Explorer follows its task dropdown; Expert Ablation's bars follow a
     switched-off expert."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/06_pathways.ipynb", min_plots=3, min_sliders=1)
+    open_and_run(lab, page, workspace, "notebooks/06_pathways.ipynb", min_plots=3, min_sliders=1)
     app = _app(page, has_label="example")
     task = _dropdown(app, "task")
     _plots_change(page, app, lambda: task.select_option(label="wine"), "the explorer to follow the task dropdown")
@@ -133,7 +121,7 @@ def test_pathways_explorer_and_ablation(lab_page):
 def test_swat_explorer_sparsity_slider(lab_page):
     """07: the SWAT Explorer's weight-sparsity slider redraws its figures."""
     lab, page, workspace = lab_page
-    _open_and_run(lab, page, workspace, "notebooks/07_swat.ipynb", min_plots=2, min_sliders=2)
+    open_and_run(lab, page, workspace, "notebooks/07_swat.ipynb", min_plots=2, min_sliders=2)
     app = _app(page, has_button="Retrain")
     slider = slider_named(app, "weight sparsity")
     _plots_change(page, app, lambda: drag_slider(page, slider, 0.9), "the figures to follow the sparsity slider")
