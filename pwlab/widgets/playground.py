@@ -141,9 +141,16 @@ class RoutingPlayground(PlayLoop):
                    z_loss=float(self.z_loss.value))
         e = int(self.num_experts.value)
         cfg = self._base.with_model(router=r, top_k=min(int(self.top_k.value), e), num_experts=e,
-                                    capacity_factor=float(self.capacity.value) or None, router_kwargs=kw,
+                                    capacity_factor=self._capacity_factor(r), router_kwargs=kw,
                                     aux_weights=aux)
         return cfg.with_train(seed=int(self.seed.value), batch_size=int(self.batch_size.value))
+
+    def _capacity_factor(self, router: str) -> float | None:
+        """The slider's capacity factor, or None (dropless) at 0; None under a router that owns its
+        capacity (the slider is off then, and the router keeps its own factor)."""
+        if _about(router).owns_capacity:
+            return None
+        return float(self.capacity.value) or None
 
     def code_snippet(self) -> str:
         """A runnable snippet that builds this configuration and trains it as far as the app has."""
@@ -206,7 +213,8 @@ class RoutingPlayground(PlayLoop):
                                                              router_kwargs=cfg.model.router_kwargs,
                                                              aux_weights=cfg.model.aux_weights)
         for moe in self.trainer.model.moe_blocks().values():
-            moe.capacity_factor = cfg.model.capacity_factor
+            if not moe.router.describe().owns_capacity:
+                moe.capacity_factor = cfg.model.capacity_factor
             moe.aux_weights.update({k: float(v) for k, v in cfg.model.aux_weights.items()})
             attr = noise_knob(cfg.model.router)
             if attr is not None and hasattr(moe.router, attr):
