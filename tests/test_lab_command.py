@@ -354,6 +354,19 @@ def test_lab_serves_and_stops_with_its_server(notebooks):
         assert _get(port, "/api/status?token=" + "0" * len(token))[0] == 403
         assert _get(port, f"/api/status?token={token}")[0] == 200
         assert _get(port, "/api/contents")[0] == 403
+        # a kernel the server starts does not inherit the token in its environment
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels?token={token}", data=b"{}",
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 201
+        deadline, kernels = time.monotonic() + 60, []
+        while not kernels and time.monotonic() < deadline:
+            kernels = [pid for pid in _descendants(proc.pid) if "ipykernel" in _cmdline(pid)]
+            time.sleep(0.2)
+        assert kernels, "no kernel process started"
+        for pid in kernels:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            assert token.encode() not in env and b"JUPYTER_TOKEN=" not in env
     finally:
         _stop(proc, port)
     assert not J.port_answers(port), "the JupyterLab server outlived `pwlab lab`"

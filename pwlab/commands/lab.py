@@ -46,14 +46,19 @@ def check() -> list[str]:
     return _jupyter.frontend_problems() + _jupyter.kernel_problems()
 
 
+#: the Jupyter config file that takes the token out of the environment kernels inherit
+SERVER_CONFIG = Path(__file__).parent / "_share" / "jupyter" / "pwlab_server_config.py"
+
+
 def lab_command(root: Path, port: int, ip: str, open_browser: bool, first: str | None,
                 extra: list[str]) -> list[str]:
     """The ``jupyter lab`` command line, run by this very interpreter (so: this environment).
 
     It holds no token: that goes in the environment (:func:`pwlab.commands._jupyter.token_env`),
-    since any local user can read a command line.
+    since any local user can read a command line; :data:`SERVER_CONFIG` then moves it from the
+    server's environment into its settings, so the kernels it starts do not inherit it.
     """
-    cmd = [sys.executable, "-m", "jupyterlab",
+    cmd = [sys.executable, "-m", "jupyterlab", f"--config={SERVER_CONFIG}",
            f"--ServerApp.root_dir={root}", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
            # Fail rather than silently move to another port: the printed URL must be right.
            "--ServerApp.port_retries=0",
