@@ -12,7 +12,7 @@ import pytest
 from IPython.display import Image
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from pwlab.commands import course
+from pwlab.commands import course, handout
 from pwlab.commands import notebook_checks as checks
 from pwlab.commands import notebooks as nbt
 
@@ -162,7 +162,7 @@ def test_handout_embeds_files_and_drops_nbval_markers(tmp_path):
 def test_handout_embeds_an_image_that_ipython_reads_back(tmp_path):
     src = _course_tree(tmp_path)
     nb = new_notebook(cells=[new_code_cell('from IPython.display import Image\nImage(filename="../assets/p.png")')])
-    st = course.handout(nb, src, name="x")
+    st = handout.handout(nb, src, name="x")
     assert "../" not in st.cells[0].source
     shown = eval(st.cells[0].source.splitlines()[-1], {"Image": Image})
     assert shown.data == PNG_BYTES and shown.format == "png"
@@ -377,10 +377,10 @@ def _svg_files(nb) -> dict[int, str]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_real_handout_is_self_contained_and_checkable(path):
     nb = nbt.read(path)
-    st = course.handout(nb, path.parent, name=path.name)
+    st = handout.handout(nb, path.parent, name=path.name)
     for cell in st.cells:
         assert "../" not in cell.source and "NBVAL" not in cell.source
-    assert course.relative_references(st, path.parent) == []
+    assert handout.relative_references(st, path.parent) == []
     for i, rel in _svg_files(nb).items():                      # each diagram: the file's text, embedded
         call = ast.parse(st.cells[i].source).body[-1].value
         assert ast.literal_eval(call.keywords[0].value) == (path.parent / rel).read_text()
