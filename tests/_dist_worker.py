@@ -218,7 +218,7 @@ def swat_to_expert_parallel(rank: int, world: int, kind: str) -> dict:
     """A swatified single-process MoE moved to expert parallelism: what each rank computes with."""
     from pwlab.routing import TopK
     from pwlab.swat import swatify
-    from pwlab.swat.layers import is_swat_bank, swat_settings
+    from pwlab.swat.experts import is_swat_bank, swat_settings
 
     torch.manual_seed(0)
     moe = MoE(16, 24, 4, TopK(k=2), expert=kind)

@@ -36,7 +36,7 @@ from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing.base import Routing
-from pwlab.swat.layers import is_swat_bank, swat_settings
+from pwlab.swat.experts import is_swat_bank, swat_settings
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,8 @@ from pwlab.experts import BANKS, ExpertBank, GatedExpertBank
 from pwlab.routing.base import Router
 from pwlab.senses import Senses
 from pwlab.swat.functions import check_sparsity
-from pwlab.swat.layers import SwatConv2d, SwatExpertBank, SwatGatedExpertBank, SwatLinear
+from pwlab.swat.experts import SwatExpertBank, SwatGatedExpertBank
+from pwlab.swat.layers import SwatConv2d, SwatLinear
 
 VARIANTS = ("uniform", "erk", "structured")
 
