@@ -70,7 +70,8 @@ from tqdm.auto import tqdm
 
 from pwlab._checks import positive_int
 from pwlab.config import PRESETS, Config, preset
-from pwlab.model import ModelOutput, PathwaysModel, eval_mode
+from pwlab.model import ModelOutput, PathwaysModel
+from pwlab.observe import observe
 
 _HINT = ("nothing of this step was applied; lower the learning rate or set grad_clip, "
          "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
@@ -121,33 +122,21 @@ class NonFiniteGradientError(NonFiniteLossError):
                          detail=detail, skipped=skipped)
 
 
-@torch.no_grad()
 def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", max_examples: int | None = None,
                    batch_size: int = 256) -> dict[str, float]:
     """Accuracy (classification) or MSE (regression) per task on ``split``.
 
     Runs in eval mode (deterministic routing, no dropout) and restores the previous mode.
     ``max_examples``: an integer >= 1 (the first that many of each task's split) or None (all).
-    Returns task name → metric.
+    Returns task name → metric: :meth:`pwlab.observe.Observation.metrics` of one
+    :func:`pwlab.observe.observe` pass, each task scored by its own ``Task.score``.
     """
     if max_examples is not None:
         _max_examples(max_examples)
     for task in tasks:
         model.task(task.name)            # unknown names list the model's tasks
-    out = {}
-    with eval_mode(model):
-        for task in tasks:
-            seen, total = 0, 0.0
-            for b in model.batches(task.name, split, max_examples, batch_size):
-                o = model([b])
-                pred, y = o.predictions[task.name], o.targets[task.name]
-                if task.kind == "regression":
-                    total += float(((pred - y.to(pred.dtype)) ** 2).sum())
-                else:
-                    total += float((pred.argmax(-1) == y).sum())
-                seen += len(b.y)
-            out[task.name] = total / max(seen, 1)
-    return out
+    obs = observe(model, list(dict.fromkeys(t.name for t in tasks)), split=split, n=max_examples, batch_size=batch_size)
+    return obs.metrics()
 
 
 def _max_examples(value, allowed: str = "an integer >= 1 or None (every example)"):

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 SENSES = ("image", "audio", "text", "tabular")
 KINDS = ("classification", "regression")
 METRICS = ("accuracy", "mse")
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +56,31 @@ class Task:
     def out_dim(self) -> int:
         """Width of the task head: number of classes, or 1 for regression."""
         return len(self.classes) if self.kind == "classification" else 1
+
+    def loss(self, pred: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """The training loss of predictions ``pred`` against targets ``y``.
+
+        Cross-entropy of logits ``pred (B, classes)`` (classification) or the squared error of
+        ``pred (B,)`` (regression, MSE). ``reduction``: ``"mean"`` (what training minimises),
+        ``"sum"`` or ``"none"`` (one loss per example, shape (B,)).
+        """
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}; got {reduction!r}")
+        y = y.to(pred.device)
+        if self.kind == "regression":
+            return F.mse_loss(pred, y.to(pred.dtype), reduction=reduction)
+        return F.cross_entropy(pred, y.long(), reduction=reduction)
+
+    def score(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Per-example score (B,) float of the task's :attr:`metric`; its mean is the metric.
+
+        ``"accuracy"``: 1.0 where the arg-max class is the target, else 0.0; ``"mse"``: the
+        squared error.
+        """
+        y = y.to(pred.device)
+        if self.kind == "regression":
+            return (pred - y.to(pred.dtype)) ** 2
+        return (pred.argmax(-1) == y).to(torch.float32)
 
 
 @dataclass(frozen=True, eq=False)
