@@ -39,12 +39,12 @@ def _flows(pmap, by: str, counts: np.ndarray) -> np.ndarray | None:
     """(L-1, E, E, S) exact flows between consecutive blocks of the used sources, or None
     when the map holds none (a map built from counts alone)."""
     flows = getattr(pmap, "task_flows" if by == "task" else "modality_flows", None)
-    if flows is None:
+    nb, ne, _ = counts.shape
+    if flows is None or nb < 2:                # one block: no links between blocks to draw
         return None
     flows = array(flows)
     total = array(pmap.task_counts if by == "task" else pmap.modality_counts)
     used = [j for j in range(total.shape[2]) if total[:, :, j].sum() > 0]
-    nb, ne, _ = counts.shape
     if flows.shape[:3] != (max(nb - 1, 0), ne, ne):
         raise ValueError(f"pmap's {by}_flows must have shape (L-1, E, E, ·) = ({nb - 1}, {ne}, {ne}, ·), "
                          f"got {flows.shape}")
