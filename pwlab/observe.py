@@ -142,12 +142,13 @@ class Observation:
         out = torch.zeros(max(nl - 1, 0), e, e, g, dtype=torch.long)
         if nl < 2:
             return out
-        onehot = torch.nn.functional.one_hot(group, g).double()                  # (N, G)
-        prev = self.assignments(0).double()
+        members = [torch.nonzero(group == k).flatten() for k in range(g)]
+        prev = self.assignments(0).double()                                      # (N, E)
         for li in range(nl - 1):
             nxt = self.assignments(li + 1).double()
-            # Σ_n prev[n, i] · nxt[n, j] · [group(n) = k], exact in float64 for counts < 2^53
-            out[li] = torch.einsum("ni,nj,nk->ijk", prev, nxt, onehot).round().long()
+            for k, idx in enumerate(members):
+                # Σ_{n in group k} prev[n, i] · nxt[n, j]: exact in float64 for counts < 2^53
+                out[li, :, :, k] = (prev[idx].t() @ nxt[idx]).round().long()
             prev = nxt
         return out
 
