@@ -247,3 +247,17 @@ def test_observation_flows_match_a_naive_loop_over_top2_routes(task_list):
             out = model([b])
         assert float(obs.losses[t.name][:7].mean()) == pytest.approx(float(out.losses[t.name]), rel=1e-5)
     assert obs.metrics() == evaluate_model(model, task_list, max_examples=10, batch_size=7)
+
+
+def test_observe_refuses_bad_arguments_and_restores_the_mode(task_list):
+    from pwlab.observe import observe
+    model = _model(task_list).train()
+    for kw, name in [({"n": 0}, "n"), ({"split": "val"}, "split"), ({"tasks": ["nope"]}, "task"),
+                     ({"batch_size": 0}, "batch_size"), ({"tasks": ["wine", "wine"]}, "tasks")]:
+        with pytest.raises(ValueError, match=name):
+            observe(model, **kw)
+    with pytest.raises(TypeError, match="model"):
+        observe("model")
+    obs = observe(model, ["wine"], n=5, joint=True)
+    assert model.training and obs.tasks == ("wine",) and obs.example_index.tolist() == list(range(5))
+    assert obs.predictions["wine"].shape == (5, 3) and obs.losses["wine"].shape == (5,)
