@@ -14,7 +14,9 @@ figures live in :mod:`pwlab.viz`, apps in :mod:`pwlab.widgets`, multi-process co
     senses      encoders from image, audio, text and tables into one token space
     config      Config and the presets tiny(), small(), dense_baseline()
     model       PathwaysModel, ModelOutput
-    train       Trainer, NonFiniteLossError, NonFiniteGradientError
+    observe     observe → Observation: one eval pass (routes, predictions, losses per example)
+    history     the Trainer's typed records: StepRecord, SkippedRecord, EvalRecord
+    train       Trainer, evaluate_model, NonFiniteLossError, NonFiniteGradientError
     checkpoint  CheckpointIntegrityError
     pathways    pathway maps, mutual information, ablation, subnetwork extraction
 """
@@ -22,8 +24,10 @@ from pwlab import flops, losses, senses, tasks
 from pwlab.checkpoint import CheckpointIntegrityError
 from pwlab.config import PRESETS, Config, ModelConfig, TrainConfig, dense_baseline, preset, small, tiny
 from pwlab.experts import ExpertBank, GatedExpertBank
+from pwlab.history import BlockRecord, EvalRecord, SkippedRecord, StepRecord
 from pwlab.model import ModelOutput, PathwaysModel
 from pwlab.moe import MoE, MoEStats
+from pwlab.observe import Observation, observe
 from pwlab.pathways import (ExampleRouting, PathwayMap, disable_experts, extract_subnetwork, mutual_information,
                             pathway_map, route_example, top_pathway)
 from pwlab.routing import (ROUTERS, ExpertChoice, GShardTop2, HashRouter, LinearGate, NoisyTopK, Router, Routing,
@@ -32,7 +36,7 @@ from pwlab.senses import MODALITIES, Senses, Tokens
 from pwlab.soft_moe import SoftMoE
 from pwlab.swat import SwatConv2d, SwatExpertBank, SwatLinear, swatify
 from pwlab.tasks import MultiTaskSampler, Task, TaskBatch
-from pwlab.train import NonFiniteGradientError, NonFiniteLossError, Trainer
+from pwlab.train import NonFiniteGradientError, NonFiniteLossError, Trainer, evaluate_model
 
 __version__ = "0.1.0"
 
@@ -48,7 +52,10 @@ __all__ = [
     # one model, many tasks
     "Config", "ModelConfig", "TrainConfig", "PRESETS", "preset", "tiny", "small", "dense_baseline",
     "PathwaysModel", "ModelOutput", "Trainer", "NonFiniteLossError",
-    "NonFiniteGradientError", "CheckpointIntegrityError",
+    "NonFiniteGradientError", "CheckpointIntegrityError", "evaluate_model", "StepRecord", "BlockRecord",
+    "SkippedRecord", "EvalRecord",
+    # observation
+    "observe", "Observation",
     # pathways
     "PathwayMap", "ExampleRouting", "pathway_map", "mutual_information", "top_pathway", "disable_experts",
     "extract_subnetwork", "route_example",

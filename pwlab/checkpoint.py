@@ -8,7 +8,8 @@ booleans, None and tensors::
     task_seeds (the data seeds, to rebuild the tasks), step,
     model (state_dict), optimizer (state_dict), sampler (state_dict),
     rng {"generator": routing-noise generator state, "torch": the trainer's dropout RNG state},
-    history (list of plain dict records)
+    history (list of plain dict records: each typed record's ``as_dict()``, rebuilt with
+             :func:`pwlab.history.from_dict` on load)
 
 plus ``digest``, ``"sha256:<hex>"`` over everything else (:func:`payload_digest`), so
 ``torch.load(weights_only=True)`` reads it: the unpickler refuses anything else, and a
@@ -50,6 +51,7 @@ from pathlib import Path
 import torch
 
 from pwlab.config import RESUMABLE_DIFFERENCES, Config
+from pwlab.history import from_dict
 from pwlab.routing import ROUTERS
 
 FORMAT = "pwlab-checkpoint"
@@ -152,7 +154,7 @@ def trainer_state(trainer) -> dict:
         "optimizer": trainer.optimizer.state_dict(),
         "sampler": trainer.sampler.state_dict(),
         "rng": {"generator": trainer.generator.get_state(), "torch": trainer.torch_rng.clone()},
-        "history": [dict(r) for r in trainer.history],
+        "history": [r.as_dict() for r in trainer.history],      # plain dicts: loading runs no code
     }
     state["digest"] = payload_digest(state)
     return state
@@ -323,7 +325,7 @@ def _apply(trainer, state: dict, path) -> None:
         if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
             raise ValueError("rng['torch'] is not a generator state")
         torch.Generator().set_state(rng)
-        history = [dict(r) for r in state["history"]]
+        history = [from_dict(r) for r in state["history"]]     # typed records rebuilt from plain dicts
         step = int(state["step"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
         raise ValueError(f"{str(path)!r} does not fit this trainer: {str(e).splitlines()[0]}") from None

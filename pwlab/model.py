@@ -51,6 +51,8 @@ class ModelOutput:
         token_row: (N,) row of the token's example in the concatenated batch.
         token_pos: (N,) position of the token in its example (0 is the task token).
         rows: task name → (start, stop) rows of its examples in the concatenated batch.
+        token_ids: (N,) each real token's id (what hash routing reads; the task token's id
+            comes after every sense's ids).
     """
 
     predictions: dict[str, Tensor]
@@ -65,6 +67,7 @@ class ModelOutput:
     token_row: Tensor
     token_pos: Tensor
     rows: dict[str, tuple[int, int]]
+    token_ids: Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -231,11 +234,10 @@ class PathwaysModel(nn.Module):
                 pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
             out = self.heads[b.task](pooled)
             y = b.y.to(out.device)
-            if self.tasks[self.task_index[b.task]].kind == "regression":
+            spec = self.tasks[self.task_index[b.task]]
+            if spec.kind == "regression":
                 out = out.squeeze(-1)
-                losses[b.task] = F.mse_loss(out, y.to(out.dtype))
-            else:
-                losses[b.task] = F.cross_entropy(out, y.long())
+            losses[b.task] = spec.loss(out, y)           # the task owns its loss
             predictions[b.task], targets[b.task] = out, y
         task_loss = torch.stack(list(losses.values())).mean()
         aux = sum((s.aux_loss for s in stats if s is not None), task_loss.new_zeros(()))
@@ -243,7 +245,7 @@ class PathwaysModel(nn.Module):
         return ModelOutput(predictions=predictions, targets=targets, losses=losses, task_loss=task_loss,
                            aux_loss=aux, loss=task_loss + aux, moe_stats=tuple(stats),
                            token_task=task[mask], token_modality=modality[mask],
-                           token_row=rowpos[:, 0], token_pos=rowpos[:, 1], rows=rows)
+                           token_row=rowpos[:, 0], token_pos=rowpos[:, 1], rows=rows, token_ids=ids[mask])
 
     def batches(self, task: str, split: str = "test", max_examples: int | None = None,
                 batch_size: int = 256) -> Iterator:

@@ -1,8 +1,9 @@
 """Pathway maps: which experts each task and each sense uses, and what they are worth.
 
 A pathway map counts kept token→expert assignments per MoE block, per expert, per task and
-per modality, from :class:`~pwlab.model.ModelOutput` (``moe_stats[l].routing`` and the
-per-token ``token_task`` / ``token_modality``), so nothing is hooked. From the counts:
+per modality, and the exact flows of tokens between consecutive blocks, all reduced from one
+:func:`pwlab.observe.observe` pass (each token's route through every block), so nothing is
+hooked. From the counts:
 
 - mutual information ``I(E;T) = H(E) − H(E|T)`` in bits between the expert an assignment
   goes to and its task (or modality): 0 when every task spreads over the experts alike,
@@ -28,7 +29,8 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.model import PathwaysModel, eval_mode, make_moe
+from pwlab.model import PathwaysModel, make_moe
+from pwlab.observe import Observation, observe, observe_batches
 from pwlab.senses import MODALITIES
 from pwlab.tasks.base import TaskBatch
 
@@ -43,6 +45,10 @@ class PathwayMap:
         blocks: the trunk index of each of the L MoE blocks.
         tasks: the K task names; modalities: the M modality names.
         tokens: (K,) long, routed tokens per task (an assignment count for each is at most k×).
+        task_flows: (L-1, E, E, K) long or None: ``[l, i, j, k]`` counts the tokens of task k on
+            expert i of block l and expert j of block l+1 (exact joint counts, see
+            :meth:`pwlab.observe.Observation.flows`); None for a map built from counts alone.
+        modality_flows: (L-1, E, E, M) long or None, the same per modality.
     """
 
     task_counts: Tensor
@@ -51,6 +57,14 @@ class PathwayMap:
     tasks: tuple[str, ...]
     modalities: tuple[str, ...]
     tokens: Tensor
+    task_flows: Tensor | None = None
+    modality_flows: Tensor | None = None
+
+    @classmethod
+    def from_observation(cls, obs: Observation) -> "PathwayMap":
+        """The map of an :class:`~pwlab.observe.Observation`: its counts and flows by task and by sense."""
+        return cls(obs.counts("task"), obs.counts("modality"), obs.blocks, obs.task_names, MODALITIES,
+                   obs.tokens_per_task(), obs.flows("task"), obs.flows("modality"))
 
     def share(self, by: str = "task") -> Tensor:
         """(L, E, K or M) float: each task's (modality's) assignments as fractions over experts."""
@@ -94,41 +108,20 @@ def mutual_information(counts: Tensor) -> float:
     return max(0.0, h_e - h_e_given_t)
 
 
-@torch.no_grad()
 def pathway_map(model: PathwaysModel, tasks=None, split: str = "test", max_examples: int | None = 256,
                 batch_size: int = 256) -> PathwayMap:
     """Count the routing of ``model`` (in eval mode) on up to ``max_examples`` per task
-    (``tasks``: Task objects or names of the model's tasks; None for all of them)."""
+    (``tasks``: Task objects or names of the model's tasks; None for all of them).
+
+    One :func:`~pwlab.observe.observe` pass, one forward per task and batch, reduced by
+    :meth:`PathwayMap.from_observation`.
+    """
     if not isinstance(model, PathwaysModel):
         raise TypeError(f"model must be a pwlab.PathwaysModel, got {type(model).__name__}")
     if max_examples is not None:
         _checks.positive_int("max_examples", max_examples)
     _checks.positive_int("batch_size", batch_size)
-    tasks = list(model.tasks if tasks is None else tasks)
-    # unknown names list the model's tasks
-    tasks = [model.task(t if isinstance(t, str) else getattr(t, "name", t)) for t in tasks]
-    moe = model.moe_blocks()
-    blocks = tuple(moe)
-    e = max((m.num_experts for m in moe.values()), default=0)
-    k_all, m_all = len(model.task_names), len(MODALITIES)
-    task_counts = torch.zeros(len(blocks), e, k_all, dtype=torch.long)
-    mod_counts = torch.zeros(len(blocks), e, m_all, dtype=torch.long)
-    tokens = torch.zeros(k_all, dtype=torch.long)
-    with eval_mode(model):
-        for task in tasks:
-            for b in model.batches(task.name, split, max_examples, batch_size):
-                out = model([b])
-                tokens += torch.bincount(out.token_task.cpu(), minlength=k_all)
-                for li, blk in enumerate(blocks):
-                    r = out.moe_stats[blk].routing
-                    tok, ex = r.token.cpu(), r.expert.cpu()
-                    task_counts[li] += _table(ex, out.token_task.cpu()[tok], e, k_all)
-                    mod_counts[li] += _table(ex, out.token_modality.cpu()[tok], e, m_all)
-    return PathwayMap(task_counts, mod_counts, blocks, tuple(model.task_names), MODALITIES, tokens)
-
-
-def _table(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> Tensor:
-    return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
+    return PathwayMap.from_observation(observe(model, tasks, split=split, n=max_examples, batch_size=batch_size))
 
 
 def _task_position(pmap: PathwayMap, task: str) -> int:
@@ -239,26 +232,22 @@ class ExampleRouting:
     target: Tensor
 
 
-@torch.no_grad()
 def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = "test") -> ExampleRouting:
-    """Run one example of ``task`` (eval mode) and return its per-token routing."""
+    """Run one example of ``task`` (eval mode) and return its per-token routing.
+
+    An :func:`~pwlab.observe.observe_batches` pass over that one example, reduced by
+    :meth:`~pwlab.observe.Observation.example_weights`.
+    """
     t = model.task(task)
+    _checks.one_of("split", split, ("train", "test"))
     x, y = (t.x_test, t.y_test) if split == "test" else (t.x_train, t.y_train)
     if not 0 <= index < len(y):
         raise ValueError(f"index must be in [0, {len(y)}) for {task!r} {split}, got {index}")
     b = TaskBatch(task=task, task_index=model.task_index[task], sense=t.sense, x=x[index:index + 1], y=y[index:index + 1])
-    with eval_mode(model):
-        out = model([b])
-    moe = model.moe_blocks()
-    n = out.token_task.shape[0]
-    e = max((m.num_experts for m in moe.values()), default=0)
-    weights = torch.zeros(len(moe), n, e)
-    for li, blk in enumerate(moe):
-        r = out.moe_stats[blk].routing
-        weights[li].index_put_((r.token.cpu(), r.expert.cpu()), r.weight.detach().float().cpu(), accumulate=True)
-    _, mask, _, ids, _, _ = model.encode([b])
-    return ExampleRouting(task=task, index=index, modality=t.sense, token_ids=ids[mask].cpu(), weights=weights,
-                          blocks=tuple(moe), prediction=out.predictions[task][0].cpu(), target=y[index])
+    obs = observe_batches(model, [[b]], split=split, tasks=[task], start={task: index})
+    ids, weights = obs.example_weights(0)
+    return ExampleRouting(task=task, index=index, modality=t.sense, token_ids=ids, weights=weights,
+                          blocks=obs.blocks, prediction=obs.predictions[task][0], target=y[index])
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -1,11 +1,15 @@
-"""The Trainer: step-wise multi-task training with plain-dict history records.
+"""The Trainer: step-wise multi-task training with typed history records.
 
 One step = one :meth:`pwlab.tasks.MultiTaskSampler.sample` (a TaskBatch per task present),
 one forward of :class:`~pwlab.model.PathwaysModel` over all of them, one optimizer update.
 
-History records (``Trainer.history``, a list of plain dicts, in order):
+History records (``Trainer.history``, in order) are the typed records of :mod:`pwlab.history`:
+:class:`~pwlab.history.StepRecord`, :class:`~pwlab.history.SkippedRecord` and
+:class:`~pwlab.history.EvalRecord`; read their fields (``rec.task_losses["digits"]``,
+``rec.blocks[1].load``). Each is also a read-only mapping with the flat keys below (what
+checkpoints store and callbacks receive as a plain dict, ``rec.as_dict()``).
 
-Training record, one per step::
+Training record, one per step (:class:`~pwlab.history.StepRecord`)::
 
     "step"            int, steps applied so far (1 for the first step)
     "loss"            float, task loss + aux loss (what was minimised)
@@ -23,7 +27,8 @@ Training record, one per step::
     "time_s"          float, wall time of the step (the only field that differs between runs)
     "lr"              float
 
-Skipped step (``skip_nonfinite=True`` and a NaN/Inf loss, gradient or activation)::
+Skipped step (``skip_nonfinite=True`` and a NaN/Inf loss, gradient or activation;
+:class:`~pwlab.history.SkippedRecord`)::
 
     "step"            int, steps applied so far (not advanced)
     "skipped"         True
@@ -45,15 +50,15 @@ NaN/Inf activations raise :class:`NonFiniteLossError` or its subclass
 :class:`NonFiniteGradientError`, naming the step, the task(s) and what went non-finite (a
 parameter, a layer's output, or the task's input); nothing of the step is applied.
 
-Evaluation record (:meth:`Trainer.evaluate`)::
+Evaluation record (:meth:`Trainer.evaluate`; :class:`~pwlab.history.EvalRecord`)::
 
     "step"            int, steps applied when evaluated
     "eval"            True
     "split"           "test" or "train"
     "acc/<task>"      float in [0, 1] (classification)  or  "mse/<task>" float (regression)
 
-Callbacks ``cb(trainer, record)`` run after each record is appended; they get a copy of the
-record and must only observe (log, plot, stop by raising).
+Callbacks ``cb(trainer, record)`` run after each record is appended; they get a plain-dict
+copy of the record (``as_dict()``) and must only observe (log, plot, stop by raising).
 """
 from __future__ import annotations
 
@@ -70,7 +75,9 @@ from tqdm.auto import tqdm
 
 from pwlab._checks import positive_int
 from pwlab.config import PRESETS, Config, preset
-from pwlab.model import ModelOutput, PathwaysModel, eval_mode
+from pwlab.history import METRIC_PREFIX, BlockRecord, EvalRecord, Record, SkippedRecord, StepRecord
+from pwlab.model import ModelOutput, PathwaysModel
+from pwlab.observe import observe
 
 _HINT = ("nothing of this step was applied; lower the learning rate or set grad_clip, "
          "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
@@ -121,33 +128,21 @@ class NonFiniteGradientError(NonFiniteLossError):
                          detail=detail, skipped=skipped)
 
 
-@torch.no_grad()
 def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", max_examples: int | None = None,
                    batch_size: int = 256) -> dict[str, float]:
     """Accuracy (classification) or MSE (regression) per task on ``split``.
 
     Runs in eval mode (deterministic routing, no dropout) and restores the previous mode.
     ``max_examples``: an integer >= 1 (the first that many of each task's split) or None (all).
-    Returns task name → metric.
+    Returns task name → metric: :meth:`pwlab.observe.Observation.metrics` of one
+    :func:`pwlab.observe.observe` pass, each task scored by its own ``Task.score``.
     """
     if max_examples is not None:
         _max_examples(max_examples)
     for task in tasks:
         model.task(task.name)            # unknown names list the model's tasks
-    out = {}
-    with eval_mode(model):
-        for task in tasks:
-            seen, total = 0, 0.0
-            for b in model.batches(task.name, split, max_examples, batch_size):
-                o = model([b])
-                pred, y = o.predictions[task.name], o.targets[task.name]
-                if task.kind == "regression":
-                    total += float(((pred - y.to(pred.dtype)) ** 2).sum())
-                else:
-                    total += float((pred.argmax(-1) == y).sum())
-                seen += len(b.y)
-            out[task.name] = total / max(seen, 1)
-    return out
+    obs = observe(model, list(dict.fromkeys(t.name for t in tasks)), split=split, n=max_examples, batch_size=batch_size)
+    return obs.metrics()
 
 
 def _max_examples(value, allowed: str = "an integer >= 1 or None (every example)"):
@@ -187,7 +182,7 @@ def _clip(params: list, max_norm: float, total_norm: torch.Tensor) -> None:
 
 def metric_key(task) -> str:
     """History key of a task's evaluation metric: ``"acc/<name>"`` or ``"mse/<name>"``."""
-    return ("mse/" if task.kind == "regression" else "acc/") + task.name
+    return f"{METRIC_PREFIX[task.kind]}/{task.name}"
 
 
 def _config(config) -> Config:
@@ -280,7 +275,7 @@ class Trainer:
         # state and swaps it in for each step, so runs do not depend on what else used the RNG
         self.torch_rng = torch.Generator().manual_seed(tc.seed + 2).get_state()
         self.optimizer = self._make_optimizer()
-        self.history: list[dict] = []
+        self.history: list[Record] = []
         self.step_count = 0
         self.callbacks = list(callbacks)
         if not all(callable(cb) for cb in self.callbacks):
@@ -289,16 +284,16 @@ class Trainer:
     @property
     def skipped_steps(self) -> int:
         """Skipped steps in the whole history (``skip_nonfinite=True``)."""
-        return sum(1 for r in self.history if r.get("skipped"))
+        return sum(1 for r in self.history if isinstance(r, SkippedRecord))
 
     @property
     def consecutive_skips(self) -> int:
         """Skipped steps at the end of the history, in a row (evaluation records do not break a run)."""
         n = 0
         for r in reversed(self.history):
-            if r.get("eval"):
+            if isinstance(r, EvalRecord):
                 continue
-            if not r.get("skipped"):
+            if not isinstance(r, SkippedRecord):
                 break
             n += 1
         return n
@@ -327,13 +322,13 @@ class Trainer:
             for b, saved in zip(self.model.buffers(), snap["buffers"]):
                 b.copy_(saved)
 
-    def _one_step(self) -> dict:
+    def _one_step(self) -> Record:
         """One step with the trainer's own global-RNG stream (dropout) swapped in."""
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.torch_rng)
             return self._one_step_inner()
 
-    def _one_step_inner(self) -> dict:
+    def _one_step_inner(self) -> Record:
         """Compute, then apply and record as one unit; on any exception nothing is applied."""
         tc = self.config.train
         snap = self._snapshot()
@@ -400,7 +395,7 @@ class Trainer:
         n = self.consecutive_skips if self.config.train.skip_nonfinite else 0
         return n if n >= self.max_consecutive_skips else 0
 
-    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str, snap: dict) -> dict:
+    def _skip_or_raise(self, err: NonFiniteLossError, nonfinite: str, snap: dict) -> SkippedRecord:
         """Raise ``err``, or (``skip_nonfinite``, under the limit) record a skipped step, warn, return it.
 
         ``nonfinite`` is the record's label: the task whose loss failed, "gradient" or "forward".
@@ -410,10 +405,7 @@ class Trainer:
         in_a_row = self.consecutive_skips
         if not self.config.train.skip_nonfinite or err.skipped:
             raise err
-        rec = {"step": self.step_count, "skipped": True, "nonfinite": nonfinite}
-        if err.where is not None:
-            rec["where"] = err.where
-        rec["skipped_in_a_row"] = in_a_row + 1
+        rec = SkippedRecord(step=self.step_count, nonfinite=nonfinite, skipped_in_a_row=in_a_row + 1, where=err.where)
         with _interrupts_deferred():
             self.optimizer.zero_grad(set_to_none=True)
             self._restore_buffers(snap)
@@ -472,38 +464,33 @@ class Trainer:
                               "are finite)"}
         return None
 
-    def _commit(self, rec: dict) -> None:
+    def _commit(self, rec: Record) -> None:
         # the step's dropout draws are now spent: keep the stream where it is
         self.torch_rng = torch.get_rng_state()
         self.history.append(rec)
 
-    def _record(self, out: ModelOutput, batches, grad_norm: float, seconds: float) -> dict:
-        rec = {"step": self.step_count, "loss": float(out.loss.detach()), "task_loss": float(out.task_loss.detach()),
-               "aux_loss": float(out.aux_loss.detach())}
-        for b in batches:
-            rec[f"loss/{b.task}"] = float(out.losses[b.task].detach())
-            rec[f"n/{b.task}"] = len(b.y)
+    def _record(self, out: ModelOutput, batches, grad_norm: float, seconds: float) -> StepRecord:
         aux: dict[str, list[float]] = {}
+        blocks = {}
         for i, s in enumerate(out.moe_stats):
             if s is None:
                 continue
             for name, v in s.aux_losses.items():
                 aux.setdefault(name, []).append(float(v.detach()))
-            rec[f"load/{i}"] = [float(v) for v in s.load]
-            rec[f"dropped/{i}"] = float(s.dropped_fraction)
-            rec[f"entropy/{i}"] = float(s.router_entropy)
-        for name, vs in aux.items():
-            rec[f"aux/{name}"] = sum(vs) / len(vs)
-        rec["grad_norm"] = grad_norm
-        rec["time_s"] = seconds
-        rec["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        return rec
+            blocks[i] = BlockRecord(load=tuple(float(v) for v in s.load), dropped=float(s.dropped_fraction),
+                                    entropy=float(s.router_entropy))
+        return StepRecord(step=self.step_count, loss=float(out.loss.detach()),
+                          task_loss=float(out.task_loss.detach()), aux_loss=float(out.aux_loss.detach()),
+                          task_losses={b.task: float(out.losses[b.task].detach()) for b in batches},
+                          examples={b.task: len(b.y) for b in batches},
+                          aux={name: sum(vs) / len(vs) for name, vs in aux.items()}, blocks=blocks,
+                          grad_norm=grad_norm, time_s=seconds, lr=float(self.optimizer.param_groups[0]["lr"]))
 
-    def _notify(self, rec: dict) -> None:
+    def _notify(self, rec: Record) -> None:
         for cb in self.callbacks:
-            cb(self, dict(rec))
+            cb(self, rec.as_dict())
 
-    def step(self, n: int = 1) -> list[dict]:
+    def step(self, n: int = 1) -> list[Record]:
         """Apply ``n`` training steps; returns their records (also appended to ``history``)."""
         positive_int("n", n)
         recs = []
@@ -513,7 +500,7 @@ class Trainer:
             recs.append(rec)
         return recs
 
-    def fit(self, steps: int | None = None, *, progress: bool = True) -> list[dict]:
+    def fit(self, steps: int | None = None, *, progress: bool = True) -> list[Record]:
         """Train ``steps`` more steps (default ``config.train.steps``) with a progress bar.
 
         An interrupt (Ctrl-C) stops between two steps: every step is applied whole or not
@@ -528,8 +515,8 @@ class Trainer:
                 rec = self.step(1)[0]
                 recs.append(rec)
                 bar.update(1)
-                if "loss" in rec:
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
+                if isinstance(rec, StepRecord):
+                    bar.set_postfix(loss=f"{rec.loss:.3f}", refresh=False)
                 if every and self.step_count % every == 0:
                     self.evaluate()
         return recs
@@ -554,8 +541,8 @@ class Trainer:
                                                 "(config.train.eval_examples, the default)")
         metrics = evaluate_model(self.model, self.tasks, split=split, max_examples=limit)
         if record:
-            rec = {"step": self.step_count, "eval": True, "split": split}
-            rec.update({metric_key(t): metrics[t.name] for t in self.tasks})
+            rec = EvalRecord(step=self.step_count, split=split, metrics={t.name: metrics[t.name] for t in self.tasks},
+                             metric_names={t.name: METRIC_PREFIX[t.kind] for t in self.tasks})
             self.history.append(rec)
             self._notify(rec)
         return metrics

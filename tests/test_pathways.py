@@ -184,3 +184,80 @@ def test_route_example_gives_each_tokens_expert_weights(task_list):
     assert er.target == t.y_test[3] and er.prediction.shape == (10,)
     with pytest.raises(ValueError, match="index"):
         P.route_example(model, "digit_words", 10_000)
+
+
+# -- exact flows between blocks (one observation pass) ----------------------------------------
+
+def _hash_model(task_list, flip: bool):
+    """Two hash-routed MoE blocks over 2 experts; block 3 reuses block 1's table (or its flip),
+    so each token's expert in the second block is fixed by its expert in the first."""
+    model = _model(task_list, router="hash", top_k=1, num_experts=2)
+    first, second = model.moe_blocks().values()
+    with torch.no_grad():
+        second.router.table.copy_(1 - first.router.table if flip else first.router.table)
+    return model
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_pathway_flows_are_exact_joint_counts_not_an_independence_guess(task_list, flip):
+    model = _hash_model(task_list, flip)
+    pmap = P.pathway_map(model, task_list, max_examples=12)
+    # oracle: recompute every token's first-block expert from its id and the hash table
+    table = next(iter(model.moe_blocks().values())).router.table
+    c0 = torch.zeros(2, len(NAMES), dtype=torch.long)
+    for t in task_list:
+        for b in model.batches(t.name, "test", 12):
+            _, mask, _, ids, _, _ = model.encode([b])
+            ex = table[ids[mask] % table.numel()]
+            c0[:, model.task_index[t.name]] += torch.bincount(ex, minlength=2)
+    assert torch.equal(pmap.task_counts[0], c0)
+    want = torch.zeros(1, 2, 2, len(NAMES), dtype=torch.long)
+    for i in range(2):
+        want[0, i, 1 - i if flip else i] = c0[i]
+    assert torch.equal(pmap.task_flows, want)
+    # the independence guess would put tokens on the other edges too: the two differ here
+    guess = c0[:, None, :] * pmap.task_counts[1][None] / c0.sum(0).clamp_min(1)
+    assert float(guess[0, 1 if not flip else 0].sum()) > 0 and int(want[0, 0, 1 if not flip else 0].sum()) == 0
+    # by sense: the same flows summed over each sense's tasks
+    for m, sense in enumerate(MODALITIES):
+        ks = [k for k, t in enumerate(task_list) if t.sense == sense]
+        assert torch.equal(pmap.modality_flows[..., m], want[..., ks].sum(-1))
+
+
+def test_observation_flows_match_a_naive_loop_over_top2_routes(task_list):
+    from pwlab.observe import observe
+    model = _model(task_list, num_layers=3, capacity_factor=1.0)          # top-2 with drops
+    obs = observe(model, task_list, n=10, batch_size=7)
+    routes = [{} for _ in obs.routes]
+    for li, r in enumerate(obs.routes):
+        for tok, ex in zip(r.token.tolist(), r.expert.tolist()):
+            routes[li].setdefault(tok, set()).add(ex)
+    want = torch.zeros(2, 4, 4, len(NAMES), dtype=torch.long)
+    for li in range(2):
+        for tok, here in routes[li].items():
+            for i in here:
+                for j in routes[li + 1].get(tok, ()):
+                    want[li, i, j, int(obs.token_task[tok])] += 1
+    assert torch.equal(obs.flows(), want)
+    assert int(want.sum()) > 0
+    # per-example losses and scores reduce to the model's own mean loss and metric
+    for t in task_list:
+        b = next(model.batches(t.name, "test", 7, 7))
+        with torch.no_grad():
+            out = model([b])
+        assert float(obs.losses[t.name][:7].mean()) == pytest.approx(float(out.losses[t.name]), rel=1e-5)
+    assert obs.metrics() == evaluate_model(model, task_list, max_examples=10, batch_size=7)
+
+
+def test_observe_refuses_bad_arguments_and_restores_the_mode(task_list):
+    from pwlab.observe import observe
+    model = _model(task_list).train()
+    for kw, name in [({"n": 0}, "n"), ({"split": "val"}, "split"), ({"tasks": ["nope"]}, "task"),
+                     ({"batch_size": 0}, "batch_size"), ({"tasks": ["wine", "wine"]}, "tasks")]:
+        with pytest.raises(ValueError, match=name):
+            observe(model, **kw)
+    with pytest.raises(TypeError, match="model"):
+        observe("model")
+    obs = observe(model, ["wine"], n=5, joint=True)
+    assert model.training and obs.tasks == ("wine",) and obs.example_index.tolist() == list(range(5))
+    assert obs.predictions["wine"].shape == (5, 3) and obs.losses["wine"].shape == (5,)

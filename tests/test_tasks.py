@@ -47,6 +47,27 @@ def test_chance_by_hand():
     assert tasks.chance(reg) == pytest.approx(2 / 3)          # mean 2: ((1)^2 + 0 + 1^2) / 3
 
 
+def test_task_owns_its_loss_and_score_by_hand():
+    x = torch.zeros(2, 2)
+    clf = Task("c", "tabular", "classification", ("a", "b"), x, torch.tensor([0, 1]), x, torch.tensor([0, 1]),
+               "accuracy")
+    reg = Task("r", "tabular", "regression", (), x, torch.zeros(2), x, torch.zeros(2), "mse")
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    y = torch.tensor([1, 1])
+    # cross-entropy: -log(1/2) for the tie, -log(1/(1+e^2)) for the wrong confident guess
+    per = torch.tensor([math.log(2.0), math.log(1 + math.e ** 2)])
+    torch.testing.assert_close(clf.loss(logits, y, reduction="none"), per)
+    assert float(clf.loss(logits, y)) == pytest.approx(float(per.mean()))
+    assert float(clf.loss(logits, y, reduction="sum")) == pytest.approx(float(per.sum()))
+    # score: the arg-max class (ties go to the first) against the target
+    assert clf.score(logits, y).tolist() == [0.0, 0.0] and clf.score(logits, torch.tensor([0, 0])).tolist() == [1.0, 1.0]
+    pred, target = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0])
+    assert reg.loss(pred, target, reduction="none").tolist() == [1.0, 9.0] and float(reg.loss(pred, target)) == 5.0
+    assert reg.score(pred, target).tolist() == [1.0, 9.0]
+    with pytest.raises(ValueError, match="reduction"):
+        clf.loss(logits, y, reduction="avg")
+
+
 def test_describe_chance_matches_majority(suite):
     for rec in tasks.describe(["digits", "wine", "mmoe_a"]):
         t = suite[rec["name"]]

@@ -108,6 +108,33 @@ def test_sankey_links_are_token_shares_and_columns_sum_to_one():
     assert np.isclose(val[heads].sum(), 1.0)
 
 
+def test_sankey_draws_exact_flows_between_blocks_when_the_map_has_them():
+    # one task, two blocks of two experts; every token stays on its expert (diagonal flows)
+    counts = [[[2], [2]], [[2], [2]]]
+    flat = make_map(counts, ("digits",), ("image",))
+    flows = torch.tensor([[[2], [0]], [[0], [2]]]).view(1, 2, 2, 1)
+    mod = torch.zeros(1, 2, 2, len(MODALITIES), dtype=torch.long)
+    mod[..., MODALITIES.index("image")] = flows[..., 0]
+    exact = PathwayMap(flat.task_counts, flat.modality_counts, flat.blocks, flat.tasks, MODALITIES, flat.tokens,
+                       flows, mod)
+    ns, ne = 1, 2
+
+    def between(fig):
+        link = fig.data[0].link
+        src, dst, val = np.array(link.source), np.array(link.target), np.array(link.value)
+        out = np.zeros((ne, ne))
+        for a, b, v in zip(src, dst, val):
+            if ns <= a < ns + ne and ns + ne <= b < ns + 2 * ne:
+                out[a - ns, b - ns - ne] += v
+        return out
+
+    # exact: half the tokens 0 → 0, half 1 → 1, nothing crosses
+    for by in ("task", "modality"):
+        assert np.allclose(between(viz.pathway_sankey(exact, by, min_share=0.0)), [[0.5, 0.0], [0.0, 0.5]])
+    # counts alone: the independence guess spreads a quarter on each edge
+    assert np.allclose(between(viz.pathway_sankey(flat, min_share=0.0)), np.full((2, 2), 0.25))
+
+
 def test_sankey_highlight_greys_other_tasks_and_outlines_experts():
     fig = viz.pathway_sankey(TWO, highlight="wine", experts={3: [2]})
     link = fig.data[0].link

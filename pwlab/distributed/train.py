@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from pwlab import config, tasks
 from pwlab.distributed.trainer import DistributedTrainer
+from pwlab.history import StepRecord
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(steps, progress=rank == 0 and not args.no_progress)
         results = trainer.evaluate(record=False)
         if rank == 0:
-            losses = [r["loss"] for r in trainer.history if "loss" in r]
+            losses = [r.loss for r in trainer.history if isinstance(r, StepRecord)]
             print(json.dumps({"world_size": trainer.world_size, "preset": cfg.name, "steps": trainer.step_count,
                               "first_loss": losses[0] if losses else None,
                               "last_loss": losses[-1] if losses else None, "eval": results}), flush=True)

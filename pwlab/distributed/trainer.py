@@ -15,6 +15,7 @@ are global; ``aux/<name>`` is the mean over ranks), identical on every rank.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from pwlab.config import Config
 from pwlab.distributed.parallel import clip_grad_norm_, expert_parallel, shard_batches, sync_gradients
+from pwlab.history import Record, StepRecord
 from pwlab.train import NonFiniteGradientError, NonFiniteLossError, Trainer
 
 
@@ -47,7 +49,7 @@ class DistributedTrainer(Trainer):
         self.optimizer = self._make_optimizer()          # over the sharded parameters
         self.generator.manual_seed(self.config.train.seed + 1 + self.rank)
 
-    def _one_step(self) -> dict:
+    def _one_step(self) -> Record:
         tc = self.config.train
         snap = self._snapshot()               # the buffers a skipped step puts back
         t0 = time.perf_counter()
@@ -79,30 +81,25 @@ class DistributedTrainer(Trainer):
         self.optimizer.step()
         self.step_count += 1
         rec = self._record(out, mine, float(grad_norm), time.perf_counter() - t0)
-        self._globalise(rec, out, batches, share)
+        rec = self._globalise(rec, out, batches, share)
         self._commit(rec)
         return rec
 
-    def _globalise(self, rec: dict, out, batches, share: dict[str, float]) -> None:
-        """Replace the rank's loss fields by the step's (one all-reduce)."""
+    def _globalise(self, rec: StepRecord, out, batches, share: dict[str, float]) -> StepRecord:
+        """The record with the rank's loss fields replaced by the step's (one all-reduce)."""
         names = [b.task for b in batches]
-        aux_names = sorted(k[4:] for k in rec if k.startswith("aux/"))
+        aux_names = sorted(rec.aux)
         per_task = [share.get(t, 0.0) * float(out.losses[t].detach()) if t in out.losses else 0.0 for t in names]
         vec = torch.tensor(per_task + [float(out.aux_loss.detach()) / self.world_size]
-                           + [rec[f"aux/{a}"] / self.world_size for a in aux_names], dtype=torch.float64,
+                           + [rec.aux[a] / self.world_size for a in aux_names], dtype=torch.float64,
                            device=out.loss.device)
         dist.all_reduce(vec, group=self.group)
         vals = vec.tolist()
-        for k in [k for k in rec if k.startswith(("loss/", "n/"))]:
-            del rec[k]
         task_loss = sum(vals[:len(names)]) / len(names)
         aux_loss = vals[len(names)]
-        rec.update(loss=task_loss + aux_loss, task_loss=task_loss, aux_loss=aux_loss)
-        for t, v, b in zip(names, vals, batches):
-            rec[f"loss/{t}"] = v
-            rec[f"n/{t}"] = len(b.y)
-        for a, v in zip(aux_names, vals[len(names) + 1:]):
-            rec[f"aux/{a}"] = v
+        return dataclasses.replace(rec, loss=task_loss + aux_loss, task_loss=task_loss, aux_loss=aux_loss,
+                                   task_losses=dict(zip(names, vals)), examples={b.task: len(b.y) for b in batches},
+                                   aux={**rec.aux, **dict(zip(aux_names, vals[len(names) + 1:]))})
 
     def save(self, path) -> None:
         """Not supported: each rank holds only its experts (gather them with ``gather_experts``)."""

@@ -18,10 +18,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-import torch
-from torch.nn import functional as F
-
-from pwlab.tasks import batches
+from pwlab.observe import observe
 
 #: examples per task in validation-loss evaluations (fixed, so curves are comparable)
 VAL_EXAMPLES = 256
@@ -30,34 +27,18 @@ VAL_EXAMPLES = 256
 TRAIN = {"batch_size": 128, "lr": 5e-3}
 
 
-@torch.no_grad()
 def validation_loss(model, tasks: Sequence, max_examples: int | None = None, split: str = "test") -> float:
     """Mean over ``tasks`` of the task's mean loss (cross-entropy or MSE) on ``split``.
 
     Uses the first ``max_examples`` examples of each task's split, in eval mode (the mode
-    is restored; ``max_examples`` defaults to :data:`VAL_EXAMPLES`). Aux losses are not
-    included: this is the quality the papers compare.
+    is restored; ``max_examples`` defaults to :data:`VAL_EXAMPLES`), in one forward per task:
+    :meth:`~pwlab.observe.Observation.mean_losses` of one :func:`~pwlab.observe.observe` pass.
+    Aux losses are not included: this is the quality the papers compare.
     """
     max_examples = VAL_EXAMPLES if max_examples is None else max_examples
-    was_training = model.training
-    model.eval()
-    try:
-        per_task = []
-        for task in tasks:
-            total, seen = 0.0, 0
-            for b in batches(task, split=split, batch_size=max_examples, task_index=model.task_index[task.name]):
-                out = model([b])
-                pred, y = out.predictions[task.name], out.targets[task.name]
-                if task.kind == "regression":
-                    total += float(F.mse_loss(pred, y.to(pred.dtype), reduction="sum"))
-                else:
-                    total += float(F.cross_entropy(pred, y.long(), reduction="sum"))
-                seen += len(y)
-                break       # one batch of max_examples is the whole subset
-            per_task.append(total / max(seen, 1))
-        return sum(per_task) / len(per_task)
-    finally:
-        model.train(was_training)
+    names = [t.name for t in tasks]
+    per_task = observe(model, list(dict.fromkeys(names)), split=split, n=max_examples, batch_size=max_examples).mean_losses()
+    return sum(per_task[t] for t in names) / len(names)
 
 
 def train_curve(trainer, steps: int, eval_every: int,

@@ -96,14 +96,14 @@ def train_pair(model: nn.Module, task_a, task_b, steps: int, seed: int) -> float
     for _ in range(steps):
         idx = torch.randint(n, (BATCH,), generator=gen)
         pa, pb = model(xa[idx])
-        loss = F.mse_loss(pa, ya[idx]) + F.mse_loss(pb, yb[idx])
+        loss = task_a.loss(pa, ya[idx]) + task_b.loss(pb, yb[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
         pa, pb = model(task_a.x_test)
-        return 0.5 * (float(F.mse_loss(pa, task_a.y_test)) + float(F.mse_loss(pb, task_b.y_test)))
+        return 0.5 * (float(task_a.loss(pa, task_a.y_test)) + float(task_b.loss(pb, task_b.y_test)))
 
 
 def run(seed: int = 0, quick: bool = False) -> dict:

@@ -13,11 +13,12 @@ import functools
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import pwlab.tasks
 from pwlab import flops
 from pwlab.swat import SwatLinear, swatify
+from pwlab.tasks.base import loss as task_loss
+from pwlab.tasks.base import score as task_score
 
 VARIANTS = (("dense", "uniform", 0.0), ("SWAT-U", "uniform", 0.8), ("SWAT-U", "uniform", 0.9),
             ("SWAT-ERK", "erk", 0.9))
@@ -77,7 +78,7 @@ def run(task, variant: str, sparsity: float, seed: int, *, hidden: int, depth: i
             order, pos = torch.randperm(len(x_tr), generator=gen), 0
         idx = order[pos:pos + batch]
         pos += batch
-        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+        loss = task_loss("classification", model(x_tr[idx]), y_tr[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -87,7 +88,7 @@ def run(task, variant: str, sparsity: float, seed: int, *, hidden: int, depth: i
         h.remove()
     model.eval()
     with torch.no_grad():
-        acc = float((model(x_te).argmax(-1) == y_te).float().mean())
+        acc = float(task_score("classification", model(x_te), y_te).mean())       # the tasks' own accuracy
     mf = flops.model_flops(model, batch)
     swat = mf.total(swat_only=True)
     dense_same = sum((flops.linear_flops(batch, m.in_features, m.out_features) for m in swat_layers),

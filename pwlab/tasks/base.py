@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 SENSES = ("image", "audio", "text", "tabular")
 KINDS = ("classification", "regression")
 METRICS = ("accuracy", "mse")
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +56,42 @@ class Task:
     def out_dim(self) -> int:
         """Width of the task head: number of classes, or 1 for regression."""
         return len(self.classes) if self.kind == "classification" else 1
+
+    def loss(self, pred: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """The training loss of predictions ``pred`` against targets ``y`` (see :func:`loss`)."""
+        return loss(self.kind, pred, y, reduction)
+
+    def score(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Per-example score (B,) of the task's :attr:`metric`; its mean is the metric (see :func:`score`)."""
+        return score(self.kind, pred, y)
+
+
+def loss(kind: str, pred: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """The loss of a task of ``kind``: cross-entropy of logits ``pred (B, classes)``
+    (classification) or the squared error of ``pred (B,)`` (regression, MSE).
+
+    ``reduction``: ``"mean"`` (what training minimises), ``"sum"`` or ``"none"`` (one loss per
+    example, shape (B,)).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}; got {reduction!r}")
+    y = y.to(pred.device)
+    if kind == "regression":
+        return F.mse_loss(pred, y.to(pred.dtype), reduction=reduction)
+    return F.cross_entropy(pred, y.long(), reduction=reduction)
+
+
+def score(kind: str, pred: Tensor, y: Tensor) -> Tensor:
+    """Per-example score (B,) float of a task of ``kind``: 1.0 where the arg-max class is the
+    target, else 0.0 (accuracy), or the squared error (MSE)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    y = y.to(pred.device)
+    if kind == "regression":
+        return (pred - y.to(pred.dtype)) ** 2
+    return (pred.argmax(-1) == y).to(torch.float32)
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import get_colorscale, qualitative
 
+from pwlab.history import EvalRecord, StepRecord, from_dict
+
 #: one colour per expert (cycled past 20 experts); the same in every figure
 EXPERT_COLORS = tuple(qualitative.D3) + tuple(qualitative.Pastel)
 #: colours of the four senses, in the order of pwlab.senses.MODALITIES
@@ -118,18 +120,29 @@ def empty_figure(note: str, title: str | None = None, height: int = 300) -> go.F
                                              font=dict(size=14, color="grey"))]))
 
 
-def train_records(history: Sequence[dict] | None) -> list[dict]:
+def _records(history) -> list:
+    """Typed records of a history; flat-key dicts are rebuilt, anything else is left out."""
+    out = []
+    for r in history or ():
+        try:
+            out.append(from_dict(r))
+        except ValueError:
+            continue
+    return out
+
+
+def train_records(history: Sequence | None) -> list[StepRecord]:
     """The training records of a Trainer history (skipped steps and evaluations left out)."""
-    return [r for r in (history or ()) if "loss" in r and not r.get("eval") and not r.get("skipped")]
+    return [r for r in _records(history) if isinstance(r, StepRecord)]
 
 
-def eval_records(history: Sequence[dict] | None) -> list[dict]:
-    return [r for r in (history or ()) if r.get("eval")]
+def eval_records(history: Sequence | None) -> list[EvalRecord]:
+    return [r for r in _records(history) if isinstance(r, EvalRecord)]
 
 
-def block_keys(records: Sequence[dict], prefix: str) -> list[int]:
-    """MoE block indices that appear as ``<prefix>/<block>`` keys, sorted."""
-    return sorted({int(k.split("/", 1)[1]) for r in records for k in r if k.startswith(prefix + "/")})
+def moe_blocks(records: Sequence[StepRecord]) -> list[int]:
+    """MoE block indices with a recorded expert load, sorted."""
+    return sorted({b for r in records for b, s in r.blocks.items() if s.load is not None})
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:

@@ -35,6 +35,22 @@ def _counts(pmap, by: str) -> tuple[np.ndarray, list[str]]:
     return counts[:, :, used], [names[j] for j in used]
 
 
+def _flows(pmap, by: str, counts: np.ndarray) -> np.ndarray | None:
+    """(L-1, E, E, S) exact flows between consecutive blocks of the used sources, or None
+    when the map holds none (a map built from counts alone)."""
+    flows = getattr(pmap, "task_flows" if by == "task" else "modality_flows", None)
+    nb, ne, _ = counts.shape
+    if flows is None or nb < 2:                # one block: no links between blocks to draw
+        return None
+    flows = array(flows)
+    total = array(pmap.task_counts if by == "task" else pmap.modality_counts)
+    used = [j for j in range(total.shape[2]) if total[:, :, j].sum() > 0]
+    if flows.shape[:3] != (max(nb - 1, 0), ne, ne):
+        raise ValueError(f"pmap's {by}_flows must have shape (L-1, E, E, ·) = ({nb - 1}, {ne}, {ne}, ·), "
+                         f"got {flows.shape}")
+    return flows[..., used]
+
+
 def _source_colors(names: Sequence[str], by: str) -> list[str]:
     if by == "modality":
         return [SENSE_COLORS.get(n, "#7f7f7f") for n in names]
@@ -46,10 +62,12 @@ def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
                    experts: Mapping[int, Sequence[int]] | None = None, min_share: float = 0.005) -> go.Figure:
     """Task (or sense) → expert of each MoE block → head; link width = share of all tokens.
 
-    A map holds each block's marginal counts, not which expert of block l a token used
-    before block l+1, so the flow from expert i to expert j of the next block is drawn as
-    ``share(task) · p_l(i | task) · p_{l+1}(j | task)``: exact per block, independent
-    between blocks within a task. Links keep their task's colour, so each task's pathway can
+    A map from :func:`pwlab.pathways.pathway_map` holds the exact flows between consecutive
+    blocks (which expert of block l each token used before block l+1), and the link from
+    expert i to expert j of the next block is ``share(task) · f_l(i, j | task)``, the task's
+    fraction of token pairs that went that way. A map of per-block counts alone (no
+    ``task_flows``) falls back to ``share(task) · p_l(i | task) · p_{l+1}(j | task)``: exact per
+    block, independent between blocks within a task. Links keep their task's colour, so each task's pathway can
     be followed; ``highlight`` greys out the other tasks' links, ``experts`` (block → expert
     list, e.g. one example's route) outlines those expert nodes. Links under ``min_share``
     of all tokens are left out to keep the picture readable.
@@ -66,6 +84,14 @@ def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
     p = counts / np.maximum(totals[:, None, :], 1)                         # (L, E, S): p_l(e | s)
     w = totals[0] / max(totals[0].sum(), 1)                                # (S,) token share of each source
     colors = _source_colors(names, by)
+    flows = _flows(pmap, by, counts)
+    if flows is not None:                                                  # (L-1, E, E, S): f_l(i, j | s)
+        joint = flows / np.maximum(flows.sum((1, 2), keepdims=True), 1)
+
+    def between(li: int, i: int, j: int, s: int) -> float:
+        if flows is not None:
+            return w[s] * joint[li, i, j, s]
+        return w[s] * p[li, i, s] * p[li + 1, j, s]                        # independence between blocks
 
     # nodes: sources, then E per block, then one head per source
     labels = list(names) + [f"block {b} · expert {e}" for b in blocks for e in range(ne)]
@@ -99,7 +125,7 @@ def pathway_sankey(pmap, by: str = "task", *, highlight: str | None = None,
         for li in range(nb - 1):
             for i in range(ne):
                 for j in range(ne):
-                    link(node(li, i), node(li + 1, j), w[s] * p[li, i, s] * p[li + 1, j, s], s,
+                    link(node(li, i), node(li + 1, j), between(li, i, j, s), s,
                          f"expert {i} → expert {j} (blocks {blocks[li]}→{blocks[li + 1]})")
         for e in range(ne):
             link(node(nb - 1, e), ns + nb * ne + s, w[s] * p[nb - 1, e, s], s, f"expert {e} → head")

@@ -1,4 +1,5 @@
-"""Training figures from :class:`pwlab.train.Trainer` history records (keys: see :mod:`pwlab.train`).
+"""Training figures from :class:`pwlab.train.Trainer` history records (fields: see :mod:`pwlab.history`;
+lists of flat-key dicts, as checkpoints and callbacks hold them, are read too).
 
 ``task_curves``: per-task training loss and evaluation metrics; ``load_over_training``: the
 load of each expert and the dropped fraction of each MoE block over the steps. Long histories
@@ -13,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from pwlab.viz._common import (axis_key, block_keys, empty_figure, eval_records, expert_color, figure, grid, smooth,
+from pwlab.viz._common import (axis_key, empty_figure, eval_records, expert_color, figure, grid, moe_blocks, smooth,
                                train_records)
 
 _TASK_COLORS = qualitative.Set2 + qualitative.Dark2
@@ -30,26 +31,25 @@ def _thin(x: Sequence[float], y: np.ndarray, max_points: int) -> tuple[list, np.
     return xs, ys
 
 
-def task_curves(history: Sequence[dict] | None, *, smooth_window: int = 10, max_points: int = 300) -> go.Figure:
+def task_curves(history: Sequence | None, *, smooth_window: int = 10, max_points: int = 300) -> go.Figure:
     """Training loss per task (moving average over ``smooth_window`` of its steps), and the
     evaluation metrics (accuracy or MSE per task) when the history has evaluations."""
     train, evals = train_records(history), eval_records(history)
     if not train and not evals:
         return empty_figure("no training steps yet: press Step or Play", "Training curves")
-    tasks = sorted({k[5:] for r in train for k in r if k.startswith("loss/")})
-    metrics = sorted({k for r in evals for k in r if k.startswith(("acc/", "mse/"))})
+    tasks = sorted({t for r in train for t in r.task_losses})
+    metrics = sorted({(r.metric_key(t), t) for r in evals for t in r.metrics})
     cols = 2 if metrics else 1
     layout, axes = grid(1, cols, hspace=0.12,
                         titles=["training loss per task"] + (["evaluation"] if metrics else []))
     data = []
     for i, t in enumerate(tasks):
-        pts = [(r["step"], r[f"loss/{t}"]) for r in train if f"loss/{t}" in r]
+        pts = [(r.step, r.task_losses[t]) for r in train if t in r.task_losses]
         xs, ys = _thin([p[0] for p in pts], np.asarray(smooth([p[1] for p in pts], smooth_window)), max_points)
         data.append(dict(type="scatter", x=xs, y=np.round(ys, 5).tolist(), name=t, mode="lines", legendgroup=t,
                          line=dict(color=_TASK_COLORS[i % len(_TASK_COLORS)]), xaxis="x", yaxis="y"))
-    for j, k in enumerate(metrics):
-        pts = [(r["step"], r[k]) for r in evals if k in r]
-        t = k.split("/", 1)[1]
+    for j, (k, t) in enumerate(metrics):
+        pts = [(r.step, r.metrics[t]) for r in evals if t in r.metrics and r.metric_key(t) == k]
         i = tasks.index(t) if t in tasks else len(tasks) + j
         xa, ya = axes[0][1]
         data.append(dict(type="scatter", x=[p[0] for p in pts], y=[round(p[1], 5) for p in pts], name=k,
@@ -62,7 +62,7 @@ def task_curves(history: Sequence[dict] | None, *, smooth_window: int = 10, max_
     return figure(data, layout)
 
 
-def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300) -> go.Figure:
+def load_over_training(history: Sequence | None, *, max_points: int = 300) -> go.Figure:
     """Per MoE block: each expert's share of the kept assignments (lines) and the fraction of
     assignments dropped by capacity (dashed black) over the training steps.
 
@@ -70,7 +70,7 @@ def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300)
     (eq. 4) pushes the load there, capacity drops what exceeds C slots.
     """
     train = train_records(history)
-    blocks = block_keys(train, "load")
+    blocks = moe_blocks(train)
     if not blocks:
         note = "no training steps yet" if not train else "dense model: no expert load to show"
         return empty_figure(note, "Load per expert and dropped fraction")
@@ -78,11 +78,11 @@ def load_over_training(history: Sequence[dict] | None, *, max_points: int = 300)
     data, shapes = [], []
     for li, b in enumerate(blocks):
         xa, ya = axes[li][0]
-        recs = [r for r in train if f"load/{b}" in r]
-        steps = [r["step"] for r in recs]
-        ne = max(len(r[f"load/{b}"]) for r in recs)
-        load = np.array([list(r[f"load/{b}"]) + [0.0] * (ne - len(r[f"load/{b}"])) for r in recs])   # (steps, E)
-        dropped = np.array([r.get(f"dropped/{b}", 0.0) for r in recs])
+        stats = [(r.step, r.blocks[b]) for r in train if b in r.blocks and r.blocks[b].load is not None]
+        steps = [step for step, _ in stats]
+        ne = max(len(s.load) for _, s in stats)
+        load = np.array([list(s.load) + [0.0] * (ne - len(s.load)) for _, s in stats])   # (steps, E)
+        dropped = np.array([s.dropped or 0.0 for _, s in stats])
         xs, ys = _thin(steps, np.concatenate([load, dropped[:, None]], 1), max_points)
         for e in range(ne):
             data.append(dict(type="scatter", x=xs, y=np.round(ys[:, e], 4).tolist(), mode="lines", name=f"expert {e}",

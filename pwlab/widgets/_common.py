@@ -5,15 +5,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 import pwlab.tasks as T
 from pwlab._checks import positive_int
 from pwlab.config import Config, preset
+from pwlab.observe import observe
 from pwlab.pathways import PathwayMap, route_example
-from pwlab.senses import MODALITIES
 from pwlab.tasks.text import VOCAB as TEXT_VOCAB
-from pwlab.tasks.base import TaskBatch
 from pwlab.train import Trainer
 
 #: one task per sense: the default of every app
@@ -137,29 +134,9 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 def live_pathway_map(model, n: int):
     """The pathway map of the first ``n`` test examples of each task of ``model``, in one forward pass.
 
-    :func:`pwlab.pathways.pathway_map` runs one forward per task; one pass over all tasks
-    halves the cost of a live refresh. The counts are the same under token-choice routing
-    without capacity; with capacity or expert choice the tasks' tokens compete for slots
-    together, as they do in a training step.
+    :func:`pwlab.pathways.pathway_map` runs one forward per task; one joint
+    :func:`pwlab.observe.observe` pass over all tasks halves the cost of a live refresh. The
+    counts are the same under token-choice routing without capacity; with capacity or expert
+    choice the tasks' tokens compete for slots together, as they do in a training step.
     """
-    batches = [TaskBatch(task=t.name, task_index=model.task_index[t.name], sense=t.sense, x=t.x_test[:n],
-                         y=t.y_test[:n]) for t in model.tasks]
-    blocks = tuple(model.moe_blocks())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(batches)
-    finally:
-        model.train(was_training)
-    e = max(m.num_experts for m in model.moe_blocks().values())
-    k, m = len(model.task_names), len(MODALITIES)
-    task_counts = torch.zeros(len(blocks), e, k, dtype=torch.long)
-    mod_counts = torch.zeros(len(blocks), e, m, dtype=torch.long)
-    for li, b in enumerate(blocks):
-        r = out.moe_stats[b].routing
-        ex, tok = r.expert.cpu(), r.token.cpu()
-        task_counts[li] = torch.bincount(ex * k + out.token_task.cpu()[tok], minlength=e * k).view(e, k)
-        mod_counts[li] = torch.bincount(ex * m + out.token_modality.cpu()[tok], minlength=e * m).view(e, m)
-    tokens = torch.bincount(out.token_task.cpu(), minlength=k)
-    return PathwayMap(task_counts, mod_counts, blocks, tuple(model.task_names), MODALITIES, tokens)
+    return PathwayMap.from_observation(observe(model, n=n, batch_size=n, joint=True))
