@@ -29,6 +29,7 @@ from pwlab.widgets import (AllToAllExplorer, CapacityExplorer, CostExplorer, Exp
                            RoutingPlayground, SwatExplorer, trained_trainer)
 from pwlab.widgets.capacity import LOAD_BALANCING_WEIGHTS
 from pwlab.commands import _args
+from pwlab.history import StepRecord
 
 
 def _timed(set_value, values) -> list[float]:
@@ -89,12 +90,12 @@ def playground_rate(preset: str, seed: int, seconds: float, refresh_s: float, ba
     elapsed = time.perf_counter() - t0
     pg.clock.mark()
     steps = pg.trainer.step_count - start_steps
-    recs = [r for r in pg.trainer.history[-steps:] if "time_s" in r]
+    recs = [r for r in pg.trainer.history[-steps:] if isinstance(r, StepRecord)]
     draws = pg.clock.times[start_draws:]
     return {"metric": "steps_per_s", "value": round(steps / elapsed, 2), "preset": preset, "refresh_s": refresh_s,
             "max_refresh_interval_s": round(max(b - a for a, b in zip(draws, draws[1:])), 3),
             "refreshes": len(draws) - 2, "steps": steps, "seconds": round(elapsed, 2),
-            "training_only_steps_per_s": round(len(recs) / sum(r["time_s"] for r in recs), 2),
+            "training_only_steps_per_s": round(len(recs) / sum(r.time_s for r in recs), 2),
             "batch_size": pg.trainer.config.train.batch_size, "tasks": [t.name for t in pg.tasks]}
 
 

@@ -24,6 +24,7 @@ import ipywidgets as W
 from pwlab import viz
 from pwlab._checks import positive_int
 from pwlab.config import PRESETS, preset
+from pwlab.history import StepRecord
 from pwlab.routing import ROUTERS
 from pwlab.train import Trainer
 from pwlab.widgets._common import live_pathway_map, model_args
@@ -266,8 +267,8 @@ class RoutingPlayground(PlayLoop):
         return live_pathway_map(self.trainer.model, self.pathway_examples)
 
     def _update_status(self) -> None:
-        h = [r for r in self.trainer.history if "loss" in r][-20:]
-        rate = len(h) / sum(r["time_s"] for r in h) if h else 0.0
+        h = [r for r in self.trainer.history if isinstance(r, StepRecord)][-20:]
+        rate = len(h) / sum(r.time_s for r in h) if h else 0.0
         state = "playing" if self.playing else "paused"
         loss = f"loss {h[-1]['loss']:.3f}" if h else "not trained yet"
         self.status.value = (f"<b>step {self.trainer.step_count}</b> · {loss} · {state} · "

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from pwlab import viz
 from pwlab._checks import positive_int
+from pwlab.history import StepRecord
 from pwlab.train import Trainer
 from pwlab.viz._common import figure
 from pwlab.widgets._common import live_pathway_map, model_args
@@ -121,8 +122,8 @@ class SenseRoutingLive(PlayLoop):
         self._update_status()
 
     def _update_status(self) -> None:
-        h = [r for r in self.trainer.history if "loss" in r]
-        loss = f"loss {h[-1]['loss']:.3f}" if h else "untrained"
+        h = [r for r in self.trainer.history if isinstance(r, StepRecord)]
+        loss = f"loss {h[-1].loss:.3f}" if h else "untrained"
         mi = ", ".join(f"block {b} {v:.2f}" for b, v in zip(self.trainer.model.moe_blocks(), self.mi[-1][1])) \
             if self.mi else ""
         state = "playing" if self.playing else "paused"
