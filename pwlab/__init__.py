@@ -32,7 +32,7 @@ from pwlab.pathways import (ExampleRouting, PathwayMap, disable_experts, extract
                             pathway_map, route_example, top_pathway)
 from pwlab.routing import (ROUTERS, ExpertChoice, GShardTop2, HashRouter, LinearGate, NoisyTopK, Router, Routing,
                            Switch, TaskRouter, TopK, make_router, register_router, token_choice)
-from pwlab.senses import MODALITIES, Senses, Tokens
+from pwlab.senses import SENSES, Senses, Tokens
 from pwlab.soft_moe import SoftMoE
 from pwlab.swat import SwatConv2d, SwatExpertBank, SwatLinear, swatify
 from pwlab.tasks import MultiTaskSampler, Task, TaskBatch
@@ -48,7 +48,7 @@ __all__ = [
     # SWAT and FLOPs
     "SwatLinear", "SwatConv2d", "SwatExpertBank", "swatify", "flops",
     # tasks and senses
-    "tasks", "Task", "TaskBatch", "MultiTaskSampler", "senses", "Senses", "Tokens", "MODALITIES",
+    "tasks", "Task", "TaskBatch", "MultiTaskSampler", "senses", "Senses", "Tokens", "SENSES",
     # one model, many tasks
     "Config", "ModelConfig", "TrainConfig", "PRESETS", "preset", "tiny", "small", "dense_baseline",
     "PathwaysModel", "ModelOutput", "Trainer", "NonFiniteLossError",

@@ -13,7 +13,7 @@ check_expert_shares         counts (E, K) → each task's shares      00_welcome
 check_mixing_probabilities  task sizes → sampling probabilities     04_multitask
 check_mmoe_gate             one task's gate over shared experts     04_multitask
 check_token_count           tokens T an encoder makes per input     05_senses
-check_modality_mi           I(E; modality) in bits from counts      05_senses
+check_sense_mi           I(E; sense) in bits from counts      05_senses
 check_top_pathway           a task's top-k experts in one block     06_pathways
 check_expert_fraction       expert parameters a subnetwork keeps    06_pathways
 ==========================  ======================================  ===============
@@ -31,7 +31,7 @@ from pwlab.senses import AudioEncoder, ImageEncoder, TabularEncoder, TextEncoder
 from pwlab.tasks import mixing_probabilities
 
 __all__ = ["check_expert_shares", "check_mixing_probabilities", "check_mmoe_gate", "check_token_count",
-           "check_modality_mi", "check_top_pathway", "check_expert_fraction"]
+           "check_sense_mi", "check_top_pathway", "check_expert_fraction"]
 
 
 def _tensor(name: str, value, shape: tuple[int, ...], case: str) -> torch.Tensor:
@@ -185,13 +185,13 @@ def check_token_count(num_tokens) -> Passed:
     return Passed("num_tokens matches the four encoders' masks (image patches, STFT frames, characters, features)")
 
 
-def check_modality_mi(mutual_information_bits) -> Passed:
+def check_sense_mi(mutual_information_bits) -> Passed:
     """``mutual_information_bits(counts (E, M)) -> float``: I(E; M) = H(E) − H(E|M) in bits from
-    a table of assignment counts (rows: experts, columns: modalities)."""
-    cases = {"one expert per modality, [[5, 0], [0, 5]]": torch.tensor([[5, 0], [0, 5]]),
-             "every modality spread alike, [[2, 4], [2, 4]]": torch.tensor([[2, 4], [2, 4]]),
-             "random counts (8 experts, 4 modalities)": _count_table(3, 8, 4),
-             "random counts (4 experts, 3 modalities, unequal sizes)": _count_table(4, 4, 3) * torch.tensor([1, 5, 2])}
+    a table of assignment counts (rows: experts, columns: senses)."""
+    cases = {"one expert per sense, [[5, 0], [0, 5]]": torch.tensor([[5, 0], [0, 5]]),
+             "every sense spread alike, [[2, 4], [2, 4]]": torch.tensor([[2, 4], [2, 4]]),
+             "random counts (8 experts, 4 senses)": _count_table(3, 8, 4),
+             "random counts (4 experts, 3 senses, unequal sizes)": _count_table(4, 4, 3) * torch.tensor([1, 5, 2])}
     for case, counts in cases.items():
         want = mutual_information(counts)
         got = _number("mutual_information_bits", mutual_information_bits(counts.clone()))
@@ -201,11 +201,11 @@ def check_modality_mi(mutual_information_bits) -> Passed:
         h_cond_unweighted = sum(entropy(c[:, m]) for m in range(c.shape[1])) / c.shape[1]
         _diagnose(got, want, {
             "use log base 2 (torch.log2): we count in bits, not nats.": want * math.log(2),
-            "H(E|M) weighs each modality's entropy by p(m), its share of all assignments, "
+            "H(E|M) weighs each sense's entropy by p(m), its share of all assignments, "
             "not equally.": entropy(c.sum(1)) - h_cond_unweighted,
             "I(E;M) = H(E) − H(E|M): you returned H(E) alone.": entropy(c.sum(1)),
             "I(E;M) = H(E) − H(E|M), not the other way round.": -want,
-            "H(E) is the entropy of the experts' totals (sum over modalities, dim=1), not of the modalities'.":
+            "H(E) is the entropy of the experts' totals (sum over senses, dim=1), not of the senses'.":
                 entropy(c.sum(0)) - (entropy(c.sum(1)) - want),
         }, case)
     return Passed("mutual_information_bits matches pwlab.pathways.mutual_information (0 when alike, 1 bit for 2 disjoint)")

@@ -1,7 +1,7 @@
 """Auxiliary losses of sparse routing, as pure functions of router outputs.
 
 All return unweighted scalars; the MoE layer multiplies them by its ``aux_weights``.
-Index legend: N tokens, E experts, A assignments, G groups (e.g. modalities).
+Index legend: N tokens, E experts, A assignments, G groups (e.g. senses).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def group_entropies(probs: Tensor, groups: Tensor, num_groups: int | None = None
                     check_finite: bool = True) -> tuple[Tensor, Tensor]:
     """LIMoE's per-group entropies (Mustafa et al. 2022, §3.1).
 
-    For each group m (a modality) with tokens x ∈ m:
+    For each group m (a sense) with tokens x ∈ m:
         local_m  = mean_x H(p(x))          — want small: each token's routing sharp;
         global_m = H(mean_x p(x))          — want large: the group uses many experts.
 

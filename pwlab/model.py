@@ -9,7 +9,7 @@ Index legend: B examples (all tasks of the step), T tokens per example, D d_mode
 N real (unpadded) tokens, E experts, L blocks.
 
 Observation is explicit: :class:`ModelOutput` holds each MoE block's :class:`~pwlab.moe.MoEStats`
-and the task and modality of every routed token (``Routing.token`` indexes them), so the
+and the task and sense of every routed token (``Routing.token`` indexes them), so the
 pathway maps are counted from the output, with no hooks.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pwlab.config import ModelConfig
 from pwlab.experts import ACTIVATIONS
 from pwlab.moe import MoE, MoEStats
 from pwlab.routing import make_router
-from pwlab.senses import MODALITIES, Senses, Tokens, pad_cat
+from pwlab.senses import SENSES, Senses, Tokens, pad_cat
 from pwlab.tasks import batches as task_batches
 
 #: first task-token id when the sense encoders do not say how many ids they use
@@ -47,7 +47,7 @@ class ModelOutput:
         moe_stats: one entry per block: its :class:`MoEStats`, or None for a dense block.
         token_task: (N,) task index (position in ``model.task_names``) of each real token,
             in the order the MoE layers route them (``Routing.token`` indexes this).
-        token_modality: (N,) index into :data:`pwlab.senses.base.MODALITIES`.
+        token_sense: (N,) index into :data:`pwlab.senses.base.SENSES`.
         token_row: (N,) row of the token's example in the concatenated batch.
         token_pos: (N,) position of the token in its example (0 is the task token).
         rows: task name → (start, stop) rows of its examples in the concatenated batch.
@@ -63,7 +63,7 @@ class ModelOutput:
     loss: Tensor
     moe_stats: tuple[MoEStats | None, ...]
     token_task: Tensor
-    token_modality: Tensor
+    token_sense: Tensor
     token_row: Tensor
     token_pos: Tensor
     rows: dict[str, tuple[int, int]]
@@ -131,7 +131,7 @@ def make_moe(cfg: ModelConfig, num_tasks: int, num_experts: int | None = None) -
     router = make_router(cfg.router, **cfg.router_arguments(num_tasks))
     return MoE(cfg.d_model, cfg.d_hidden, num_experts or cfg.num_experts, router,
                capacity_factor=cfg.capacity_factor, aux_weights=cfg.aux_weights,
-               activation=cfg.activation if cfg.expert == "ffn" else None, num_groups=len(MODALITIES),
+               activation=cfg.activation if cfg.expert == "ffn" else None, num_groups=len(SENSES),
                expert=cfg.expert)
 
 
@@ -184,7 +184,7 @@ class PathwaysModel(nn.Module):
     def encode(self, batches: Sequence) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict]:
         """Encode each task's batch, prepend its task token, pad to a common T and concatenate.
 
-        Returns x (B, T, D), mask (B, T) bool, task ids (B, T), token ids (B, T), modality ids
+        Returns x (B, T, D), mask (B, T) bool, task ids (B, T), token ids (B, T), sense ids
         (B, T) and each task's (start, stop) rows.
         """
         dev = self.task_tokens.device
@@ -203,25 +203,25 @@ class PathwaysModel(nn.Module):
                 tok = Tokens(tokens=torch.cat([self.task_tokens[t].expand(n, 1, -1), tok.tokens], dim=1),
                              mask=torch.cat([tok.mask.new_ones(n, 1), tok.mask.bool()], dim=1),
                              token_ids=torch.cat([tok.token_ids.new_full((n, 1), first_id + t), tok.token_ids], dim=1),
-                             modality=tok.modality)
+                             sense=tok.sense)
             parts.append(tok)
             tasks.append(torch.full((n,), t, dtype=torch.long, device=dev))
             rows[b.task] = (start, start + n)
             start += n
-        x, mask, ids, modality = pad_cat(parts)
+        x, mask, ids, sense = pad_cat(parts)
         width = x.shape[1]
         task = torch.cat(tasks)[:, None].expand(-1, width)
         ids = ids.clamp_min(0)        # padding is never routed; keep ids valid for hashing anyway
-        return x, mask.bool(), task, ids, modality[:, None].expand(-1, width), rows
+        return x, mask.bool(), task, ids, sense[:, None].expand(-1, width), rows
 
     def forward(self, batches: Sequence, *, generator: torch.Generator | None = None) -> ModelOutput:
         """Run one multi-task step: ``batches`` is a list of TaskBatch (one per task present)."""
         if not batches:
             raise ValueError("batches must hold at least one TaskBatch")
-        x, mask, task, ids, modality, rows = self.encode(batches)
+        x, mask, task, ids, sense, rows = self.encode(batches)
         stats = []
         for block in self.blocks:
-            x, s = block(x, mask, task=task, token_ids=ids, groups=modality, generator=generator)
+            x, s = block(x, mask, task=task, token_ids=ids, groups=sense, generator=generator)
             stats.append(s)
         x = self.norm(x)
         predictions, targets, losses = {}, {}, {}
@@ -244,7 +244,7 @@ class PathwaysModel(nn.Module):
         rowpos = torch.nonzero(mask)                                              # (N, 2) in routing order
         return ModelOutput(predictions=predictions, targets=targets, losses=losses, task_loss=task_loss,
                            aux_loss=aux, loss=task_loss + aux, moe_stats=tuple(stats),
-                           token_task=task[mask], token_modality=modality[mask],
+                           token_task=task[mask], token_sense=sense[mask],
                            token_row=rowpos[:, 0], token_pos=rowpos[:, 1], rows=rows, token_ids=ids[mask])
 
     def batches(self, task: str, split: str = "test", max_examples: int | None = None,

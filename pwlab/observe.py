@@ -29,9 +29,9 @@ from torch import Tensor
 
 from pwlab import _checks
 from pwlab.model import PathwaysModel, eval_mode
-from pwlab.senses import MODALITIES
+from pwlab.senses import SENSES
 
-BY = ("task", "modality")
+BY = ("task", "sense")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +61,7 @@ class Observation:
         scores: task name → (n_t,) float, each example's score (``Task.score``: 1/0 correct,
             or the squared error); the task's metric is their mean.
         token_example: (N,) long, the example (index into B) of each real token.
-        token_task: (N,) long task id; token_modality: (N,) long index into ``MODALITIES``.
+        token_task: (N,) long task id; token_sense: (N,) long index into ``SENSES``.
         token_pos: (N,) long position in its example (0 is the task token when there is one).
         token_ids: (N,) long token ids.
         routes: one :class:`Route` per MoE block.
@@ -79,7 +79,7 @@ class Observation:
     scores: dict[str, Tensor]
     token_example: Tensor
     token_task: Tensor
-    token_modality: Tensor
+    token_sense: Tensor
     token_pos: Tensor
     token_ids: Tensor
     routes: tuple[Route, ...]
@@ -106,7 +106,7 @@ class Observation:
     def _groups(self, by: str) -> tuple[Tensor, int]:
         if by not in BY:
             raise ValueError(f"by must be one of {', '.join(map(repr, BY))}; got {by!r}")
-        return (self.token_task, len(self.task_names)) if by == "task" else (self.token_modality, len(MODALITIES))
+        return (self.token_task, len(self.task_names)) if by == "task" else (self.token_sense, len(SENSES))
 
     def tokens_per_task(self) -> Tensor:
         """(K,) long: real tokens observed per task."""
@@ -241,7 +241,7 @@ def observe_batches(model: PathwaysModel, steps: Iterable[Sequence], *, split: s
             # rows of this forward follow the batches' order, so a token's example is offset + row
             tok_ex.append(out.token_row.cpu() + n_examples)
             tok_task.append(out.token_task.cpu())
-            tok_mod.append(out.token_modality.cpu())
+            tok_mod.append(out.token_sense.cpu())
             tok_pos.append(out.token_pos.cpu())
             tok_ids.append(out.token_ids.cpu())
             for li, blk in enumerate(blocks):
@@ -261,7 +261,7 @@ def observe_batches(model: PathwaysModel, steps: Iterable[Sequence], *, split: s
         task_names=tuple(model.task_names), split=split, blocks=blocks, num_experts=e,
         example_task=cat(ex_task), example_index=cat(ex_index),
         predictions=per_task(preds), targets=per_task(targets), losses=per_task(losses), scores=per_task(scores),
-        token_example=cat(tok_ex), token_task=cat(tok_task), token_modality=cat(tok_mod),
+        token_example=cat(tok_ex), token_task=cat(tok_task), token_sense=cat(tok_mod),
         token_pos=cat(tok_pos), token_ids=cat(tok_ids),
         routes=tuple(Route(cat([a for a, _, _ in rs]), cat([b for _, b, _ in rs]),
                            cat([c for _, _, c in rs], torch.float32)) for rs in routes))

@@ -1,14 +1,14 @@
 """Pathway maps: which experts each task and each sense uses, and what they are worth.
 
 A pathway map counts kept token→expert assignments per MoE block, per expert, per task and
-per modality, and the exact flows of tokens between consecutive blocks, all reduced from one
+per sense, and the exact flows of tokens between consecutive blocks, all reduced from one
 :func:`pwlab.observe.observe` pass (each token's route through every block), so nothing is
 hooked. From the counts:
 
 - mutual information ``I(E;T) = H(E) − H(E|T)`` in bits between the expert an assignment
-  goes to and its task (or modality): 0 when every task spreads over the experts alike,
+  goes to and its task (or sense): 0 when every task spreads over the experts alike,
   ``log2(#tasks)`` at most when each task owns its experts (Mod-Squad maximises it; LIMoE
-  reports the modality version as "modality-specific experts");
+  reports the sense version as "modality-specific experts");
 - the routing entropy ``H(E|T=t)`` of each task's expert distribution;
 - each task's top pathway (its most used experts per block).
 
@@ -17,7 +17,7 @@ Then experiments: :func:`disable_experts` (ablation: the chosen experts output n
 task-level MoE serving, Kudugunta et al. 2021) and :func:`route_example` (where each token of
 one example went).
 
-Index legend: L MoE blocks, E experts, K tasks, M modalities, T tokens of one example.
+Index legend: L MoE blocks, E experts, K tasks, M senses, T tokens of one example.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from torch import Tensor
 from pwlab import _checks
 from pwlab.model import PathwaysModel, make_moe
 from pwlab.observe import Observation, observe, observe_batches
-from pwlab.senses import MODALITIES
+from pwlab.senses import SENSES
 from pwlab.tasks.base import TaskBatch
 
 
@@ -41,39 +41,39 @@ class PathwayMap:
 
     Attributes:
         task_counts: (L, E, K) long, kept assignments per MoE block, expert and task.
-        modality_counts: (L, E, M) long, the same per modality.
+        sense_counts: (L, E, M) long, the same per sense.
         blocks: the trunk index of each of the L MoE blocks.
-        tasks: the K task names; modalities: the M modality names.
+        tasks: the K task names; senses: the M sense names.
         tokens: (K,) long, routed tokens per task (an assignment count for each is at most k×).
         task_flows: (L-1, E, E, K) long or None: ``[l, i, j, k]`` counts the tokens of task k on
             expert i of block l and expert j of block l+1 (exact joint counts, see
             :meth:`pwlab.observe.Observation.flows`); None for a map built from counts alone.
-        modality_flows: (L-1, E, E, M) long or None, the same per modality.
+        sense_flows: (L-1, E, E, M) long or None, the same per sense.
     """
 
     task_counts: Tensor
-    modality_counts: Tensor
+    sense_counts: Tensor
     blocks: tuple[int, ...]
     tasks: tuple[str, ...]
-    modalities: tuple[str, ...]
+    senses: tuple[str, ...]
     tokens: Tensor
     task_flows: Tensor | None = None
-    modality_flows: Tensor | None = None
+    sense_flows: Tensor | None = None
 
     @classmethod
     def from_observation(cls, obs: Observation) -> "PathwayMap":
         """The map of an :class:`~pwlab.observe.Observation`: its counts and flows by task and by sense."""
-        return cls(obs.counts("task"), obs.counts("modality"), obs.blocks, obs.task_names, MODALITIES,
-                   obs.tokens_per_task(), obs.flows("task"), obs.flows("modality"))
+        return cls(obs.counts("task"), obs.counts("sense"), obs.blocks, obs.task_names, SENSES,
+                   obs.tokens_per_task(), obs.flows("task"), obs.flows("sense"))
 
     def share(self, by: str = "task") -> Tensor:
-        """(L, E, K or M) float: each task's (modality's) assignments as fractions over experts."""
-        c = (self.task_counts if by == "task" else self.modality_counts).double()
+        """(L, E, K or M) float: each task's (sense's) assignments as fractions over experts."""
+        c = (self.task_counts if by == "task" else self.sense_counts).double()
         return (c / c.sum(1, keepdim=True).clamp_min(1)).float()
 
     def mutual_information(self, by: str = "task") -> list[float]:
-        """I(E;T) in bits per MoE block (``by="modality"``: I(E;M))."""
-        c = self.task_counts if by == "task" else self.modality_counts
+        """I(E;T) in bits per MoE block (``by="sense"``: I(E;M))."""
+        c = self.task_counts if by == "task" else self.sense_counts
         return [mutual_information(c[i]) for i in range(c.shape[0])]
 
     def entropy(self, task: str) -> list[float]:
@@ -215,7 +215,7 @@ class ExampleRouting:
     """Where each token of one example went.
 
     Attributes:
-        task: task name; index: the example's index in the split; modality: its sense.
+        task: task name; index: the example's index in the split; sense: its sense.
         token_ids: (T,) the tokens' ids (position 0 is the task token when the model has one).
         weights: (L, T, E) combine weight of each expert for each token (0: not routed there).
         blocks: trunk index of each MoE block.
@@ -224,7 +224,7 @@ class ExampleRouting:
 
     task: str
     index: int
-    modality: str
+    sense: str
     token_ids: Tensor
     weights: Tensor
     blocks: tuple[int, ...]
@@ -246,7 +246,7 @@ def route_example(model: PathwaysModel, task: str, index: int = 0, split: str = 
     b = TaskBatch(task=task, task_index=model.task_index[task], sense=t.sense, x=x[index:index + 1], y=y[index:index + 1])
     obs = observe_batches(model, [[b]], split=split, tasks=[task], start={task: index})
     ids, weights = obs.example_weights(0)
-    return ExampleRouting(task=task, index=index, modality=t.sense, token_ids=ids, weights=weights,
+    return ExampleRouting(task=task, index=index, sense=t.sense, token_ids=ids, weights=weights,
                           blocks=obs.blocks, prediction=obs.predictions[task][0], target=y[index])
 
 

@@ -125,7 +125,7 @@ def test_token_count_rejects(wrong, hint):
     rejects(ex.check_token_count, wrong, hint)
 
 
-# -- modality mutual information (05) --------------------------------------------------------
+# -- sense mutual information (05) --------------------------------------------------------
 def _h(p):
     p = p[p > 0]
     return float(-(p * torch.log2(p)).sum())
@@ -139,8 +139,8 @@ def _mi(counts):
     return h_e - h_e_m
 
 
-def test_modality_mi_accepts_formula_and_hand_cases():
-    assert isinstance(ex.check_modality_mi(_mi), Passed)
+def test_sense_mi_accepts_formula_and_hand_cases():
+    assert isinstance(ex.check_sense_mi(_mi), Passed)
     assert _mi(torch.tensor([[5, 0], [0, 5]])) == pytest.approx(1.0)     # two disjoint senses: 1 bit
     assert _mi(torch.tensor([[2, 4], [2, 4]])) == pytest.approx(0.0)     # identical spreads: 0 bits
 
@@ -157,8 +157,8 @@ def _mi_unweighted(counts):
     (lambda c: -_mi(c), "other way round"),
     (lambda c: [0.0], "should return a number"),
 ])
-def test_modality_mi_rejects(wrong, hint):
-    rejects(ex.check_modality_mi, wrong, hint)
+def test_sense_mi_rejects(wrong, hint):
+    rejects(ex.check_sense_mi, wrong, hint)
 
 
 # -- top pathway (06) -----------------------------------------------------------------------

@@ -38,11 +38,11 @@ def test_forward_returns_predictions_losses_and_stats_per_block(task_list):
     assert out.predictions["mmoe_a"].shape == (5,)
     assert set(out.losses) == set(NAMES)
     assert [s is None for s in out.moe_stats] == [True, False, True]
-    # routing indexes the real tokens, whose task/modality ids the output carries
+    # routing indexes the real tokens, whose task/sense ids the output carries
     r = out.moe_stats[1].routing
     n = out.token_task.shape[0]
     assert int(r.token.max()) < n and r.probs.shape[0] == n
-    assert out.token_modality.shape == (n,) and out.token_row.shape == (n,)
+    assert out.token_sense.shape == (n,) and out.token_row.shape == (n,)
     # every example starts with its task token (position 0, the task's id)
     first = out.token_pos == 0
     assert int(first.sum()) == 5 * len(NAMES)

@@ -11,7 +11,7 @@ import pwlab.tasks as tasks
 from pwlab import pathways as P
 from pwlab.config import ModelConfig
 from pwlab.model import PathwaysModel
-from pwlab.senses import MODALITIES
+from pwlab.senses import SENSES
 from pwlab.tasks.base import TaskBatch
 from pwlab.train import evaluate_model
 
@@ -67,18 +67,18 @@ def test_entropy():
 def test_pathway_map_counts_every_kept_assignment(task_list):
     model = _model(task_list)
     pmap = P.pathway_map(model, task_list, max_examples=30)
-    assert pmap.task_counts.shape == (2, 4, len(NAMES)) and pmap.modality_counts.shape == (2, 4, len(MODALITIES))
+    assert pmap.task_counts.shape == (2, 4, len(NAMES)) and pmap.sense_counts.shape == (2, 4, len(SENSES))
     assert pmap.blocks == (0, 1) and pmap.tasks == tuple(NAMES)
     # dropless top-2: every routed token makes exactly two assignments in every block
     for li in range(2):
         assert torch.equal(pmap.task_counts[li].sum(0), 2 * pmap.tokens)
-        assert pmap.task_counts[li].sum() == pmap.modality_counts[li].sum()
-    # the modality table is the task table summed over each sense's tasks
-    sense_of = {t.name: MODALITIES.index(t.sense) for t in task_list}
-    folded = torch.zeros_like(pmap.modality_counts)
+        assert pmap.task_counts[li].sum() == pmap.sense_counts[li].sum()
+    # the sense table is the task table summed over each sense's tasks
+    sense_of = {t.name: SENSES.index(t.sense) for t in task_list}
+    folded = torch.zeros_like(pmap.sense_counts)
     for k, name in enumerate(NAMES):
         folded[:, :, sense_of[name]] += pmap.task_counts[:, :, k]
-    assert torch.equal(folded, pmap.modality_counts)
+    assert torch.equal(folded, pmap.sense_counts)
     # tokens per task: 30 examples, each with its task token and its real sense tokens
     wine = task_list[NAMES.index("wine")]
     assert int(pmap.tokens[NAMES.index("wine")]) == 30 * (1 + wine.x_test.shape[1])
@@ -219,9 +219,9 @@ def test_pathway_flows_are_exact_joint_counts_not_an_independence_guess(task_lis
     guess = c0[:, None, :] * pmap.task_counts[1][None] / c0.sum(0).clamp_min(1)
     assert float(guess[0, 1 if not flip else 0].sum()) > 0 and int(want[0, 0, 1 if not flip else 0].sum()) == 0
     # by sense: the same flows summed over each sense's tasks
-    for m, sense in enumerate(MODALITIES):
+    for m, sense in enumerate(SENSES):
         ks = [k for k, t in enumerate(task_list) if t.sense == sense]
-        assert torch.equal(pmap.modality_flows[..., m], want[..., ks].sum(-1))
+        assert torch.equal(pmap.sense_flows[..., m], want[..., ks].sum(-1))
 
 
 def test_observation_flows_match_a_naive_loop_over_top2_routes(task_list):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pwlab.tasks as tasks
-from pwlab.senses import (MODALITIES, AudioEncoder, ImageEncoder, Senses, TabularEncoder, TextEncoder, Tokens,
+from pwlab.senses import (SENSES, AudioEncoder, ImageEncoder, Senses, TabularEncoder, TextEncoder, Tokens,
                           pad_cat)
 from pwlab.tasks import audio as dtmf_audio
 from pwlab.tasks import text
@@ -20,10 +20,10 @@ def suite():
     return tasks.load("all", seed=0)
 
 
-def _check_tokens(tok: Tokens, b: int, t: int, modality: str):
+def _check_tokens(tok: Tokens, b: int, t: int, sense: str):
     assert tok.tokens.shape == (b, t, D) and tok.mask.shape == (b, t) and tok.token_ids.shape == (b, t)
     assert tok.mask.dtype == torch.bool and tok.token_ids.dtype == torch.long
-    assert tok.modality == MODALITIES.index(modality)
+    assert tok.sense == SENSES.index(sense)
 
 
 def test_image_patches_by_hand():
@@ -106,7 +106,7 @@ def test_senses_encodes_every_task(suite):
     for t in suite:
         tok = senses(t.x_train[:5], t)
         assert tok.tokens.shape[0] == 5 and tok.tokens.shape[-1] == D
-        assert tok.modality == MODALITIES.index(t.sense)
+        assert tok.sense == SENSES.index(t.sense)
         assert torch.equal(senses(t.x_train[:5], t.name).token_ids, tok.token_ids)
         enc = senses.encoder(t)
         ranges[id(enc)] = (enc.id_offset, enc.id_offset + enc.num_ids)
@@ -129,9 +129,9 @@ def test_senses_gradients_reach_the_encoders(suite):
 def test_pad_cat(suite):
     senses = Senses(suite, D)
     parts = [senses(t.x_train[:3], t) for t in suite[:5]]        # 16, 16, 16, 12, 5 tokens
-    tok, mask, ids, modality = pad_cat(parts)
+    tok, mask, ids, sense = pad_cat(parts)
     assert tok.shape == (15, 16, D) and mask.shape == ids.shape == (15, 16)
-    assert modality.tolist() == [0] * 6 + [1] * 3 + [2] * 6
+    assert sense.tolist() == [0] * 6 + [1] * 3 + [2] * 6
     assert not mask[12:, 5:].any() and (ids[12:, 5:] == -1).all() and (tok[12:, 5:] == 0).all()
     assert torch.equal(tok[9:12, :12], parts[3].tokens)
     with pytest.raises(ValueError, match="parts"):

@@ -12,7 +12,7 @@ import torch
 
 from pwlab import viz
 from pwlab.pathways import ExampleRouting, PathwayMap
-from pwlab.senses import MODALITIES
+from pwlab.senses import SENSES
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -21,14 +21,14 @@ def make_map(task_counts, tasks, task_sense, blocks=None) -> PathwayMap:
     """A PathwayMap from (L, E, K) counts; each task's tokens are of its one sense."""
     tc = torch.as_tensor(task_counts, dtype=torch.long)
     nl, ne, _ = tc.shape
-    mc = torch.zeros(nl, ne, len(MODALITIES), dtype=torch.long)
+    mc = torch.zeros(nl, ne, len(SENSES), dtype=torch.long)
     for k, s in enumerate(task_sense):
-        mc[:, :, MODALITIES.index(s)] += tc[:, :, k]
-    return PathwayMap(tc, mc, tuple(blocks or range(1, 2 * nl, 2)), tuple(tasks), MODALITIES, tc[0].sum(0))
+        mc[:, :, SENSES.index(s)] += tc[:, :, k]
+    return PathwayMap(tc, mc, tuple(blocks or range(1, 2 * nl, 2)), tuple(tasks), SENSES, tc[0].sum(0))
 
 
 EMPTY_MAP = PathwayMap(torch.zeros(0, 0, 2, dtype=torch.long), torch.zeros(0, 0, 4, dtype=torch.long), (),
-                       ("a", "b"), MODALITIES, torch.zeros(2, dtype=torch.long))
+                       ("a", "b"), SENSES, torch.zeros(2, dtype=torch.long))
 
 # two blocks, three experts, two tasks
 COUNTS = [[[6, 0], [2, 1], [0, 3]],
@@ -45,7 +45,7 @@ def _note(fig: go.Figure) -> str:
 EMPTY_CALLS = {
     "sankey None": lambda: viz.pathway_sankey(None),
     "sankey no blocks": lambda: viz.pathway_sankey(EMPTY_MAP),
-    "heatmaps": lambda: viz.expert_heatmaps(EMPTY_MAP, by="modality"),
+    "heatmaps": lambda: viz.expert_heatmaps(EMPTY_MAP, by="sense"),
     "sense bars": lambda: viz.sense_bars(None),
     "example None": lambda: viz.example_routing(None),
     "example dense": lambda: viz.example_routing(ExampleRouting("digits", 0, "image", torch.zeros(5),
@@ -113,9 +113,9 @@ def test_sankey_draws_exact_flows_between_blocks_when_the_map_has_them():
     counts = [[[2], [2]], [[2], [2]]]
     flat = make_map(counts, ("digits",), ("image",))
     flows = torch.tensor([[[2], [0]], [[0], [2]]]).view(1, 2, 2, 1)
-    mod = torch.zeros(1, 2, 2, len(MODALITIES), dtype=torch.long)
-    mod[..., MODALITIES.index("image")] = flows[..., 0]
-    exact = PathwayMap(flat.task_counts, flat.modality_counts, flat.blocks, flat.tasks, MODALITIES, flat.tokens,
+    mod = torch.zeros(1, 2, 2, len(SENSES), dtype=torch.long)
+    mod[..., SENSES.index("image")] = flows[..., 0]
+    exact = PathwayMap(flat.task_counts, flat.sense_counts, flat.blocks, flat.tasks, SENSES, flat.tokens,
                        flows, mod)
     ns, ne = 1, 2
 
@@ -129,7 +129,7 @@ def test_sankey_draws_exact_flows_between_blocks_when_the_map_has_them():
         return out
 
     # exact: half the tokens 0 → 0, half 1 → 1, nothing crosses
-    for by in ("task", "modality"):
+    for by in ("task", "sense"):
         assert np.allclose(between(viz.pathway_sankey(exact, by, min_share=0.0)), [[0.5, 0.0], [0.0, 0.5]])
     # counts alone: the independence guess spreads a quarter on each edge
     assert np.allclose(between(viz.pathway_sankey(flat, min_share=0.0)), np.full((2, 2), 0.25))
@@ -145,7 +145,7 @@ def test_sankey_highlight_greys_other_tasks_and_outlines_experts():
     with pytest.raises(ValueError, match="highlight"):
         viz.pathway_sankey(TWO, highlight="nope")
     with pytest.raises(ValueError, match="by"):
-        viz.expert_heatmaps(TWO, by="sense")
+        viz.expert_heatmaps(TWO, by="modality")          # the lab's word is "sense"
 
 
 def test_heatmap_columns_are_task_shares_and_sense_bars_percentages():
@@ -220,7 +220,7 @@ def _seeded_map() -> PathwayMap:
 
 SNAPSHOT_FIGURES = {
     "sankey": lambda: viz.pathway_sankey(_seeded_map(), highlight="dtmf"),
-    "heatmaps": lambda: viz.expert_heatmaps(_seeded_map(), by="modality"),
+    "heatmaps": lambda: viz.expert_heatmaps(_seeded_map(), by="sense"),
 }
 
 
@@ -250,7 +250,7 @@ def test_every_figure_is_valid_plotly():
                          torch.tensor(0))
     aud = ExampleRouting("dtmf", 0, "audio", torch.arange(9), torch.rand(1, 9, 4), (1,), torch.zeros(10),
                          torch.tensor(0))
-    figs = [viz.pathway_sankey(TWO, highlight="wine", experts={1: [0]}), viz.pathway_sankey(TWO, by="modality"),
+    figs = [viz.pathway_sankey(TWO, highlight="wine", experts={1: [0]}), viz.pathway_sankey(TWO, by="sense"),
             viz.expert_heatmaps(TWO, highlight="wine"), viz.sense_bars(TWO), viz.example_routing(img, np.ones((8, 8))),
             viz.example_routing(aud, np.sin(np.arange(1000.0))), viz.task_curves(hist), viz.load_over_training(hist),
             viz.weight_mask(np.ones((3, 3))), viz.ablation_bars({"a": 1.0}),

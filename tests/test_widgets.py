@@ -241,7 +241,7 @@ def test_live_pathway_map_equals_pathway_map(tasks, cfg):
     pg = playground(tasks, cfg)
     pg.run(2)
     live, ref = pg._live_map(), pathway_map(pg.trainer.model, max_examples=4)
-    assert torch.equal(live.task_counts, ref.task_counts) and torch.equal(live.modality_counts, ref.modality_counts)
+    assert torch.equal(live.task_counts, ref.task_counts) and torch.equal(live.sense_counts, ref.sense_counts)
     assert torch.equal(live.tokens, ref.tokens) and live.blocks == ref.blocks
 
 

@@ -177,7 +177,7 @@ def test_taskmix_refuses_bad_input(tasks, cfg):
 # -- 05: SenseRoutingLive ----------------------------------------------------------------------
 def _shares(pmap) -> np.ndarray:
     """(L, E, M) % of each sense's assignments per expert, computed from the core's counts."""
-    c = pmap.modality_counts.double()
+    c = pmap.sense_counts.double()
     return (100 * c / c.sum(1, keepdim=True).clamp_min(1)).numpy()
 
 
@@ -189,12 +189,12 @@ def test_step_redraws_the_sense_bars_in_place_from_the_pathway_map(tasks, cfg):
     assert (app.bars, app.curve) == (bars, curve)
     ref = pathway_map(app.trainer.model, max_examples=8)
     share = _shares(ref)
-    senses = [s for j, s in enumerate(ref.modalities) if ref.modality_counts[:, :, j].sum() > 0]
+    senses = [s for j, s in enumerate(ref.senses) if ref.sense_counts[:, :, j].sum() > 0]
     assert [t.name for t in bars.data] == senses == ["image", "text", "tabular"]
     for j, trace in enumerate(bars.data):
-        assert np.allclose(trace.y, share[0, :, ref.modalities.index(trace.name)], atol=0.01)
+        assert np.allclose(trace.y, share[0, :, ref.senses.index(trace.name)], atol=0.01)
     assert list(curve.data[0].x) == [0, 3, 6]
-    assert np.isclose(curve.data[0].y[-1], ref.mutual_information("modality")[0], atol=1e-4)
+    assert np.isclose(curve.data[0].y[-1], ref.mutual_information("sense")[0], atol=1e-4)
     # the same seed and steps as a plain Trainer: the app trains the notebook's model, nothing else
     oracle = Trainer(tasks, cfg)
     oracle.step(6)

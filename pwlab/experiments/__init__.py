@@ -48,10 +48,10 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "up to 7x pre-training speed-up (Switch Transformer; GShard)",
           "Switch top-1 of 8 vs dense twin; step ratio to the dense final val loss > 1"),
     Claim("modality_experts", 2, "Modality experts emerge",
-          "Modality experts emerge: after multi-sense training I(expert; modality) rises well above its "
+          "Modality experts emerge: after multi-sense training I(expert; sense) rises well above its "
           "value at initialisation in at least one layer, with and without the entropy regularisers.",
           "modality-specific experts emerge (LIMoE)",
-          "rise of I(E;modality) >= 0.25 bits in some block, in both runs"),
+          "rise of I(E;sense) >= 0.25 bits in some block, in both runs"),
     Claim("task_subnetworks", 3, "Task subnetworks",
           "Task subnetworks: with task-level routing, each task's extracted subnetwork keeps its accuracy "
           "within 1 point while holding <= 1/4 of the expert parameters.",

@@ -5,12 +5,12 @@ digit_words (text), wine (tabular) — trained together on the ``tiny`` preset w
 blocks MoE (top-2 of 8 experts), once without and once with LIMoE's entropy regularisers
 (``entropy_local`` and ``entropy_global``, weight ``ENTROPY_WEIGHT`` each, the order of the
 load-balancing weight). The pathway map counts every kept token→expert assignment of up to
-256 test examples per task; ``I(E; modality)`` in bits per block is measured on the freshly
+256 test examples per task; ``I(E; sense)`` in bits per block is measured on the freshly
 initialised model and after training.
 
-Held when, in both runs, at least one block's ``I(E; modality)`` rises by at least
+Held when, in both runs, at least one block's ``I(E; sense)`` rises by at least
 ``RISE_BITS`` = 0.25 bits over its value at initialisation (an eighth of the 2-bit maximum
-for four modalities: "well above"), on the mean over seeds.
+for four senses: "well above"), on the mean over seeds.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def config(seed: int, regularised: bool):
 
 
 def run(seed: int = 0, quick: bool = False) -> dict:
-    """I(E; modality) per MoE block at init and after training, for both variants.
+    """I(E; sense) per MoE block at init and after training, for both variants.
 
     Returns keys ``<variant>/init/<block>``, ``<variant>/trained/<block>`` (bits),
     ``<variant>/rise`` (the largest rise over blocks) and the blocks.
@@ -45,10 +45,10 @@ def run(seed: int = 0, quick: bool = False) -> dict:
     out: dict = {"seed": seed, "steps": steps}
     for variant in VARIANTS:
         tr = Trainer(tasks, config(seed, variant == "entropy"))
-        before = pathway_map(tr.model).mutual_information("modality")
+        before = pathway_map(tr.model).mutual_information("sense")
         tr.step(steps)
         pmap = pathway_map(tr.model)
-        after = pmap.mutual_information("modality")
+        after = pmap.mutual_information("sense")
         for blk, b, a in zip(pmap.blocks, before, after):
             out[f"{variant}/init/{blk}"], out[f"{variant}/trained/{blk}"] = b, a
         out[f"{variant}/rise"] = max(a - b for a, b in zip(after, before))
@@ -70,7 +70,7 @@ def summarize(runs: list[dict]) -> dict:
         numbers[f"{variant}/rise"] = rise
         held = held and rise["mean"] >= RISE_BITS
         parts.append(f"{variant}: " + ", ".join(layers))
-    return {"measured": "I(E;modality) bits init→trained; " + "; ".join(parts),
+    return {"measured": "I(E;sense) bits init→trained; " + "; ".join(parts),
             "held": held,
             "seeds_held": sum(all(r[f"{v}/rise"] >= RISE_BITS for v in VARIANTS) for r in runs),
             "numbers": numbers}

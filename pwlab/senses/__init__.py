@@ -6,11 +6,11 @@
     tabular  (B, F)     -> feature tokens      TabularEncoder
 """
 from pwlab.senses.audio import AudioEncoder
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 from pwlab.senses.image import ImageEncoder
 from pwlab.senses.senses import Senses, pad_cat
 from pwlab.senses.tabular import TabularEncoder
 from pwlab.senses.text import TextEncoder
 
-__all__ = ["MODALITIES", "Tokens", "Senses", "pad_cat", "ImageEncoder", "AudioEncoder", "TextEncoder",
+__all__ = ["SENSES", "Tokens", "Senses", "pad_cat", "ImageEncoder", "AudioEncoder", "TextEncoder",
            "TabularEncoder"]

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from pwlab._checks import positive_int
 from pwlab.senses._common import check_d_model, check_input, positions
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 
 
 class AudioEncoder(nn.Module):
@@ -26,7 +26,7 @@ class AudioEncoder(nn.Module):
     Shapes: x (B, L) -> tokens (B, T, D) with T = 1 + L // hop_length.
     """
 
-    modality = MODALITIES.index("audio")
+    sense = SENSES.index("audio")
 
     def __init__(self, d_model: int, length: int = 1000, n_fft: int = 128, hop_length: int = 64, id_offset: int = 0):
         super().__init__()
@@ -55,4 +55,4 @@ class AudioEncoder(nn.Module):
         tokens = self.proj(self.spectrogram(x)) + self.pos        # (B, T, D)
         ids = (torch.arange(self.num_frames, device=x.device) + self.id_offset).expand(b, -1)
         mask = torch.ones(b, self.num_frames, dtype=torch.bool, device=x.device)
-        return Tokens(tokens=tokens, mask=mask, token_ids=ids, modality=self.modality)
+        return Tokens(tokens=tokens, mask=mask, token_ids=ids, sense=self.sense)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-#: modality ids, in this order everywhere (pathway maps, LIMoE groups, figures)
-MODALITIES = ("image", "audio", "text", "tabular")
+#: sense ids, in this order everywhere (pathway maps, LIMoE groups, figures)
+SENSES = ("image", "audio", "text", "tabular")
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,10 +23,10 @@ class Tokens:
         token_ids: (B, T) long, a discrete id per token (characters for text; patch, frame
             or feature index otherwise), offset per sense so ids of different senses differ —
             what hash routing hashes.
-        modality: index into :data:`MODALITIES`.
+        sense: index into :data:`SENSES`.
     """
 
     tokens: Tensor
     mask: Tensor
     token_ids: Tensor
-    modality: int
+    sense: int

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from pwlab.senses._common import check_d_model, check_input, positions
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 
 
 class ImageEncoder(nn.Module):
@@ -23,7 +23,7 @@ class ImageEncoder(nn.Module):
     Shapes: x (B, H, W) -> tokens (B, T, D) with T = (H/p)(W/p), patches in row-major order.
     """
 
-    modality = MODALITIES.index("image")
+    sense = SENSES.index("image")
 
     def __init__(self, d_model: int, image_size: tuple[int, int] = (8, 8), patch_size: int = 2, id_offset: int = 0):
         super().__init__()
@@ -52,4 +52,4 @@ class ImageEncoder(nn.Module):
         tokens = self.proj(patches) + pos
         ids = (torch.arange(gh * gw, device=x.device) + self.id_offset).expand(b, -1)
         mask = torch.ones(b, gh * gw, dtype=torch.bool, device=x.device)
-        return Tokens(tokens=tokens, mask=mask, token_ids=ids, modality=self.modality)
+        return Tokens(tokens=tokens, mask=mask, token_ids=ids, sense=self.sense)

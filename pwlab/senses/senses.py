@@ -4,7 +4,7 @@ One encoder per sense present (image, audio, text), shared by that sense's tasks
 tabular encoder per table (tables differ in their features): keyed by the task's name, or
 by ``meta["table"]`` where tasks read the same table (the MMoE pair shares its inputs, so
 it shares its feature embedding, as the shared bottom of Ma et al. 2018 does). ``token_ids`` ranges
-are laid end to end in :data:`MODALITIES` order, tabular tables in task order, so no two
+are laid end to end in :data:`SENSES` order, tabular tables in task order, so no two
 encoders share an id (``num_token_ids`` is the total, what a hash router hashes over).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pwlab import _checks
 from pwlab.senses._common import check_d_model
 from pwlab.senses.audio import AudioEncoder
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 from pwlab.senses.image import ImageEncoder
 from pwlab.senses.tabular import TabularEncoder
 from pwlab.senses.text import TextEncoder
@@ -66,7 +66,7 @@ class Senses(nn.Module):
         self.task_sense: dict[str, str] = {}
         self._table: dict[str, str] = {}
         offset = 0
-        for sense in MODALITIES:
+        for sense in SENSES:
             group = [t for t in tasks if t.sense == sense]
             if not group:
                 continue
@@ -94,9 +94,9 @@ class Senses(nn.Module):
                     offset += num_features
             for t in group:
                 self.task_sense[t.name] = sense
-        unknown = [t.name for t in tasks if t.sense not in MODALITIES]
+        unknown = [t.name for t in tasks if t.sense not in SENSES]
         if unknown:
-            raise ValueError(f"tasks {unknown} have a sense outside {MODALITIES}")
+            raise ValueError(f"tasks {unknown} have a sense outside {SENSES}")
         self.num_token_ids = offset
 
     def encoder(self, task) -> nn.Module:
@@ -114,7 +114,7 @@ class Senses(nn.Module):
             x: the task's inputs, (B, ...) as in :mod:`pwlab.tasks.base`.
             task: a Task or a task name.
         Returns:
-            Tokens with tokens (B, T, D), mask (B, T), token_ids (B, T), modality.
+            Tokens with tokens (B, T, D), mask (B, T), token_ids (B, T), sense.
         """
         encoder = self.encoder(task)
         if isinstance(x, torch.Tensor):
@@ -133,16 +133,16 @@ def pad_cat(parts: Sequence[Tokens]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         parts: Tokens with tokens (B_i, T_i, D).
     Returns:
         tokens (sum B_i, max T_i, D) with zeros at padding, mask (same, bool; False at
-        padding), token_ids (padding -1), modality (sum B_i,) long.
+        padding), token_ids (padding -1), sense (sum B_i,) long.
     """
     if not parts:
         raise ValueError("parts must hold at least one Tokens, got an empty list")
     t_max = max(p.tokens.shape[1] for p in parts)
-    tokens, mask, ids, modality = [], [], [], []
+    tokens, mask, ids, sense = [], [], [], []
     for p in parts:
         pad = t_max - p.tokens.shape[1]
         tokens.append(nn.functional.pad(p.tokens, (0, 0, 0, pad)))
         mask.append(nn.functional.pad(p.mask, (0, pad), value=False))
         ids.append(nn.functional.pad(p.token_ids, (0, pad), value=-1))
-        modality.append(torch.full((p.tokens.shape[0],), p.modality, dtype=torch.long, device=p.tokens.device))
-    return torch.cat(tokens), torch.cat(mask), torch.cat(ids), torch.cat(modality)
+        sense.append(torch.full((p.tokens.shape[0],), p.sense, dtype=torch.long, device=p.tokens.device))
+    return torch.cat(tokens), torch.cat(mask), torch.cat(ids), torch.cat(sense)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from pwlab._checks import positive_int
 from pwlab.senses._common import check_d_model, check_input
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 
 
 class TabularEncoder(nn.Module):
@@ -26,7 +26,7 @@ class TabularEncoder(nn.Module):
     Shapes: x (B, F) -> tokens (B, F, D).
     """
 
-    modality = MODALITIES.index("tabular")
+    sense = SENSES.index("tabular")
 
     def __init__(self, d_model: int, num_features: int, id_offset: int = 0):
         super().__init__()
@@ -47,4 +47,4 @@ class TabularEncoder(nn.Module):
         tokens = x[:, :, None] * self.weight + self.bias          # (B, F, D)
         ids = (torch.arange(self.num_features, device=x.device) + self.id_offset).expand(b, -1)
         mask = torch.ones(b, self.num_features, dtype=torch.bool, device=x.device)
-        return Tokens(tokens=tokens, mask=mask, token_ids=ids, modality=self.modality)
+        return Tokens(tokens=tokens, mask=mask, token_ids=ids, sense=self.sense)

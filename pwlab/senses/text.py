@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from pwlab._checks import positive_int
 from pwlab.senses._common import check_d_model, check_input, positions
-from pwlab.senses.base import MODALITIES, Tokens
+from pwlab.senses.base import SENSES, Tokens
 
 
 class TextEncoder(nn.Module):
@@ -21,7 +21,7 @@ class TextEncoder(nn.Module):
     Shapes: x (B, L), L <= max_len -> tokens (B, L, D), mask (B, L) = (x != 0).
     """
 
-    modality = MODALITIES.index("text")
+    sense = SENSES.index("text")
 
     def __init__(self, d_model: int, vocab_size: int, max_len: int = 32, id_offset: int = 0):
         super().__init__()
@@ -42,4 +42,4 @@ class TextEncoder(nn.Module):
                              f"[{int(x.min())}, {int(x.max())}]")
         x = x.long()
         tokens = self.embed(x) + self.pos[: x.shape[1]]          # (B, L, D)
-        return Tokens(tokens=tokens, mask=x != 0, token_ids=x + self.id_offset, modality=self.modality)
+        return Tokens(tokens=tokens, mask=x != 0, token_ids=x + self.id_offset, sense=self.sense)

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-SENSES = ("image", "audio", "text", "tabular")
+from pwlab.senses.base import SENSES  # noqa: F401 - the one list of senses (beside the encoders), re-exported
+
 KINDS = ("classification", "regression")
 METRICS = ("accuracy", "mse")
 _REDUCTIONS = ("mean", "sum", "none")

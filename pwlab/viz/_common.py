@@ -15,7 +15,7 @@ from pwlab.history import EvalRecord, StepRecord, from_dict
 
 #: one colour per expert (cycled past 20 experts); the same in every figure
 EXPERT_COLORS = tuple(qualitative.D3) + tuple(qualitative.Pastel)
-#: colours of the four senses, in the order of pwlab.senses.MODALITIES
+#: colours of the four senses, in the order of pwlab.senses.SENSES
 SENSE_COLORS = {"image": "#1f77b4", "audio": "#d62728", "text": "#2ca02c", "tabular": "#9467bd"}
 GREY = "rgba(180,180,180,0.35)"
 

@@ -57,7 +57,7 @@ def example_routing(er, inputs=None, labels: Sequence[str] | None = None, *, tas
     nb, nt, ne = w.shape
     first = 1 if task_token and nt > 1 else 0
     top = _top_expert(w)
-    title = f"{er.task} #{er.index} ({er.modality}): tokens coloured by their top expert"
+    title = f"{er.task} #{er.index} ({er.sense}): tokens coloured by their top expert"
     if first:
         title += "; task token → " + ", ".join(
             f"block {b}: e{int(t)}" if t == t else f"block {b}: —" for b, t in zip(er.blocks, top[:, 0]))
@@ -67,11 +67,11 @@ def example_routing(er, inputs=None, labels: Sequence[str] | None = None, *, tas
         labels = [str(i) for i in range(n)]
     img = array(inputs) if inputs is not None else None
     side = int(round(n ** 0.5))
-    if er.modality == "image" and img is not None and img.ndim == 2 and side * side == n and img.shape[0] % side == 0:
+    if er.sense == "image" and img is not None and img.ndim == 2 and side * side == n and img.shape[0] % side == 0:
         data, layout = _image_panels(img, content, wc, side, list(er.blocks), ne)
     else:
         data, layout = _token_rows(content, wc, list(labels), list(er.blocks), ne,
-                                   wave=img if er.modality == "audio" and img is not None and img.ndim == 1 else None)
+                                   wave=img if er.sense == "audio" and img is not None and img.ndim == 1 else None)
     layout.update(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=10, t=60, b=40),
                   plot_bgcolor="white", legend=dict(orientation="h", y=0, yanchor="top", x=0))
     return figure(data + _legend(ne), layout)

@@ -14,7 +14,7 @@ from plotly.colors import qualitative
 
 from pwlab.viz._common import scale, GREY, SENSE_COLORS, array, axis_key, empty_figure, expert_color, figure, grid, rgba
 
-BY = ("task", "modality")
+BY = ("task", "sense")
 
 
 def _check_by(by: str) -> str:
@@ -27,8 +27,8 @@ def _counts(pmap, by: str) -> tuple[np.ndarray, list[str]]:
     """(L, E, S) counts and the S names of the tasks or senses that have any assignments."""
     if pmap is None:
         return np.zeros((0, 0, 0)), []
-    counts = array(pmap.task_counts if by == "task" else pmap.modality_counts)
-    names = list(pmap.tasks if by == "task" else pmap.modalities)
+    counts = array(pmap.task_counts if by == "task" else pmap.sense_counts)
+    names = list(pmap.tasks if by == "task" else pmap.senses)
     if counts.ndim != 3 or counts.size == 0:
         return np.zeros((0, 0, 0)), []
     used = [j for j in range(counts.shape[2]) if counts[:, :, j].sum() > 0]
@@ -38,12 +38,12 @@ def _counts(pmap, by: str) -> tuple[np.ndarray, list[str]]:
 def _flows(pmap, by: str, counts: np.ndarray) -> np.ndarray | None:
     """(L-1, E, E, S) exact flows between consecutive blocks of the used sources, or None
     when the map holds none (a map built from counts alone)."""
-    flows = getattr(pmap, "task_flows" if by == "task" else "modality_flows", None)
+    flows = getattr(pmap, "task_flows" if by == "task" else "sense_flows", None)
     nb, ne, _ = counts.shape
     if flows is None or nb < 2:                # one block: no links between blocks to draw
         return None
     flows = array(flows)
-    total = array(pmap.task_counts if by == "task" else pmap.modality_counts)
+    total = array(pmap.task_counts if by == "task" else pmap.sense_counts)
     used = [j for j in range(total.shape[2]) if total[:, :, j].sum() > 0]
     if flows.shape[:3] != (max(nb - 1, 0), ne, ne):
         raise ValueError(f"pmap's {by}_flows must have shape (L-1, E, E, ·) = ({nb - 1}, {ne}, {ne}, ·), "
@@ -52,7 +52,7 @@ def _flows(pmap, by: str, counts: np.ndarray) -> np.ndarray | None:
 
 
 def _source_colors(names: Sequence[str], by: str) -> list[str]:
-    if by == "modality":
+    if by == "sense":
         return [SENSE_COLORS.get(n, "#7f7f7f") for n in names]
     palette = qualitative.Set2 + qualitative.Dark2
     return [palette[i % len(palette)] for i in range(len(names))]
@@ -184,7 +184,7 @@ def sense_bars(pmap) -> go.Figure:
 
     An expert whose bars are all one sense is modality-specific (Mustafa et al. 2022, Fig. 5).
     """
-    counts, names = _counts(pmap, "modality")
+    counts, names = _counts(pmap, "sense")
     if not names:
         return empty_figure("no routed tokens yet", "Experts per sense")
     nb, ne, ns = counts.shape

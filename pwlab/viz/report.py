@@ -42,14 +42,14 @@ def report_html(history: Sequence[dict], *, title: str = "pwlab training report"
     """
     figs = [task_curves(history), load_over_training(history)]
     if pmap is not None and pmap.blocks:
-        figs += [expert_heatmaps(pmap, "task"), pathway_sankey(pmap, "task"), expert_heatmaps(pmap, "modality"),
+        figs += [expert_heatmaps(pmap, "task"), pathway_sankey(pmap, "task"), expert_heatmaps(pmap, "sense"),
                  sense_bars(pmap)]
     parts = [pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False) for i, fig in enumerate(figs)]
     body = [f"<p>{html.escape(n)}</p>" for n in notes]
     if results:
         body.append(results_table(results, chance, metric))
     if pmap is not None and pmap.blocks:
-        mi_t, mi_m = pmap.mutual_information("task"), pmap.mutual_information("modality")
+        mi_t, mi_m = pmap.mutual_information("task"), pmap.mutual_information("sense")
         body.append("<p>Expert specialisation, mutual information in bits per MoE block: "
                     + "; ".join(f"block {b}: I(E;task) = {t:.3f}, I(E;sense) = {m:.3f}"
                                 for b, t, m in zip(pmap.blocks, mi_t, mi_m)) + "</p>")

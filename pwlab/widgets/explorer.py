@@ -58,8 +58,8 @@ class PathwayExplorer:
         if not self.model.moe_blocks():
             raise ValueError("trainer must hold a model with at least one MoE block")
         self.pmap = pathway_map(self.model, max_examples=max_examples)
-        used = self.pmap.modality_counts.sum((0, 1))                      # (M,) assignments per sense
-        self.senses = [s for s, n in zip(self.pmap.modalities, used.tolist()) if n]
+        used = self.pmap.sense_counts.sum((0, 1))                      # (M,) assignments per sense
+        self.senses = [s for s, n in zip(self.pmap.senses, used.tolist()) if n]
         names = list(self.model.task_names)
         self.mode = W.ToggleButtons(options=list(MODES), value="task", description="show")
         self.choice = W.Dropdown(options=names, value=names[0], description="task")
@@ -147,7 +147,7 @@ class PathwayExplorer:
         """Refresh the figures in place (``example_only``: just the example panel)."""
         if self._quiet:
             return
-        by = "modality" if self.mode.value == "sense" else "task"
+        by = "sense" if self.mode.value == "sense" else "task"
         task = self._task_of_choice()
         er, inputs, labels = example_view(self.model, task, int(self.example.value))
         experts = None

@@ -2,7 +2,7 @@
 
 Each bar is the share of one sense's assignments that go to one expert, per MoE block
 (:func:`pwlab.viz.sense_bars`, after Mustafa et al. 2022, fig. 5): an expert whose bars are
-all one colour would be a modality expert. Step trains ``steps_per_tick`` steps and redraws;
+all one colour would be a sense expert. Step trains ``steps_per_tick`` steps and redraws;
 Play runs one step after another as an asyncio task on the kernel's event loop, yielding between
 ticks (as :class:`pwlab.widgets.RoutingPlayground` does), so Pause and the other buttons are
 handled while it trains; Reset rebuilds the untrained model from the seed. Next to the bars,
@@ -109,7 +109,7 @@ class SenseRoutingLive(PlayLoop):
     def redraw(self) -> None:
         """Count the pathway map of the current model and refresh both figures in place."""
         self.pmap = live_pathway_map(self.trainer.model, self.pathway_examples)
-        mi = [float(v) for v in self.pmap.mutual_information("modality")]
+        mi = [float(v) for v in self.pmap.mutual_information("sense")]
         step = self.trainer.step_count
         if not self.mi or self.mi[-1][0] != step:
             self.mi.append((step, mi))
