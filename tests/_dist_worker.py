@@ -347,3 +347,19 @@ def interrupted_update(rank: int, world: int, config: dict, task_names: list[str
                                                  interrupted.model.state_dict().values()))
     return {"caught_at_step": caught_at, "same_as_uninterrupted": same, "steps": interrupted.step_count,
             "history_steps": [r["step"] for r in interrupted.history]}
+
+
+def load_single_process_checkpoint(rank: int, world: int, path: str, m: int) -> dict:
+    """A single-process checkpoint loaded into a group (DistributedTrainer.load), m more steps."""
+    import warnings
+
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = DistributedTrainer.load(path)
+    start = trainer.step_count
+    trainer.step(m)
+    return {"start": start, "history": [r.as_dict() for r in trainer.history],
+            "experts": {i: [w.clone() for w in layer.gather_experts()] for i, layer in trainer.model.moe_blocks().items()},
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}

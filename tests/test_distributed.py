@@ -402,3 +402,37 @@ def test_distributed_trainer_runs_the_trainer_s_own_step():
                  "restore", "step", "fit"):
         assert getattr(DistributedTrainer, name) is getattr(Trainer, name), name
     assert issubclass(ExpertParallelStrategy, StepStrategy)
+
+
+@pytest.mark.slow
+def test_a_single_process_checkpoint_continues_on_two_ranks(tmp_path):
+    """Trained k steps in one process, saved, loaded into a 2-rank group: with zero auxiliary
+    weights and no capacity the group's next m steps are the single process's next m steps
+    (each rank took its slice of the experts and of their optimizer state); a warning says the
+    ranks' routing-noise generators were reseeded (the file holds one process's)."""
+    from pwlab import config
+    from pwlab.train import Trainer
+
+    cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
+    cfg = cfg.with_train(batch_size=16)
+    path, k, m = str(tmp_path / "single.pt"), 3, 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = Trainer(TRAIN_TASKS, cfg)
+        ref.step(k)
+        ref.save(path)
+        ref.step(m)
+    finally:
+        torch.set_num_threads(threads)
+    results = run_local(worker.load_single_process_checkpoint, 2, path, m, timeout=240)
+    ref_loss = [r["loss"] for r in ref.history]
+    assert max(ref_loss[k:]) - min(ref_loss[k:]) > 1e-3                       # the loss does move
+    for rank, res in enumerate(results):
+        assert res["start"] == k and [r["step"] for r in res["history"]] == list(range(1, k + m + 1))
+        assert res["history"][:k] == [r.as_dict() for r in ref.history[:k]]      # the saved history, as saved
+        loss = [r["loss"] for r in res["history"]]
+        assert max(abs(a - b) for a, b in zip(loss[k:], ref_loss[k:])) < 1e-4, (rank, loss, ref_loss)
+        for got, want in zip(res["experts"][1], ref.model.moe_blocks()[1].experts.weight_parameters()):
+            assert torch.allclose(got, want.detach(), atol=1e-4)
+        assert any("saved by 1 process(es), not 2" in w for w in res["warnings"]), res["warnings"]
