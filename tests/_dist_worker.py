@@ -363,3 +363,25 @@ def load_single_process_checkpoint(rank: int, world: int, path: str, m: int) -> 
     return {"start": start, "history": [r.as_dict() for r in trainer.history],
             "experts": {i: [w.clone() for w in layer.gather_experts()] for i, layer in trainer.model.moe_blocks().items()},
             "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
+
+
+def restore_fails_on_one_rank(rank: int, world: int, config: dict, task_names: list[str], path: str) -> dict:
+    """A checkpoint that rank 1 cannot read: every rank raises, nothing changes, the group stays in step."""
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    trained = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    trained.step(2)
+    trained.save(path)
+    fresh = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    try:
+        fresh.restore(path if rank == 0 else path + ".missing")
+        error = None
+    except ValueError as e:
+        error = str(e)
+    unchanged = fresh.step_count == 0 and all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in before.items())
+    probe = torch.ones(1)
+    dist.all_reduce(probe)
+    return {"error": error, "unchanged": unchanged, "probe": float(probe)}

@@ -436,3 +436,17 @@ def test_a_single_process_checkpoint_continues_on_two_ranks(tmp_path):
         for got, want in zip(res["experts"][1], ref.model.moe_blocks()[1].experts.weight_parameters()):
             assert torch.allclose(got, want.detach(), atol=1e-4)
         assert any("saved by 1 process(es), not 2" in w for w in res["warnings"]), res["warnings"]
+
+
+@pytest.mark.slow
+def test_a_restore_that_fails_on_one_rank_fails_on_every_rank(tmp_path):
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.restore_fails_on_one_rank, 2, cfg.to_dict(), TRAIN_TASKS, str(tmp_path / "c.pt"),
+                        timeout=240)
+    assert "rank 1" in results[0]["error"] and "is not a file" in results[0]["error"], results[0]["error"]
+    assert "is not a file" in results[1]["error"]
+    for rank, res in enumerate(results):
+        assert res["unchanged"], f"rank {rank}: a failed restore changed the trainer"
+        assert res["probe"] == 2.0, f"rank {rank}: the group fell out of step"
