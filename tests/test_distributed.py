@@ -262,6 +262,31 @@ def test_train_entry_point_exits_with_main_s_code_and_its_output_complete():
     assert bad.returncode == 2 and "--steps must be >= 0, got -1" in bad.stderr
 
 
+def test_train_entry_point_saves_and_resumes(tmp_path):
+    """--save writes a checkpoint that --resume continues (steps 3, 4 follow 1, 2 as in one run of 4)."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "pwlab.distributed.train", "--preset", "tiny", "--tasks", "wine",
+            "--eval-examples", "16", "--no-progress", "--history"]
+    ckpt = str(tmp_path / "run.pt")
+
+    def run(*extra):
+        done = subprocess.run(base + list(extra), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in done.stdout.splitlines()][:-1]
+
+    whole = run("--steps", "4")
+    first = run("--steps", "2", "--save", ckpt)
+    rest = run("--steps", "2", "--resume", ckpt)
+    assert [r["step"] for r in rest] == [3, 4]
+    drop = lambda r: {k: v for k, v in r.items() if k != "time_s"}      # noqa: E731
+    assert [drop(r) for r in first + rest] == [drop(r) for r in whole]
+    missing = subprocess.run(base + ["--steps", "1", "--resume", ckpt + ".missing"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_distributed_trainer_never_applies_a_nonfinite_gradient(skip):
