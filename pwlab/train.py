@@ -74,6 +74,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pwlab._checks import positive_int
+from pwlab.checkpoint import load_trainer, restore_trainer, save_trainer
 from pwlab.config import PRESETS, Config, preset
 from pwlab.history import METRIC_PREFIX, BlockRecord, EvalRecord, Record, SkippedRecord, StepRecord
 from pwlab.model import ModelOutput, PathwaysModel
@@ -288,11 +289,9 @@ class StepStrategy:
         return record
 
     def save(self, trainer: "Trainer", path) -> None:
-        from pwlab.checkpoint import save_trainer
         save_trainer(trainer, path)
 
     def restore(self, trainer: "Trainer", path, state: dict | None = None) -> None:
-        from pwlab.checkpoint import restore_trainer
         restore_trainer(trainer, path, state)
 
 
@@ -659,6 +658,5 @@ class Trainer:
         fitting checkpoint and :class:`pwlab.checkpoint.CheckpointIntegrityError` (a
         ``ValueError``) for one whose contents changed after it was written.
         """
-        from pwlab.checkpoint import load_trainer
         return load_trainer(cls, path, tasks, callbacks=callbacks, device=device,
                             max_consecutive_skips=max_consecutive_skips)
