@@ -164,6 +164,17 @@ def _nonfinite(obj) -> bool:
     return False
 
 
+def _nonfinite_inputs(batches) -> list[str]:
+    """The tasks of ``batches`` whose training input holds NaN/Inf."""
+    return [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
+
+
+def _input_finding(tasks: list[str]) -> dict:
+    """What :meth:`Trainer._locate_nonfinite` reports for non-finite inputs of ``tasks``."""
+    return {"tasks": tasks, "what": "input", "where": "input",
+            "detail": f"the training input of task(s) {', '.join(map(repr, tasks))} holds NaN/Inf"}
+
+
 def _total_norm(grads: list) -> torch.Tensor:
     """The global L2 norm of ``grads`` (as ``clip_grad_norm_`` computes it), without clipping."""
     if not grads:
@@ -415,6 +426,17 @@ class Trainer:
             batches = self.sampler.sample()
             names = [b.task for b in batches]
             mine, share = strategy.shard(batches)
+            if not strategy.can_locate:
+                # a process whose forward fails alone would leave the others waiting in its
+                # collectives: non-finite inputs are agreed on before the forward
+                bad_inputs = strategy.agree(_nonfinite_inputs(mine) or None)
+                if bad_inputs is not None:
+                    found = _input_finding(bad_inputs)
+                    err = NonFiniteLossError(step, found["tasks"], what=found["what"], where=found["where"],
+                                             detail=found["detail"], skipped=self._skips_at_limit())
+                    rec = self._skip_or_raise(err, "forward", snap)
+                    committed = True
+                    return rec
             try:
                 out = self.model(mine, generator=self.generator)
             except ValueError:
@@ -502,10 +524,9 @@ class Trainer:
         draws from a copy of the routing generator and the dropout stream is put back by
         the caller, so the step can be redone unchanged.
         """
-        bad_inputs = [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
+        bad_inputs = _nonfinite_inputs(batches)
         if bad_inputs:
-            return {"tasks": bad_inputs, "what": "input", "where": "input",
-                    "detail": f"the training input of task(s) {', '.join(map(repr, bad_inputs))} holds NaN/Inf"}
+            return _input_finding(bad_inputs)
         param = next((n for n, p in self.model.named_parameters() if _nonfinite(p)), None)
         # rerun each task alone, recording the first layer whose output is not finite
         failing, layer = [], None

@@ -385,3 +385,36 @@ def restore_fails_on_one_rank(rank: int, world: int, config: dict, task_names: l
     probe = torch.ones(1)
     dist.all_reduce(probe)
     return {"error": error, "unchanged": unchanged, "probe": float(probe)}
+
+
+def nonfinite_input(rank: int, world: int, config: dict, task_names: list[str], skip: bool) -> dict:
+    """Three steps; at the second, the step's last example (so rank 1's piece alone) holds a NaN."""
+    import dataclasses
+    import warnings
+
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+    from pwlab.train import NonFiniteLossError
+
+    trainer = DistributedTrainer(tasks.load(task_names), Config.from_dict(config).with_train(skip_nonfinite=skip))
+    sample, calls = trainer.sampler.sample, [0]
+
+    def poisoned():
+        batches = sample()
+        calls[0] += 1
+        if calls[0] == 2:
+            x = batches[-1].x.clone()
+            x[-1] = float("nan")
+            batches[-1] = dataclasses.replace(batches[-1], x=x)
+        return batches
+    trainer.sampler.sample = poisoned
+    error = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            trainer.step(3)
+        except NonFiniteLossError as e:
+            error = (e.what, e.where, e.tasks, str(e))
+    return {"error": error, "history": [r.as_dict() for r in trainer.history],
+            "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())}

@@ -475,3 +475,25 @@ def test_a_restore_that_fails_on_one_rank_fails_on_every_rank(tmp_path):
     for rank, res in enumerate(results):
         assert res["unchanged"], f"rank {rank}: a failed restore changed the trainer"
         assert res["probe"] == 2.0, f"rank {rank}: the group fell out of step"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_nonfinite_input_on_one_rank_is_refused_or_skipped_on_every_rank(skip):
+    """Rank 1 alone holds a NaN input at step 2. Its forward would fail alone and leave rank 0
+    waiting in the exchange; the ranks agree first, so both raise the same NonFiniteLossError
+    naming the input (or, with skip_nonfinite, both skip the step) and no rank hangs."""
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.nonfinite_input, 2, cfg.to_dict(), TRAIN_TASKS, skip, timeout=120)
+    for rank, res in enumerate(results):
+        assert res["finite"]
+        if not skip:
+            what, where, tasks_, msg = res["error"]
+            assert (what, where, tasks_) == ("input", "input", [TRAIN_TASKS[-1]]) and "step 2" in msg, (rank, msg)
+            assert [r["step"] for r in res["history"]] == [1]
+        else:
+            assert res["error"] is None
+            assert [bool(r.get("skipped")) for r in res["history"]] == [False, True, False]
+            assert res["history"][1]["nonfinite"] == "forward" and res["history"][1]["where"] == "input"
