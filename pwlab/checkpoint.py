@@ -141,8 +141,13 @@ def _check_digest(state: dict, path) -> None:
             f"{recorded!r}; it was changed or damaged after it was written (use another copy)")
 
 
-def trainer_state(trainer) -> dict:
-    """The checkpoint dict of a trainer (plain containers only), with its ``digest``."""
+def trainer_state(trainer, **parts) -> dict:
+    """The checkpoint dict of a trainer (plain containers only), with its ``digest``.
+
+    ``parts`` replace entries (``model``, ``optimizer``, ``rng``) or add ones of plain
+    containers, before the digest: a trainer whose state is spread over processes writes the
+    whole of it (:class:`pwlab.distributed.trainer.ExpertParallelStrategy`).
+    """
     state = {
         "format": FORMAT, "version": VERSION,
         "config": trainer.config.to_dict(),
@@ -156,15 +161,20 @@ def trainer_state(trainer) -> dict:
         "rng": {"generator": trainer.generator.get_state(), "torch": trainer.torch_rng.clone()},
         "history": [r.as_dict() for r in trainer.history],      # plain dicts: loading runs no code
     }
+    state.update(parts)
     state["digest"] = payload_digest(state)
     return state
 
 
 def save_trainer(trainer, path) -> None:
     """Write ``trainer``'s checkpoint to ``path`` atomically (temp file + rename)."""
+    write_state(trainer_state(trainer), path)
+
+
+def write_state(state: dict, path) -> None:
+    """Write a checkpoint dict (from :func:`trainer_state`) to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = trainer_state(trainer)
     clean_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     _IN_FLIGHT.add(tmp)
@@ -374,9 +384,18 @@ def available_device(device: str) -> str:
     return device
 
 
-def restore_trainer(trainer, path) -> None:
-    """Load a checkpoint of the same configuration and tasks into ``trainer``."""
-    state = read_checkpoint(path)
+def restore_trainer(trainer, path, state: dict | None = None) -> None:
+    """Load a checkpoint of the same configuration and tasks into ``trainer``.
+
+    ``state``: the checkpoint as :func:`read_checkpoint` returned it, when already read.
+    """
+    state = read_checkpoint(path) if state is None else state
+    load_state(trainer, state, path)
+
+
+def load_state(trainer, state: dict, path) -> None:
+    """Load a checkpoint dict of ``trainer``'s configuration and tasks into it: every piece is
+    checked first (``ValueError``), so nothing changes on error."""
     _check_matches(trainer, state, path)
     _apply(trainer, state, path)
 
@@ -412,8 +431,7 @@ def load_trainer(cls, path, tasks=None, *, callbacks=(), device=None, **kwargs):
         seeds = state.get("task_seeds") or [0] * len(state["tasks"])
         tasks = [registry.get(n, seed=int(sd)) for n, sd in zip(state["tasks"], seeds)]
     trainer = cls(tasks, config, callbacks=callbacks, **kwargs)
-    _check_matches(trainer, state, path)
-    _apply(trainer, state, path)
+    trainer.strategy.restore(trainer, path, state)
     return trainer
 
 

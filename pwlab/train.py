@@ -74,6 +74,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pwlab._checks import positive_int
+from pwlab.checkpoint import load_trainer, restore_trainer, save_trainer
 from pwlab.config import PRESETS, Config, preset
 from pwlab.history import METRIC_PREFIX, BlockRecord, EvalRecord, Record, SkippedRecord, StepRecord
 from pwlab.model import ModelOutput, PathwaysModel
@@ -163,6 +164,17 @@ def _nonfinite(obj) -> bool:
     return False
 
 
+def _nonfinite_inputs(batches) -> list[str]:
+    """The tasks of ``batches`` whose training input holds NaN/Inf."""
+    return [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
+
+
+def _input_finding(tasks: list[str]) -> dict:
+    """What :meth:`Trainer._locate_nonfinite` reports for non-finite inputs of ``tasks``."""
+    return {"tasks": tasks, "what": "input", "where": "input",
+            "detail": f"the training input of task(s) {', '.join(map(repr, tasks))} holds NaN/Inf"}
+
+
 def _total_norm(grads: list) -> torch.Tensor:
     """The global L2 norm of ``grads`` (as ``clip_grad_norm_`` computes it), without clipping."""
     if not grads:
@@ -233,6 +245,67 @@ def _interrupts_deferred():
             raise KeyboardInterrupt
 
 
+class StepStrategy:
+    """Where a training step runs: here, one process (every hook does nothing).
+
+    :class:`Trainer` writes the step once — rollback of sampler, generators and buffers,
+    the non-finite checks, skip or raise, clipping, Ctrl-C held around the update — and asks
+    its strategy at the few places where several processes would differ.
+    :class:`pwlab.distributed.trainer.ExpertParallelStrategy` is the other one: experts
+    sharded over a process group, everything else data parallel.
+
+    Hooks, in the order a step calls them:
+
+    - ``setup(trainer)``: once, after the model is built and before the optimizer is made.
+    - ``shard(batches) -> (mine, share)``: this process's TaskBatches of the step and each
+      task's share of it (here: all of it, share 1).
+    - ``agree(value)``: the first process's non-None value, the same on every process, so
+      that every process takes the same branch (a non-finite loss, its task; a non-finite
+      gradient, the first parameter holding one). Here: ``value``.
+    - ``objective(out, names, share) -> Tensor``: what this process differentiates
+      (here ``out.loss``).
+    - ``after_backward(model)``: gradient synchronisation (here: nothing).
+    - ``grad_norm(model, grads) -> Tensor``: the global gradient norm (here: of ``grads``).
+    - ``globalise(record, out, batches, share) -> StepRecord``: the step's record with the
+      whole step's values (here: unchanged).
+    - ``save(trainer, path)``, ``restore(trainer, path, state=None)``: checkpoints
+      (:mod:`pwlab.checkpoint`).
+
+    ``can_locate``: whether the step may rerun the model alone to say which input, parameter
+    or layer went non-finite (a process of a group cannot: the others would not join it).
+    """
+
+    can_locate = True
+
+    def setup(self, trainer: "Trainer") -> None:
+        pass
+
+    def shard(self, batches: Sequence) -> tuple[list, dict[str, float]]:
+        return list(batches), {b.task: 1.0 for b in batches}
+
+    def agree(self, value):
+        return value
+
+    def objective(self, out: ModelOutput, names: Sequence[str], share: dict[str, float]) -> torch.Tensor:
+        return out.loss
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        pass
+
+    def grad_norm(self, model: torch.nn.Module, grads: list) -> torch.Tensor:
+        return _total_norm(grads)
+
+    def globalise(self, record: StepRecord, out: ModelOutput, batches: Sequence,
+                  share: dict[str, float]) -> StepRecord:
+        return record
+
+    def save(self, trainer: "Trainer", path) -> None:
+        save_trainer(trainer, path)
+
+    def restore(self, trainer: "Trainer", path, state: dict | None = None) -> None:
+        restore_trainer(trainer, path, state)
+
+
 class Trainer:
     """Trains a :class:`PathwaysModel` on several tasks at once.
 
@@ -245,11 +318,13 @@ class Trainer:
         callbacks: ``cb(trainer, record)`` observers.
         max_consecutive_skips: with ``config.train.skip_nonfinite``, the most steps skipped in
             a row; the next non-finite step raises (default 10).
+        strategy: where the step runs (:class:`StepStrategy`, the default: this process);
+            :class:`pwlab.distributed.trainer.DistributedTrainer` passes its expert-parallel one.
     """
 
     def __init__(self, tasks: Sequence | str, config: Config | str | None = None, *,
                  model: PathwaysModel | None = None, callbacks: Sequence[Callable] = (),
-                 max_consecutive_skips: int = 10):
+                 max_consecutive_skips: int = 10, strategy: StepStrategy | None = None):
         from pwlab.config import tiny
         from pwlab.tasks import MultiTaskSampler
         self.config = _config(config) if config is not None else tiny()
@@ -274,6 +349,10 @@ class Trainer:
         # dropout draws from torch's global generator: the trainer keeps its own copy of that
         # state and swaps it in for each step, so runs do not depend on what else used the RNG
         self.torch_rng = torch.Generator().manual_seed(tc.seed + 2).get_state()
+        if strategy is not None and not isinstance(strategy, StepStrategy):
+            raise TypeError(f"strategy must be a pwlab.train.StepStrategy, got {type(strategy).__name__}")
+        self.strategy = strategy if strategy is not None else StepStrategy()
+        self.strategy.setup(self)            # before the optimizer: it may reshape the model
         self.optimizer = self._make_optimizer()
         self.history: list[Record] = []
         self.step_count = 0
@@ -329,8 +408,15 @@ class Trainer:
             return self._one_step_inner()
 
     def _one_step_inner(self) -> Record:
-        """Compute, then apply and record as one unit; on any exception nothing is applied."""
+        """Compute, then apply and record as one unit; on any exception nothing is applied.
+
+        Where the step runs is the strategy's (:class:`StepStrategy`): it cuts this process's
+        part of the step, builds the objective, agrees with the other processes on every
+        branch, synchronises gradients and makes the record global. The rest — rollback,
+        the non-finite checks, clipping, the deferred Ctrl-C around the update — is here, once.
+        """
         tc = self.config.train
+        strategy = self.strategy
         snap = self._snapshot()
         t0 = time.perf_counter()
         committed = False
@@ -339,11 +425,23 @@ class Trainer:
             self.model.train()
             batches = self.sampler.sample()
             names = [b.task for b in batches]
+            mine, share = strategy.shard(batches)
+            if not strategy.can_locate:
+                # a process whose forward fails alone would leave the others waiting in its
+                # collectives: non-finite inputs are agreed on before the forward
+                bad_inputs = strategy.agree(_nonfinite_inputs(mine) or None)
+                if bad_inputs is not None:
+                    found = _input_finding(bad_inputs)
+                    err = NonFiniteLossError(step, found["tasks"], what=found["what"], where=found["where"],
+                                             detail=found["detail"], skipped=self._skips_at_limit())
+                    rec = self._skip_or_raise(err, "forward", snap)
+                    committed = True
+                    return rec
             try:
-                out = self.model(batches, generator=self.generator)
+                out = self.model(mine, generator=self.generator)
             except ValueError:
                 # the model's own finiteness checks: say which step, task and tensor, not "the input"
-                found = self._locate_nonfinite(batches)
+                found = self._locate_nonfinite(mine) if strategy.can_locate else None
                 if found is None:
                     raise
                 err = NonFiniteLossError(step, found["tasks"] or names, what=found["what"], where=found["where"],
@@ -354,34 +452,39 @@ class Trainer:
             bad = next((name for name, v in out.losses.items() if not bool(torch.isfinite(v))), None)
             if bad is None and not bool(torch.isfinite(out.aux_loss)):
                 bad = "aux_loss"
+            bad = strategy.agree(bad)           # every process takes the same branch
             if bad is not None:
-                value = float((out.losses[bad] if bad in out.losses else out.aux_loss).detach())
-                found = self._locate_nonfinite(batches)
-                task = bad if bad in out.losses else names
-                what = f"loss {value}" if bad in out.losses else f"auxiliary loss {value}"
+                here = out.losses.get(bad, out.aux_loss if bad == "aux_loss" else None)
+                value = float(here.detach()) if here is not None else float("nan")
+                found = self._locate_nonfinite(mine) if strategy.can_locate else None
+                task = bad if bad != "aux_loss" else names
+                what = f"auxiliary loss {value}" if bad == "aux_loss" else f"loss {value}"
                 err = NonFiniteLossError(step, task, value, what=what, where=found and found["where"],
                                          detail=found and found["detail"], skipped=self._skips_at_limit())
                 rec = self._skip_or_raise(err, bad, snap)
                 committed = True
                 return rec
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            strategy.objective(out, names, share).backward()
+            strategy.after_backward(self.model)
             named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
             params = [p for _, p in named]
-            grad_norm = _total_norm([p.grad for p in params])
+            grad_norm = strategy.grad_norm(self.model, [p.grad for p in params])
             if not bool(torch.isfinite(grad_norm)):
                 # checked before clipping and the update: a NaN/Inf gradient is never applied
-                first = next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None)
+                first = strategy.agree(next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None))
                 err = NonFiniteGradientError(step, names, float(grad_norm), first, skipped=self._skips_at_limit())
                 rec = self._skip_or_raise(err, "gradient", snap)
                 committed = True
                 return rec
             if tc.grad_clip and params:
                 _clip(params, tc.grad_clip, grad_norm)
+            # the record before the update: making it global may need the other processes
+            rec = strategy.globalise(self._record(out, mine, float(grad_norm), 0.0, step=step), out, batches, share)
             with _interrupts_deferred():     # the update and its record land together
                 self.optimizer.step()
                 self.step_count += 1
-                self._commit(self._record(out, batches, float(grad_norm), time.perf_counter() - t0))
+                self._commit(dataclasses.replace(rec, time_s=time.perf_counter() - t0))
                 committed = True
             return self.history[-1]
         except BaseException:
@@ -421,10 +524,9 @@ class Trainer:
         draws from a copy of the routing generator and the dropout stream is put back by
         the caller, so the step can be redone unchanged.
         """
-        bad_inputs = [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
+        bad_inputs = _nonfinite_inputs(batches)
         if bad_inputs:
-            return {"tasks": bad_inputs, "what": "input", "where": "input",
-                    "detail": f"the training input of task(s) {', '.join(map(repr, bad_inputs))} holds NaN/Inf"}
+            return _input_finding(bad_inputs)
         param = next((n for n, p in self.model.named_parameters() if _nonfinite(p)), None)
         # rerun each task alone, recording the first layer whose output is not finite
         failing, layer = [], None
@@ -469,7 +571,8 @@ class Trainer:
         self.torch_rng = torch.get_rng_state()
         self.history.append(rec)
 
-    def _record(self, out: ModelOutput, batches, grad_norm: float, seconds: float) -> StepRecord:
+    def _record(self, out: ModelOutput, batches, grad_norm: float, seconds: float, *,
+                step: int | None = None) -> StepRecord:
         aux: dict[str, list[float]] = {}
         blocks = {}
         for i, s in enumerate(out.moe_stats):
@@ -479,7 +582,7 @@ class Trainer:
                 aux.setdefault(name, []).append(float(v.detach()))
             blocks[i] = BlockRecord(load=tuple(float(v) for v in s.load), dropped=float(s.dropped_fraction),
                                     entropy=float(s.router_entropy))
-        return StepRecord(step=self.step_count, loss=float(out.loss.detach()),
+        return StepRecord(step=self.step_count if step is None else step, loss=float(out.loss.detach()),
                           task_loss=float(out.task_loss.detach()), aux_loss=float(out.aux_loss.detach()),
                           task_losses={b.task: float(out.losses[b.task].detach()) for b in batches},
                           examples={b.task: len(b.y) for b in batches},
@@ -553,8 +656,7 @@ class Trainer:
 
         Stale temporary files of earlier saves of ``path`` that were killed are removed.
         """
-        from pwlab.checkpoint import save_trainer
-        save_trainer(self, path)
+        self.strategy.save(self, path)
 
     def restore(self, path) -> None:
         """Load a checkpoint of this same configuration into this trainer (nothing changes on error).
@@ -564,8 +666,7 @@ class Trainer:
         contents changed after it was written; a checkpoint without a digest (older pwlab)
         loads with a warning.
         """
-        from pwlab.checkpoint import restore_trainer
-        restore_trainer(self, path)
+        self.strategy.restore(self, path)
 
     @classmethod
     def load(cls, path, tasks: Sequence | None = None, *, callbacks: Sequence[Callable] = (),
@@ -578,6 +679,5 @@ class Trainer:
         fitting checkpoint and :class:`pwlab.checkpoint.CheckpointIntegrityError` (a
         ``ValueError``) for one whose contents changed after it was written.
         """
-        from pwlab.checkpoint import load_trainer
         return load_trainer(cls, path, tasks, callbacks=callbacks, device=device,
                             max_consecutive_skips=max_consecutive_skips)

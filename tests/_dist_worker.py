@@ -195,21 +195,30 @@ def nonfinite_gradient(rank: int, world: int, config: dict, task_names: list[str
         return g + float("inf") if rank == 1 and backwards[0] == 2 else g
     target.register_hook(poison)
     before = [p.detach().clone() for p in trainer.model.parameters()]
+    buffers_before = [b.clone() for b in trainer.model.buffers()]
+    buffers_moved = False
     error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             for _ in range(3):
                 trainer.step(1)
-                if trainer.step_count == 1:
+                if trainer.step_count == 1 and not trainer.history[-1].get("skipped"):
+                    # an applied step moves the balancing bias, so the check below can fail
+                    buffers_moved = any(not torch.equal(a, b) for a, b in zip(buffers_before, trainer.model.buffers()))
                     before = [p.detach().clone() for p in trainer.model.parameters()]
+                    buffers_before = [b.clone() for b in trainer.model.buffers()]
                 if trainer.history[-1].get("skipped"):
                     after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+                    buffers_after = [b.clone() for b in trainer.model.buffers()]
         except NonFiniteGradientError as e:
             error = str(e)
             after_skip = [p.detach().clone() for p in trainer.model.parameters()]
+            buffers_after = [b.clone() for b in trainer.model.buffers()]
     unchanged = all(torch.equal(a, b) for a, b in zip(before, after_skip))
     return {"error": error, "history": trainer.history, "unchanged_by_bad_step": unchanged,
+            "buffers_moved_by_a_step": buffers_moved,
+            "buffers_put_back": all(torch.equal(a, b) for a, b in zip(buffers_before, buffers_after)),
             "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()),
             "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}
 
@@ -242,3 +251,170 @@ def swat_to_expert_parallel(rank: int, world: int, kind: str) -> dict:
             "err": float((y.detach() - y_ref.detach()).abs().max()),
             "masked_get_gradient": all(bool((p.grad[w == 0] != 0).any()) for p, w, n in zip(
                 layer.experts.weight_parameters(), local, layer.experts.WEIGHT_NAMES) if n.startswith("w"))}
+
+
+def _fixed_batches(tasks_):
+    """One fixed multi-task batch, the same on every rank and in the test process."""
+    from pwlab.tasks import MultiTaskSampler
+    return MultiTaskSampler(tasks_, batch_size=12, seed=123).sample()
+
+
+def _outputs(trainer) -> dict:
+    """Eval-mode predictions on the fixed batch: each rank's expert-parallel model on the whole batch."""
+    trainer.model.eval()
+    try:
+        with torch.no_grad():
+            out = trainer.model(_fixed_batches(trainer.tasks))
+    finally:
+        trainer.model.train()
+    return {t: p.detach().clone() for t, p in out.predictions.items()}
+
+
+def _trainer_state(trainer) -> dict:
+    """What must continue exactly: this rank's parameters and buffers (its expert shard), its
+    optimizer state, the history, the sampler and both random streams."""
+    opt = trainer.optimizer.state_dict()
+    return {"model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+            "optimizer": {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+                          for i, s in opt["state"].items()},
+            "history": [{k: v for k, v in r.as_dict().items() if k != "time_s"} for r in trainer.history],
+            "step": trainer.step_count, "sampler": trainer.sampler.state_dict(),
+            "generator": trainer.generator.get_state(), "torch_rng": trainer.torch_rng.clone()}
+
+
+def checkpoint_save(rank: int, world: int, config: dict, task_names: list[str], k: int, m: int, path: str) -> dict:
+    """Train k steps, save, train m more: the state at k + m."""
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    trainer = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    initial = {k_: v.clone() for k_, v in trainer.model.state_dict().items()}
+    trainer.step(k)
+    trainer.save(path)
+    trainer.step(m)
+    return {"initial": initial, "final": _trainer_state(trainer)}
+
+
+def checkpoint_restore(rank: int, world: int, config: dict, task_names: list[str], m: int, path: str) -> dict:
+    """A fresh group: restore the checkpoint into a new trainer (and load one from it), train m steps."""
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    restored = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    restored.restore(path)
+    at_restore = {"step": restored.step_count, "outputs": _outputs(restored),
+                  "model": {k: v.detach().clone() for k, v in restored.model.state_dict().items()}}
+    restored.step(m)
+    loaded = DistributedTrainer.load(path)
+    loaded.step(m)
+    return {"at_restore": at_restore, "restored": _trainer_state(restored), "loaded": _trainer_state(loaded),
+            "expert_range": [layer.expert_range for layer in restored.model.moe_blocks().values()]}
+
+
+def interrupted_update(rank: int, world: int, config: dict, task_names: list[str]) -> dict:
+    """Ctrl-C on rank 1 alone, in the middle of the second update (inside optimizer.step): the
+    update must land whole on that rank (KeyboardInterrupt raised after it), so the group
+    stays in step and ends where an uninterrupted group ends."""
+    import os
+    import signal
+
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    def run(interrupt: bool):
+        trainer = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+        updates = [0]
+
+        def pre_hook(opt, args, kwargs):
+            updates[0] += 1
+            if interrupt and rank == 1 and updates[0] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        trainer.optimizer.register_step_pre_hook(pre_hook)
+        caught = None
+        for _ in range(3):
+            try:
+                trainer.step(1)
+            except KeyboardInterrupt:
+                caught = trainer.step_count
+        return trainer, caught
+
+    plain, _ = run(False)
+    interrupted, caught_at = run(True)
+    same = all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                 interrupted.model.state_dict().values()))
+    return {"caught_at_step": caught_at, "same_as_uninterrupted": same, "steps": interrupted.step_count,
+            "history_steps": [r["step"] for r in interrupted.history]}
+
+
+def load_single_process_checkpoint(rank: int, world: int, path: str, m: int) -> dict:
+    """A single-process checkpoint loaded into a group (DistributedTrainer.load), m more steps."""
+    import warnings
+
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = DistributedTrainer.load(path)
+    start = trainer.step_count
+    trainer.step(m)
+    return {"start": start, "history": [r.as_dict() for r in trainer.history],
+            "experts": {i: [w.clone() for w in layer.gather_experts()] for i, layer in trainer.model.moe_blocks().items()},
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
+
+
+def restore_fails_on_one_rank(rank: int, world: int, config: dict, task_names: list[str], path: str) -> dict:
+    """A checkpoint that rank 1 cannot read: every rank raises, nothing changes, the group stays in step."""
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+
+    trained = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    trained.step(2)
+    trained.save(path)
+    fresh = DistributedTrainer(tasks.load(task_names), Config.from_dict(config))
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    try:
+        fresh.restore(path if rank == 0 else path + ".missing")
+        error = None
+    except ValueError as e:
+        error = str(e)
+    unchanged = fresh.step_count == 0 and all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in before.items())
+    probe = torch.ones(1)
+    dist.all_reduce(probe)
+    return {"error": error, "unchanged": unchanged, "probe": float(probe)}
+
+
+def nonfinite_input(rank: int, world: int, config: dict, task_names: list[str], skip: bool) -> dict:
+    """Three steps; at the second, the step's last example (so rank 1's piece alone) holds a NaN."""
+    import dataclasses
+    import warnings
+
+    from pwlab import tasks
+    from pwlab.config import Config
+    from pwlab.distributed.trainer import DistributedTrainer
+    from pwlab.train import NonFiniteLossError
+
+    trainer = DistributedTrainer(tasks.load(task_names), Config.from_dict(config).with_train(skip_nonfinite=skip))
+    sample, calls = trainer.sampler.sample, [0]
+
+    def poisoned():
+        batches = sample()
+        calls[0] += 1
+        if calls[0] == 2:
+            x = batches[-1].x.clone()
+            x[-1] = float("nan")
+            batches[-1] = dataclasses.replace(batches[-1], x=x)
+        return batches
+    trainer.sampler.sample = poisoned
+    error = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            trainer.step(3)
+        except NonFiniteLossError as e:
+            error = (e.what, e.where, e.tasks, str(e))
+    return {"error": error, "history": [r.as_dict() for r in trainer.history],
+            "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())}

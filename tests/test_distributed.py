@@ -262,18 +262,46 @@ def test_train_entry_point_exits_with_main_s_code_and_its_output_complete():
     assert bad.returncode == 2 and "--steps must be >= 0, got -1" in bad.stderr
 
 
+def test_train_entry_point_saves_and_resumes(tmp_path):
+    """--save writes a checkpoint that --resume continues (steps 3, 4 follow 1, 2 as in one run of 4)."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "pwlab.distributed.train", "--preset", "tiny", "--tasks", "wine",
+            "--eval-examples", "16", "--no-progress", "--history"]
+    ckpt = str(tmp_path / "run.pt")
+
+    def run(*extra):
+        done = subprocess.run(base + list(extra), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in done.stdout.splitlines()][:-1]
+
+    whole = run("--steps", "4")
+    first = run("--steps", "2", "--save", ckpt)
+    rest = run("--steps", "2", "--resume", ckpt)
+    assert [r["step"] for r in rest] == [3, 4]
+    drop = lambda r: {k: v for k, v in r.items() if k != "time_s"}      # noqa: E731
+    assert [drop(r) for r in first + rest] == [drop(r) for r in whole]
+    missing = subprocess.run(base + ["--steps", "1", "--resume", ckpt + ".missing"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_distributed_trainer_never_applies_a_nonfinite_gradient(skip):
     """Rank 1 alone gets an Inf gradient at step 2: the global norm is Inf on every rank, so
     every rank refuses the step (NonFiniteGradientError) or, with skip_nonfinite, skips it with a
-    warning, the parameters untouched, and goes on."""
+    warning, the parameters untouched and the buffers put back (the router's balancing bias,
+    which its forward moved), and goes on."""
     from pwlab import config
 
-    cfg = config.tiny().with_train(batch_size=16)
+    cfg = config.tiny().with_model(router_kwargs={"bias_update_rate": 0.01}).with_train(batch_size=16)
     results = run_local(worker.nonfinite_gradient, 2, cfg.to_dict(), TRAIN_TASKS, skip, timeout=240)
     for rank, res in enumerate(results):
         assert res["unchanged_by_bad_step"], f"rank {rank}: the non-finite step changed the parameters"
+        assert res["buffers_moved_by_a_step"], f"rank {rank}: an applied step left the balancing bias where it was"
+        assert res["buffers_put_back"], f"rank {rank}: the non-finite step's bias update stayed"
         assert res["finite"], f"rank {rank}: non-finite parameters"
         if not skip:
             assert res["error"] is not None and "step 2" in res["error"], (rank, res["error"])
@@ -300,3 +328,172 @@ def test_a_swatified_moe_keeps_its_sparsity_under_expert_parallelism(kind):
         assert all(abs(k - 0.25) < 0.01 for k in res["kept"]), res["kept"]
         assert res["err"] < 1e-5, f"rank {rank}: {res['err']}"
         assert res["masked_get_gradient"]
+
+
+# -- checkpoints and interrupts of the distributed trainer ---------------------------------------
+def _same(a, b) -> bool:
+    """Exact equality of nested containers of tensors and plain values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _checkpoint_config(name):
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    if name == "noise_dropout_capacity":      # per-rank routing noise and dropout streams, tokens dropped
+        return cfg.with_model(router="noisy_topk", capacity_factor=1.0, dropout=0.1)
+    return cfg.with_model(router_kwargs={"bias_update_rate": 0.01})   # a buffer that differs per rank
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["noise_dropout_capacity", "balancing_bias"])
+def test_distributed_checkpoint_loads_back_exactly(name, tmp_path):
+    """2 ranks train k steps, save, train m more; a fresh 2-rank group restores the checkpoint
+    (DistributedTrainer.restore, and DistributedTrainer.load) and trains m steps: every rank's
+    parameters, optimizer state, sampler, random streams and history equal the uninterrupted
+    run's bit for bit. The file is a single-process checkpoint: Trainer.load reads it, and its
+    model computes what the 2-rank model computes."""
+    from pwlab.train import Trainer
+
+    cfg, path, k, m = _checkpoint_config(name), str(tmp_path / "run.pt"), 3, 3
+    saved = run_local(worker.checkpoint_save, 2, cfg.to_dict(), TRAIN_TASKS, k, m, path, timeout=240)
+    resumed = run_local(worker.checkpoint_restore, 2, cfg.to_dict(), TRAIN_TASKS, m, path, timeout=240)
+    for rank in range(2):
+        want = saved[rank]["final"]
+        assert want["step"] == k + m and len(want["history"]) == k + m
+        for which in ("restored", "loaded"):
+            got = resumed[rank][which]
+            for part in ("step", "history", "model", "optimizer", "sampler", "generator", "torch_rng"):
+                assert _same(got[part], want[part]), f"rank {rank}, {which}: {part} differs from the uninterrupted run"
+        # the fresh trainer started from the initial weights, which the k steps moved: restoring did load
+        assert resumed[rank]["at_restore"]["step"] == k
+        assert not _same(resumed[rank]["at_restore"]["model"], saved[rank]["initial"])
+    # the ranks' states differ (their own experts, routing-noise generators, buffers), so each kept its own
+    assert not _same(saved[0]["final"]["model"], saved[1]["final"]["model"])
+    assert not _same(saved[0]["final"]["generator"], saved[1]["final"]["generator"])
+
+    single = Trainer.load(path)
+    assert single.step_count == k and [r["step"] for r in single.history] == list(range(1, k + 1))
+    assert [r["loss"] for r in single.history] == [r["loss"] for r in saved[0]["final"]["history"][:k]]
+    single.model.eval()
+    with torch.no_grad():
+        out = single.model(worker._fixed_batches(single.tasks))
+    whole = single.model.state_dict()
+    # a balancing bias follows each rank's own tokens, so the ranks' routers differ and the file
+    # holds rank 0's: there the single-process model computes what rank 0 computes
+    same_router = name != "balancing_bias"
+    assert same_router or not _same(saved[0]["final"]["model"]["blocks.1.ffn.router.expert_bias"],
+                                    saved[1]["final"]["model"]["blocks.1.ffn.router.expert_bias"])
+    for rank in range(2):
+        got = resumed[rank]["at_restore"]
+        for t in TRAIN_TASKS:
+            if rank == 0 or same_router:
+                assert torch.allclose(got["outputs"][t], out.predictions[t], atol=1e-5), (rank, t)
+        # each rank holds its slice of the single-process expert bank, exactly
+        (lo, hi), = resumed[rank]["expert_range"]
+        for key in ("blocks.1.ffn.experts.w1", "blocks.1.ffn.experts.b2"):
+            assert key in whole, sorted(whole)[:20]
+            assert torch.equal(got["model"][key], whole[key][lo:hi])
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_is_held_until_the_update_has_landed():
+    """Ctrl-C reaches rank 1 alone inside the optimizer's update of step 2: the distributed step
+    holds it, as the single-process one does, until the update and its record are in, then
+    raises KeyboardInterrupt; the group stays in step and ends where an uninterrupted one does."""
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.interrupted_update, 2, cfg.to_dict(), TRAIN_TASKS, timeout=240)
+    assert results[0]["caught_at_step"] is None
+    assert results[1]["caught_at_step"] == 2, "the interrupt did not wait for the update of step 2"
+    for rank, res in enumerate(results):
+        assert res["steps"] == 3 and res["history_steps"] == [1, 2, 3], (rank, res)
+        assert res["same_as_uninterrupted"], f"rank {rank}"
+
+
+def test_distributed_trainer_runs_the_trainer_s_own_step():
+    """One step, written once: the distributed trainer overrides none of it (only the strategy)."""
+    from pwlab.distributed.trainer import DistributedTrainer, ExpertParallelStrategy
+    from pwlab.train import StepStrategy, Trainer
+
+    for name in ("_one_step", "_one_step_inner", "_skip_or_raise", "_snapshot", "_restore", "_commit", "save",
+                 "restore", "step", "fit"):
+        assert getattr(DistributedTrainer, name) is getattr(Trainer, name), name
+    assert issubclass(ExpertParallelStrategy, StepStrategy)
+
+
+@pytest.mark.slow
+def test_a_single_process_checkpoint_continues_on_two_ranks(tmp_path):
+    """Trained k steps in one process, saved, loaded into a 2-rank group: with zero auxiliary
+    weights and no capacity the group's next m steps are the single process's next m steps
+    (each rank took its slice of the experts and of their optimizer state); a warning says the
+    ranks' routing-noise generators were reseeded (the file holds one process's)."""
+    from pwlab import config
+    from pwlab.train import Trainer
+
+    cfg = config.tiny().with_model(aux_weights={"load_balancing": 0.0, "z_loss": 0.0, "importance_load": 0.0})
+    cfg = cfg.with_train(batch_size=16)
+    path, k, m = str(tmp_path / "single.pt"), 3, 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = Trainer(TRAIN_TASKS, cfg)
+        ref.step(k)
+        ref.save(path)
+        ref.step(m)
+    finally:
+        torch.set_num_threads(threads)
+    results = run_local(worker.load_single_process_checkpoint, 2, path, m, timeout=240)
+    ref_loss = [r["loss"] for r in ref.history]
+    assert max(ref_loss[k:]) - min(ref_loss[k:]) > 1e-3                       # the loss does move
+    for rank, res in enumerate(results):
+        assert res["start"] == k and [r["step"] for r in res["history"]] == list(range(1, k + m + 1))
+        assert res["history"][:k] == [r.as_dict() for r in ref.history[:k]]      # the saved history, as saved
+        loss = [r["loss"] for r in res["history"]]
+        assert max(abs(a - b) for a, b in zip(loss[k:], ref_loss[k:])) < 1e-4, (rank, loss, ref_loss)
+        for got, want in zip(res["experts"][1], ref.model.moe_blocks()[1].experts.weight_parameters()):
+            assert torch.allclose(got, want.detach(), atol=1e-4)
+        assert any("saved by 1 process(es), not 2" in w for w in res["warnings"]), res["warnings"]
+
+
+@pytest.mark.slow
+def test_a_restore_that_fails_on_one_rank_fails_on_every_rank(tmp_path):
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.restore_fails_on_one_rank, 2, cfg.to_dict(), TRAIN_TASKS, str(tmp_path / "c.pt"),
+                        timeout=240)
+    assert "rank 1" in results[0]["error"] and "is not a file" in results[0]["error"], results[0]["error"]
+    assert "is not a file" in results[1]["error"]
+    for rank, res in enumerate(results):
+        assert res["unchanged"], f"rank {rank}: a failed restore changed the trainer"
+        assert res["probe"] == 2.0, f"rank {rank}: the group fell out of step"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_nonfinite_input_on_one_rank_is_refused_or_skipped_on_every_rank(skip):
+    """Rank 1 alone holds a NaN input at step 2. Its forward would fail alone and leave rank 0
+    waiting in the exchange; the ranks agree first, so both raise the same NonFiniteLossError
+    naming the input (or, with skip_nonfinite, both skip the step) and no rank hangs."""
+    from pwlab import config
+
+    cfg = config.tiny().with_train(batch_size=16)
+    results = run_local(worker.nonfinite_input, 2, cfg.to_dict(), TRAIN_TASKS, skip, timeout=120)
+    for rank, res in enumerate(results):
+        assert res["finite"]
+        if not skip:
+            what, where, tasks_, msg = res["error"]
+            assert (what, where, tasks_) == ("input", "input", [TRAIN_TASKS[-1]]) and "step 2" in msg, (rank, msg)
+            assert [r["step"] for r in res["history"]] == [1]
+        else:
+            assert res["error"] is None
+            assert [bool(r.get("skipped")) for r in res["history"]] == [False, True, False]
+            assert res["history"][1]["nonfinite"] == "forward" and res["history"][1]["where"] == "input"

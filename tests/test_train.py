@@ -291,3 +291,11 @@ def test_optimizer_and_sampling_are_configurable_and_training_learns(task_list, 
     first = sum(r["loss"] for r in tr.history[:5]) / 5
     last = sum(r["loss"] for r in tr.history[-5:]) / 5
     assert last < first and after > before and after > 0.8
+
+
+def test_strategy_must_be_a_step_strategy():
+    from pwlab.train import StepStrategy
+
+    with pytest.raises(TypeError, match="strategy must be a pwlab.train.StepStrategy, got str"):
+        Trainer(["wine"], strategy="distributed")
+    assert type(Trainer(["wine"]).strategy) is StepStrategy

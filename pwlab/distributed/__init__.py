@@ -5,7 +5,8 @@
 - :func:`a2a_volume`, :func:`a2a_bytes` — the cost model of that exchange.
 - :func:`expert_parallel`, :func:`sync_gradients`, :func:`clip_grad_norm_`, :func:`shard_batches` —
   a whole model: experts sharded, the rest data parallel (the trainer:
-  :class:`pwlab.distributed.trainer.DistributedTrainer`; the command: ``pwlab.distributed.train``).
+  :class:`pwlab.distributed.trainer.DistributedTrainer`, the Trainer with an
+  ``ExpertParallelStrategy``, checkpoints included; the command: ``pwlab.distributed.train``).
 - :func:`run_local` — P local gloo processes (tests, benchmarks, notebooks).
 """
 from pwlab.distributed.cost import a2a_bytes, a2a_volume

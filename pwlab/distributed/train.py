@@ -3,7 +3,9 @@
     torchrun --nproc_per_node=4 -m pwlab.distributed.train --preset tiny --tasks all --steps 300
 
 Experts are sharded over the processes, everything else is replicated and its gradients are
-summed (see :class:`~pwlab.distributed.trainer.DistributedTrainer`). Rank 0 prints one JSON
+summed (see :class:`~pwlab.distributed.trainer.DistributedTrainer`). ``--save PATH`` writes a
+checkpoint at the end (a single-process one: ``pwlab.Trainer.load`` reads it), ``--resume PATH``
+continues from one; a run resumed in a group of the same size continues exactly. Rank 0 prints one JSON
 line per training record with ``--history``, then a JSON summary with the evaluation.
 Without torchrun it runs as a single process (a group of one).
 """
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="examples per step over all ranks")
     p.add_argument("--eval-examples", type=int, default=None, help="test examples per task (default: the preset's)")
     p.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: nccl with CUDA, else gloo")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from this checkpoint (of this or a single-process run; every rank must see it)")
+    p.add_argument("--save", default=None, metavar="PATH", help="write a checkpoint here at the end (rank 0 writes it)")
     p.add_argument("--history", action="store_true", help="print every training record as a JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds any collective may wait")
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--steps must be >= 0, got {args.steps}")
             names = "all" if args.tasks == "all" else [n.strip() for n in args.tasks.split(",") if n.strip()]
             trainer = DistributedTrainer(tasks.load(names), cfg)
+            if args.resume is not None:
+                trainer.restore(args.resume)      # collective: raises on every rank if it fails on any
         except ValueError as e:          # the same arguments on every rank: every rank stops here
             if rank == 0:
                 print(f"pwlab.distributed.train: {e}", file=sys.stderr)
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.callbacks.append(lambda _t, rec: print(json.dumps(rec), flush=True))
         steps = cfg.train.steps if args.steps is None else args.steps
         trainer.fit(steps, progress=rank == 0 and not args.no_progress)
+        if args.save is not None:
+            trainer.save(args.save)
         results = trainer.evaluate(record=False)
         if rank == 0:
             losses = [r.loss for r in trainer.history if isinstance(r, StepRecord)]
