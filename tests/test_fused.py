@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pwlab import fused
+from pwlab import expert_kernels, fused
 from pwlab.moe import MoE
 from pwlab.routing import NoisyTopK, TopK
 
@@ -160,7 +160,7 @@ def test_second_derivatives_are_refused_not_wrong():
     with pytest.raises(RuntimeError, match="does not require grad"):
         g.sum().backward()
     half = MoE(D, H, E, TopK(k=2)).bfloat16()
-    assert not half._fusable(torch.randn(6, D, dtype=torch.bfloat16))
+    assert half.backend_for(torch.randn(6, D, dtype=torch.bfloat16)) != "fused"
 
 
 def test_non_finite_input_is_an_error():
@@ -214,7 +214,7 @@ def test_grouped_and_padded_layouts_agree_in_float32():
 def test_row_layout_by_hand():
     """Rank-major choices of 3 tokens (k = 2) over 3 experts, sorted by expert, priority kept."""
     expert_t = torch.tensor([[2, 0, 2], [0, 1, 0]])        # first choices, then second choices
-    counts, lay = fused.row_layout(expert_t, 3)
+    counts, lay = expert_kernels.row_layout(expert_t, 3)
     assert counts.tolist() == [3, 1, 2]
     # rows: expert 0 takes (token 1, first), (token 0, second), (token 2, second); expert 1 token 1;
     # expert 2 tokens 0 and 2 (first choices)
@@ -232,7 +232,7 @@ def test_grouped_matmuls_equal_one_matmul_per_expert(dtype):
     torch.manual_seed(6)
     counts = torch.tensor([3, 0, 5, 2])
     ends = counts.cumsum(0)
-    lay = fused.RowLayout(row_token=torch.arange(10), row=torch.arange(10),
+    lay = expert_kernels.RowLayout(row_token=torch.arange(10), row=torch.arange(10),
                           row_expert=torch.repeat_interleave(torch.arange(4), counts),
                           bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
     a, b, g = torch.randn(10, 8, dtype=dtype), torch.randn(4, 8, 12, dtype=dtype), torch.randn(10, 12, dtype=dtype)
@@ -240,9 +240,9 @@ def test_grouped_matmuls_equal_one_matmul_per_expert(dtype):
     ref = torch.cat([a[s:s + c] @ b[e] for e, (s, c) in enumerate(zip(starts, counts.tolist()))])
     ref_t = torch.stack([a[s:s + c].t() @ g[s:s + c] for s, c in zip(starts, counts.tolist())])
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert torch.allclose(fused.grouped_mm(a, b, lay), ref, atol=tol)
-    assert torch.allclose(fused.grouped_mm_t(a, g, lay), ref_t, atol=tol)
-    assert torch.equal(fused.grouped_mm_t(a, g, lay)[1], torch.zeros(8, 12, dtype=dtype))
+    assert torch.allclose(expert_kernels.grouped_mm(a, b, lay), ref, atol=tol)
+    assert torch.allclose(expert_kernels.grouped_mm_t(a, g, lay), ref_t, atol=tol)
+    assert torch.equal(expert_kernels.grouped_mm_t(a, g, lay)[1], torch.zeros(8, 12, dtype=dtype))
 
 
 def test_gradcheck_grouped_dropless():
