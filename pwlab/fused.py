@@ -5,11 +5,15 @@ A = k·N assignments, C slots per expert.
 
 On a CPU a small MoE layer spends more time in per-operation overhead (dispatching an op,
 recording it for autograd, allocating its output) than in arithmetic. :class:`MoE` therefore
-runs its most common configuration — a :class:`~pwlab.routing.TopK` router (softmax, then
-top-k), position priority, the plain :class:`~pwlab.experts.ExpertBank`, the fast dispatch —
-through :func:`topk_moe`: the same maths as the general path with two thirds of the operations
-(304 instead of 445 per training step at the benchmark's tiny size) and one autograd node with a
-hand-written backward instead of 25. Tests tie it to the general path (values and every
+runs its most common configuration through :func:`topk_moe`, the padded backend's fast form,
+which routes in the router's place: the same maths as the general path with two thirds of the
+operations (304 instead of 445 per training step at the benchmark's tiny size) and one autograd
+node with a hand-written backward instead of 25. Which calls it takes, the parts say
+(:func:`plan`): the router's ``fused_gate()`` (the plain softmax-then-top-k gate) and the bank's
+``plain_ffn()`` (the plain two-matrix FFN); the layer adds position priority and the padded
+backend. The experts' forward and backward are :mod:`pwlab.expert_kernels`' (shared with the
+padded dispatch); the router's and the two losses' backward is written out in
+:class:`_TopKMoE` beside its forward. Tests tie it to the general path (values and every
 gradient) and check it with ``gradcheck``; docs/moe_performance.md says where the time goes.
 
 The router works in the transposed ``(E, N)`` layout throughout: PyTorch's CPU softmax over a

@@ -20,15 +20,20 @@ choices before second choices, then higher router weight first (batch-prioritize
 Riquelme et al. 2021). A dropped assignment contributes nothing; the block's residual carries
 the token.
 
-Dispatch. ``dispatch="fast"`` sorts the kept assignments by expert into a padded
-(E, C, D) buffer and runs every expert at once with two batched matmuls;
-``dispatch="loop"`` is the plain reference, one expert at a time (as transformers' Mixtral).
-Tests tie them together, values and gradients. The most common configuration — a
-:class:`~pwlab.routing.TopK` router (softmax, then top-k), position priority, the plain expert
-bank, fast dispatch — runs as a single autograd node (:mod:`pwlab.fused`): the same maths with
-two thirds of the operations; set ``layer.fused = False`` to force the general path. Its
-routing comes back rank-major (all first choices, then all second choices); ``token`` and
-``rank`` say which assignment is which, as for every router.
+Backends. The forward path is route → capacity → ``layer.backend(x, routing, kept, experts)``
+→ stats (:class:`pwlab.dispatch.Backend`). ``dispatch="fast"`` (:class:`~pwlab.dispatch.PaddedDispatch`)
+sorts the kept assignments by expert into a padded (E, C, D) buffer and runs every expert at
+once with two batched matmuls; ``dispatch="loop"`` (:class:`~pwlab.dispatch.LoopDispatch`) is
+the plain reference, one expert at a time (as transformers' Mixtral); the expert-parallel
+backend (:class:`pwlab.distributed.ep_moe.ExpertParallelDispatch`) runs each expert on the
+rank that holds it. Tests tie them together, values and gradients. The padded backend has a
+fast form: when the router declares it is the plain softmax-then-top-k gate
+(``Router.fused_gate()``, :class:`~pwlab.routing.TopK` with its defaults) and the bank the
+plain FFN (``plain_ffn()``), with position priority, the whole call — routing included — runs
+as a single autograd node (:mod:`pwlab.fused`): the same maths with two thirds of the
+operations; set ``layer.fused = False`` to force the general path (``layer.backend_for(x)``
+says which a call takes). Its routing comes back rank-major (all first choices, then all
+second choices); ``token`` and ``rank`` say which assignment is which, as for every router.
 
 Expert kinds. ``expert="ffn"`` (default) is the two-matrix FFN with biases
 (:class:`~pwlab.experts.ExpertBank`); ``expert="swiglu"`` the gated expert of Mixtral, Qwen-MoE,
