@@ -342,41 +342,46 @@ class MoE(nn.Module):
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        flat, per_token, keep = self._checked_tokens(x, mask, generator, task=task, token_ids=token_ids, groups=groups)
+        y, stats = self._forward_tokens(flat, generator=generator, **per_token)   # route → capacity → backend → stats
+        if self.shared_experts is not None:
+            y = y + self._shared_forward(flat)
+        if keep is not None:                                                       # padding rows get zeros
+            y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y)
+        return y.view(x.shape), stats
+
+    def _checked_tokens(self, x: Tensor, mask: Tensor | None, generator, **ids):
+        """The arguments checked, and the real tokens flat: ``(x (N, D), per-token ids (N,) by name,
+        keep (numel,) bool or None)``."""
         _checks.float_input("x", x, self.enabled.device, self.experts.w1.dtype)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
         _checks.generator("generator", generator)
         lead = x.shape[:-1]
         flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
-        for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
-            if ids is not None:
-                ids = _checks.integer_ids(name, ids).to(x.device)
-                if ids.shape != lead:
-                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
-                per_token[name] = ids.reshape(-1)
-        if mask is not None:
-            _checks.bool_mask("mask", mask, lead, x.device)
-            keep = mask.reshape(-1).bool()
-            flat = flat[keep]
-            per_token = {k: v[keep] for k, v in per_token.items()}
-        y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
-        if self.shared_experts is not None:
-            shared = self._shared_forward(flat)
-            if self.shared_gate is not None:          # Qwen-MoE: a per-token sigmoid gate on the shared sum
-                shared = torch.sigmoid(self.shared_gate(flat)) * shared
-            y_flat = y_flat + shared
-        if mask is not None:
-            y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
-        else:
-            y = y_flat
-        return (y if x.dim() == 2 else y.view(*lead, self.d_model)), stats
+        for name, t in ids.items():
+            if t is not None:
+                t = _checks.integer_ids(name, t).to(x.device)
+                if t.shape != lead:
+                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(t.shape)}")
+                per_token[name] = t.reshape(-1)
+        if mask is None:
+            return flat, per_token, None
+        _checks.bool_mask("mask", mask, lead, x.device)
+        keep = mask.reshape(-1).bool()
+        return flat[keep], {k: v[keep] for k, v in per_token.items()}, keep
 
     def _shared_forward(self, x: Tensor) -> Tensor:
-        """Σ_i shared_i(x) over the shared experts, for every token: ``x (N, D) -> (N, D)``."""
+        """Σ_i shared_i(x) over the shared experts (gated by ``shared_gate`` when there is one), for
+        every token: ``x (N, D) -> (N, D)``."""
         bank = self.shared_experts
         if self.dispatch == "loop":                       # the reference: one expert at a time
-            return sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
-        return bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+            out = sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
+        else:
+            out = bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+        if self.shared_gate is not None:                  # Qwen-MoE: a per-token sigmoid gate on the shared sum
+            out = torch.sigmoid(self.shared_gate(x)) * out
+        return out
 
     @classmethod
     def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, k: int = 2,
