@@ -319,3 +319,43 @@ def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
     for i, ex in enumerate(experts_of_rows.tolist()):
         assert torch.allclose(out[i], bank.forward_expert(ex, rows[i:i + 1])[0], atol=1e-12)
     assert torch.autograd.gradcheck(lambda b, *w: _KernelFFN.apply(b, *w, activation, lay), (buf, *ws))
+
+
+# -- who may take the one-node path: the router and the bank say so --------------------------------
+
+def test_routers_and_banks_declare_whether_the_fused_node_can_run_in_their_place():
+    from pwlab.experts import ExpertBank, GatedExpertBank
+    from pwlab.swat.layers import SwatExpertBank
+    plain = TopK(k=2).bind(D, E)
+    gate = plain.fused_gate()
+    assert gate.weight is plain.gate.weight and gate.k == 2 and gate.renormalize
+    for other in (TopK(k=2, order="topk_softmax"), TopK(k=2, gate="sigmoid"), TopK(k=2, bias_update_rate=0.1),
+                  NoisyTopK(k=2)):
+        assert other.bind(D, E).fused_gate() is None, other
+    bank = ExpertBank(E, D, H)
+    assert all(a is b for a, b in zip(bank.plain_ffn(), (bank.w1, bank.b1, bank.w2, bank.b2)))
+    assert GatedExpertBank(E, D, H).plain_ffn() is None and SwatExpertBank(E, D, H).plain_ffn() is None
+
+
+class _ReversedTopK(TopK):
+    """Routes otherwise (each token's last-ranked choices first): must not be routed by the node."""
+
+    def route(self, x, *, task, token_ids, generator):
+        r = super().route(x, task=task, token_ids=token_ids, generator=generator)
+        return r.select(torch.arange(r.num_assignments - 1, -1, -1))
+
+
+class _SameTopK(TopK):
+    """A subclass that changes nothing of the routing: the node may route for it."""
+
+
+def test_a_router_subclass_takes_the_node_only_if_it_routes_as_topk():
+    torch.manual_seed(9)
+    x = torch.randn(12, D, dtype=torch.float64)
+    same, reversed_ = MoE(D, H, E, _SameTopK(k=2)).double(), MoE(D, H, E, _ReversedTopK(k=2)).double()
+    assert same.backend_for(x) == "fused" and reversed_.backend_for(x) == "fast"
+    general = MoE(D, H, E, _SameTopK(k=2)).double()
+    general.load_state_dict(same.state_dict())
+    general.fused = False
+    (y1, _), (y2, _) = same(x), general(x)
+    assert torch.allclose(y1, y2, atol=1e-12)

@@ -107,7 +107,8 @@ class TopK(LinearGate):
         """The plain softmax-then-top-k gate (no bias, no sigmoid, no subclass routing or scoring
         otherwise) lets :mod:`pwlab.fused` route in its place."""
         plain = (type(self).route is TopK.route and type(self).logits is LinearGate.logits
-                 and self.order == "softmax_topk" and self.gate_fn == "softmax" and self.expert_bias is None)
+                 and self.gate.bias is None and self.order == "softmax_topk" and self.gate_fn == "softmax"
+                 and self.expert_bias is None)
         return FusedGate(self.gate.weight, self.top_k, self.renormalize) if plain else None
 
     def _normalised(self, weight: Tensor) -> Tensor:
