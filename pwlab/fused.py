@@ -145,7 +145,7 @@ class _TopKMoE(torch.autograd.Function):
             if renorm:                                                        # w = p / Σp
                 g_w = (g_w - (g_w * weight_t).sum(0, keepdim=True)).div_(top_sum)
             g_p.scatter_add_(0, expert_t, g_w)
-        g_logits = torch._softmax_backward_data(g_p, probs_t, 0, probs_t.dtype)
+        g_logits = g_p.sub_((g_p * probs_t).sum(0, keepdim=True)).mul_(probs_t)   # softmax: p ⊙ (g − Σ g·p)
         z_scale = _scale(g_z, g_aux, w_z)
         if z_scale:                                                           # ∂z/∂l[e, n] = 2·lse_n·p[e, n] / N
             g_logits.addcmul_(probs_t, lse.unsqueeze(0), value=z_scale * 2.0 / n)

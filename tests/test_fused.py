@@ -359,3 +359,25 @@ def test_a_router_subclass_takes_the_node_only_if_it_routes_as_topk():
     general.fused = False
     (y1, _), (y2, _) = same(x), general(x)
     assert torch.allclose(y1, y2, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,renormalize,activation,capacity,enabled", [
+    (1, True, "relu", None, None),                       # top-1 keeps the raw probability; padded dropless
+    (3, False, "silu", 4, torch.tensor([True, False, True])),   # ablation with capacity
+])
+def test_gradcheck_router_and_losses_other_settings(k, renormalize, activation, capacity, enabled):
+    """The node's hand-written router, load-balancing and z-loss backward against finite
+    differences beyond test_gradcheck's setting: top-1, top-3 without renormalisation, ablation."""
+    torch.manual_seed(11)
+    n, d, h, e = 7, 4, 5, 3
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+              for shape in ((e, d), (e, d, h), (e, h), (e, h, d), (e, d))]
+
+    def run(x, wg, w1, b1, w2, b2):
+        y, logits, probs, weight, lb, z, aux, *_ = fused.topk_moe(
+            x, wg, w1, b1, w2, b2, k=k, renormalize=renormalize, capacity=capacity, activation=activation,
+            w_lb=0.3, w_z=0.2, enabled=enabled, grouped=False)
+        return y, logits, probs, weight, lb, z, aux
+
+    assert torch.autograd.gradcheck(run, (x, *params), atol=1e-6)
