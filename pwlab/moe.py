@@ -444,13 +444,14 @@ class MoE(nn.Module):
 
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
+        """Route → capacity → backend → stats on the real tokens ``x (N, D)``."""
         backend = self.backend
         plan = self._fused_plan(x, backend)
         if plan is not None:                            # the router lets the one-node layer route for it
             return self._forward_fused(x, plan, groups)
         _checks.finite_tensor("x", x)                   # once here; the router trusts its caller
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)      # None: dropless / expert choice
         kept = keep(proposed, cap, self.drop_policy, None if self._all_enabled else self.enabled)
         y = backend(x, proposed, kept, self.experts)
         stats = MoEStats(counts=kept.counts, proposed_counts=kept.proposed_counts, capacity=cap, proposed=proposed,
