@@ -342,17 +342,17 @@ class MoE(nn.Module):
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
-        flat, per_token, keep = self._checked_tokens(x, mask, generator, task=task, token_ids=token_ids, groups=groups)
+        flat, per_token, real = self._checked_tokens(x, mask, generator, task=task, token_ids=token_ids, groups=groups)
         y, stats = self._forward_tokens(flat, generator=generator, **per_token)   # route → capacity → backend → stats
         if self.shared_experts is not None:
             y = y + self._shared_forward(flat)
-        if keep is not None:                                                       # padding rows get zeros
-            y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y)
+        if real is not None:                                                       # padding rows get zeros
+            y = x.new_zeros(real.shape[0], self.d_model).index_copy(0, torch.nonzero(real).flatten(), y)
         return y.view(x.shape), stats
 
     def _checked_tokens(self, x: Tensor, mask: Tensor | None, generator, **ids):
         """The arguments checked, and the real tokens flat: ``(x (N, D), per-token ids (N,) by name,
-        keep (numel,) bool or None)``."""
+        real (numel,) bool or None)``, ``real`` the flattened mask."""
         _checks.float_input("x", x, self.enabled.device, self.experts.w1.dtype)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
         _checks.generator("generator", generator)
@@ -368,8 +368,8 @@ class MoE(nn.Module):
         if mask is None:
             return flat, per_token, None
         _checks.bool_mask("mask", mask, lead, x.device)
-        keep = mask.reshape(-1).bool()
-        return flat[keep], {k: v[keep] for k, v in per_token.items()}, keep
+        real = mask.reshape(-1).bool()
+        return flat[real], {k: v[real] for k, v in per_token.items()}, real
 
     def _shared_forward(self, x: Tensor) -> Tensor:
         """Σ_i shared_i(x) over the shared experts (gated by ``shared_gate`` when there is one), for
