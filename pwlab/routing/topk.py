@@ -106,10 +106,11 @@ class TopK(LinearGate):
     def fused_gate(self) -> FusedGate | None:
         """The plain softmax-then-top-k gate (no bias, no sigmoid, no subclass routing or scoring
         otherwise) lets :mod:`pwlab.fused` route in its place."""
+        gate = self.gate
         plain = (type(self).route is TopK.route and type(self).logits is LinearGate.logits
-                 and self.gate.bias is None and self.order == "softmax_topk" and self.gate_fn == "softmax"
+                 and gate.bias is None and self.order == "softmax_topk" and self.gate_fn == "softmax"
                  and self.expert_bias is None)
-        return FusedGate(self.gate.weight, self.top_k, self.renormalize) if plain else None
+        return FusedGate(gate.weight, self.top_k, self.renormalize) if plain else None
 
     def _normalised(self, weight: Tensor) -> Tensor:
         if self.renormalize and self.top_k > 1:
