@@ -46,6 +46,13 @@ class _StackedWeights:
         """The same as :meth:`effective_weights` (the older name)."""
         return self.effective_weights()
 
+    def plain_ffn(self) -> tuple[Tensor, ...] | None:
+        """``(w1, b1, w2, b2)`` as forward uses them when this bank computes exactly the plain
+        two-matrix FFN of :mod:`pwlab.expert_kernels` (whose hand-written backward the padded
+        dispatch and the one-node top-k layer use), else None (autograd through
+        :meth:`forward_padded`)."""
+        return None
+
 
 class ExpertBank(_StackedWeights, nn.Module):
     """E independent two-layer FFNs ``x ↦ act(x·W1_e + b1_e)·W2_e + b2_e``."""
@@ -73,6 +80,10 @@ class ExpertBank(_StackedWeights, nn.Module):
 
     #: the stacked parameters, in the order of :meth:`weight_parameters` and :meth:`effective_weights`
     WEIGHT_NAMES = ("w1", "b1", "w2", "b2")
+
+    def plain_ffn(self) -> tuple[Tensor, ...] | None:
+        # a subclass that computes otherwise (the SWAT bank) overrides forward_padded
+        return self.effective_weights() if type(self).forward_padded is ExpertBank.forward_padded else None
 
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (two batched matmuls)."""

@@ -5,11 +5,15 @@ A = k·N assignments, C slots per expert.
 
 On a CPU a small MoE layer spends more time in per-operation overhead (dispatching an op,
 recording it for autograd, allocating its output) than in arithmetic. :class:`MoE` therefore
-runs its most common configuration — a :class:`~pwlab.routing.TopK` router (softmax, then
-top-k), position priority, the plain :class:`~pwlab.experts.ExpertBank`, the fast dispatch —
-through :func:`topk_moe`: the same maths as the general path with two thirds of the operations
-(304 instead of 445 per training step at the benchmark's tiny size) and one autograd node with a
-hand-written backward instead of 25. Tests tie it to the general path (values and every
+runs its most common configuration through :func:`topk_moe`, the padded backend's fast form,
+which routes in the router's place: the same maths as the general path with two thirds of the
+operations (304 instead of 445 per training step at the benchmark's tiny size) and one autograd
+node with a hand-written backward instead of 25. Which calls it takes, the parts say
+(:func:`plan`): the router's ``fused_gate()`` (the plain softmax-then-top-k gate) and the bank's
+``plain_ffn()`` (the plain two-matrix FFN); the layer adds position priority and the padded
+backend. The experts' forward and backward are :mod:`pwlab.expert_kernels`' (shared with the
+padded dispatch); the router's and the two losses' backward is written out in
+:class:`_TopKMoE` beside its forward. Tests tie it to the general path (values and every
 gradient) and check it with ``gradcheck``; docs/moe_performance.md says where the time goes.
 
 The router works in the transposed ``(E, N)`` layout throughout: PyTorch's CPU softmax over a
@@ -23,21 +27,35 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from pwlab.dispatch import _act_backward
-from pwlab.experts import ACTIVATIONS
+from pwlab import expert_kernels as kernels
+from pwlab.expert_kernels import RowLayout, rank_major_layout, row_layout  # noqa: F401  (the layouts it uses)
+from pwlab.routing.base import FusedGate
+
+#: dtypes the node runs in (half precision takes the general path, whose losses upcast)
+FUSED_DTYPES = (torch.float32, torch.float64)
+#: the mean rows per expert from which a dropless call takes the unpadded layout by default
+#: (``MoE.dropless_layout="auto"``): measured with ``pwlab bench moe --dropless-layout`` on a
+#: 2-core CPU, one ``addmm`` per expert is as fast per FLOP as the padded batched matmul from a
+#: few hundred rows per expert on, and slower below (per-call overhead)
+GROUPED_MIN_ROWS = 256
 
 
-@functools.lru_cache(maxsize=64)
-def rank_major_layout(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Token and rank of each assignment in the rank-major layout."""
-    return torch.arange(n, device=device).repeat(k), torch.arange(k, device=device).repeat_interleave(n)
+def plan(router, experts, dtype: torch.dtype) -> tuple[FusedGate, tuple[Tensor, ...]] | None:
+    """What the node needs to run in place of ``router`` and the padded dispatch of ``experts``,
+    as they declare it — the router's :class:`~pwlab.routing.base.FusedGate`
+    (``router.fused_gate()``) and the bank's plain FFN weights (``experts.plain_ffn()``) — or
+    None when either cannot, or the dtypes are not one float32/float64 throughout."""
+    gate = router.fused_gate()
+    ffn = experts.plain_ffn() if gate is not None else None
+    if ffn is None or dtype not in FUSED_DTYPES or not dtype == gate.weight.dtype == ffn[0].dtype:
+        return None
+    return gate, ffn
 
 
 @functools.lru_cache(maxsize=16)
@@ -127,7 +145,7 @@ class _TopKMoE(torch.autograd.Function):
             if renorm:                                                        # w = p / Σp
                 g_w = (g_w - (g_w * weight_t).sum(0, keepdim=True)).div_(top_sum)
             g_p.scatter_add_(0, expert_t, g_w)
-        g_logits = torch._softmax_backward_data(g_p, probs_t, 0, probs_t.dtype)
+        g_logits = g_p.sub_((g_p * probs_t).sum(0, keepdim=True)).mul_(probs_t)   # softmax: p ⊙ (g − Σ g·p)
         z_scale = _scale(g_z, g_aux, w_z)
         if z_scale:                                                           # ∂z/∂l[e, n] = 2·lse_n·p[e, n] / N
             g_logits.addcmul_(probs_t, lse.unsqueeze(0), value=z_scale * 2.0 / n)
@@ -166,22 +184,35 @@ def slot_layout(expert_t: Tensor, num_experts: int, capacity: int | None, enable
     return counts, kept_counts, kept, slot, slot_token
 
 
-def _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation):
-    """Dispatch, expert FFNs and combine: ``y (N, D)`` and what the backward needs
-    ``(buf, pre, h, mine)``."""
+def _combine(out: Tensor, row: Tensor, weight_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Every token gathers its k expert-output rows ``out[row]`` (a gather is cheaper than a
+    scatter-add) and sums them by weight: ``(y (N, D), mine (k, N, D))``."""
     k, n = weight_t.shape
-    e, d = w1.shape[0], x.shape[1]
-    slots = slot_token.shape[0] // e
-    buf = x.index_select(0, slot_token).view(e, slots, d)                    # (E, C, D)
-    pre = torch.baddbmm(b1.unsqueeze(1), buf, w1)                             # (E, C, H)
-    h = ACTIVATIONS[activation](pre)
-    out = _with_zero_row(x, e * slots, d)
-    torch.baddbmm(b2.unsqueeze(1), h, w2, out=out[1:].view(e, slots, d))      # (1 + E·C, D)
-    # combine: every token gathers its k rows (a gather is cheaper than a scatter-add)
-    mine = out.index_select(0, slot).view(k, n, d)                            # (k, N, D)
+    mine = out.index_select(0, row).view(k, n, -1)                            # (k, N, D)
     y = mine[0] * weight_t[0].unsqueeze(1)
     for j in range(1, k):
         y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
+    return y, mine
+
+
+def _combine_input_grad(g_rows: Tensor, row: Tensor, k: int, n: int) -> Tensor:
+    """The gradient of x from its rows' gradients ``g_rows``: each token sums its k rows ``row``."""
+    g = g_rows.index_select(0, row).view(k, n, -1)
+    g_x = g[0] if k == 1 else torch.add(g[0], g[1])
+    for j in range(2, k):
+        g_x.add_(g[j])
+    return g_x
+
+
+def _experts_forward(x, slot_token, slot, weight_t, w1, b1, w2, b2, activation):
+    """Dispatch (padded layout of :func:`slot_layout`), expert FFNs and combine: ``y (N, D)`` and
+    what the backward needs ``(buf, pre, h, mine)``."""
+    e, d = w1.shape[0], x.shape[1]
+    slots = slot_token.shape[0] // e
+    buf = x.index_select(0, slot_token).view(e, slots, d)                    # (E, C, D)
+    out = _with_zero_row(x, e * slots, d)                                     # (1 + E·C, D): row 0 for dropped
+    _, pre, h = kernels.padded_forward(buf, w1, b1, w2, b2, activation, out=out[1:].view(e, slots, d))
+    y, mine = _combine(out, slot, weight_t)
     return y, buf, pre, h, mine
 
 
@@ -193,140 +224,19 @@ def _experts_backward(gy, slot_token, slot, weight_t, buf, pre, h, w1, w2, activ
     # ∂/∂ expert output rows: weight · gy of the row's token; empty rows get weight 0
     slot_weight = gy.new_zeros(e * slots + 1).index_put_((slot,), weight_t.reshape(-1))[1:]
     g_out = gy.index_select(0, slot_token).mul_(slot_weight.unsqueeze(1)).view(e, slots, d)
-    g_w2 = torch.bmm(h.transpose(1, 2), g_out)
-    g_b2 = g_out.sum(1)
-    g_pre = _act_backward(activation, torch.bmm(g_out, w2.transpose(1, 2)), pre)
-    g_w1 = torch.bmm(buf.transpose(1, 2), g_pre)
-    g_b1 = g_pre.sum(1)
-    g_x = None
-    if need_x:
-        g_buf = _with_zero_row(gy, e * slots, d)
-        torch.bmm(g_pre, w1.transpose(1, 2), out=g_buf[1:].view(e, slots, d))
-        g_rows = g_buf.index_select(0, slot).view(k, n, d)                   # each token gathers its k rows
-        g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
-        for j in range(2, k):
-            g_x.add_(g_rows[j])
+    g_buf = _with_zero_row(gy, e * slots, d) if need_x else None
+    _, g_w1, g_b1, g_w2, g_b2 = kernels.padded_backward(
+        g_out, buf, pre, h, w1, w2, activation, need_x, g_buf=g_buf[1:].view(e, slots, d) if need_x else None)
+    g_x = _combine_input_grad(g_buf, slot, k, n) if need_x else None
     return g_x, g_w1, g_b1, g_w2, g_b2
-
-
-#: the mean rows per expert from which a dropless call takes the unpadded layout by default
-#: (``MoE.dropless_layout="auto"``): measured with ``pwlab bench moe --dropless-layout`` on a
-#: 2-core CPU, one ``addmm`` per expert is as fast per FLOP as the padded batched matmul from a
-#: few hundred rows per expert on, and slower below (per-call overhead)
-GROUPED_MIN_ROWS = 256
-
-
-class RowLayout(NamedTuple):
-    """The unpadded dropless layout: the A assignments sorted by expert into A rows.
-
-    ``row_token (A,)`` the token each row reads; ``row (A,)`` the row of each rank-major
-    assignment; ``row_expert (A,)`` the expert of each row (non-decreasing); ``bounds`` the
-    cumulative counts per expert (row ranges), as ints and as ``offs (E,)`` int32."""
-
-    row_token: Tensor
-    row: Tensor
-    row_expert: Tensor
-    bounds: tuple[int, ...]
-    offs: Tensor
-
-
-def row_layout(expert_t: Tensor, num_experts: int) -> tuple[Tensor, RowLayout]:
-    """``counts (E,)`` and the :class:`RowLayout` of the rank-major choices ``expert_t (k, N)``
-    (within an expert, rows keep the position-priority order of :func:`slot_layout`)."""
-    k, n = expert_t.shape
-    expert = expert_t.reshape(-1)
-    order = torch.argsort(expert, stable=True)                                # rank-major order within experts
-    counts = torch.bincount(expert, minlength=num_experts)
-    row = torch.empty_like(order)
-    row[order] = torch.arange(order.numel(), device=order.device)
-    token, _ = rank_major_layout(n, k, expert_t.device)
-    ends = counts.cumsum(0)
-    return counts, RowLayout(row_token=token[order], row=row, row_expert=expert[order],
-                             bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
-
-
-@functools.lru_cache(maxsize=8)
-def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._grouped_mm`` (one call for all experts' row ranges) runs for this device
-    and dtype: a private PyTorch op, present on CPU for float32 and on recent GPUs for bfloat16;
-    where it is missing or refuses, :func:`grouped_mm` loops over the experts instead."""
-    op = getattr(torch, "_grouped_mm", None)
-    if op is None:
-        return False
-    try:
-        a = torch.ones(8, 4, device=device, dtype=dtype)
-        b = torch.ones(2, 4, 4, device=device, dtype=dtype)
-        out = op(a, b, offs=torch.tensor([3, 8], device=device, dtype=torch.int32))
-        wgrad = op(a.t(), a, offs=torch.tensor([3, 8], device=device, dtype=torch.int32))
-        return bool((out == 4).all()) and wgrad.shape == (2, 4, 4) and bool((wgrad[0] == 3).all())
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def _aligned(t: Tensor, *widths: int) -> bool:
-    """Whether rows of these widths start on 16-byte boundaries, as ``torch._grouped_mm`` needs."""
-    return all(w * t.element_size() % 16 == 0 for w in widths)
-
-
-def grouped_mm(a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
-    """Row range e of ``a (A, K)`` times ``b[e] (K, M)``, for every expert: ``(A, M)``."""
-    if _aligned(a, a.shape[1], b.shape[1], b.shape[2]) and _grouped_mm_works(a.device, a.dtype):
-        return torch._grouped_mm(a, b, offs=layout.offs)
-    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
-    for e, end in enumerate(layout.bounds):
-        if end > start:
-            torch.mm(a[start:end], b[e], out=out[start:end])
-        start = end
-    return out
-
-
-def grouped_mm_t(a: Tensor, g: Tensor, layout: RowLayout) -> Tensor:
-    """Per expert, ``a[rows_e]ᵀ · g[rows_e]`` (a weight gradient): ``a (A, K), g (A, M) -> (E, K, M)``
-    (an expert without rows gets zeros)."""
-    if _aligned(a, a.shape[1], g.shape[1]) and _grouped_mm_works(a.device, a.dtype):
-        return torch._grouped_mm(a.t(), g, offs=layout.offs)
-    out, start = a.new_zeros(len(layout.bounds), a.shape[1], g.shape[1]), 0
-    for e, end in enumerate(layout.bounds):
-        if end > start:
-            torch.mm(a[start:end].t(), g[start:end], out=out[e])
-        start = end
-    return out
-
-
-def _grouped_addmm(bias: Tensor, a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
-    """``bias[e] + a[rows_e] · b[e]`` for every expert: ``(A, M)``, one ``addmm`` per expert with
-    rows (on a CPU as fast per FLOP as one batched matmul from a few hundred rows per expert on,
-    and the bias rides in the matmul)."""
-    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
-    for e, end in enumerate(layout.bounds):
-        if end > start:
-            torch.addmm(bias[e], a[start:end], b[e], out=out[start:end])
-        start = end
-    return out
-
-
-def _segment_sums(g: Tensor, layout: RowLayout) -> Tensor:
-    """Per expert, the sum of its rows of ``g (A, M)``: ``(E, M)`` (a bias gradient)."""
-    out, start = g.new_zeros(len(layout.bounds), g.shape[1]), 0
-    for e, end in enumerate(layout.bounds):
-        if end > start:
-            torch.sum(g[start:end], 0, out=out[e])
-        start = end
-    return out
 
 
 def _grouped_forward(x, layout: RowLayout, weight_t, w1, b1, w2, b2, activation):
     """:func:`_experts_forward` on the unpadded :class:`RowLayout` (dropless, every expert on):
     ``y (N, D)`` and ``(buf, pre, h, mine)`` for the backward."""
-    k, n = weight_t.shape
     buf = x.index_select(0, layout.row_token)                                 # (A, D)
-    pre = _grouped_addmm(b1, buf, w1, layout)                                 # (A, H)
-    h = ACTIVATIONS[activation](pre)
-    out = _grouped_addmm(b2, h, w2, layout)                                   # (A, D)
-    mine = out.index_select(0, layout.row).view(k, n, -1)                     # (k, N, D)
-    y = mine[0] * weight_t[0].unsqueeze(1)
-    for j in range(1, k):
-        y.addcmul_(mine[j], weight_t[j].unsqueeze(1))
+    out, pre, h = kernels.grouped_forward(buf, layout, w1, b1, w2, b2, activation)
+    y, mine = _combine(out, layout.row, weight_t)
     return y, buf, pre, h, mine
 
 
@@ -335,17 +245,8 @@ def _grouped_backward(gy, layout: RowLayout, weight_t, buf, pre, h, w1, w2, acti
     k, n = weight_t.shape
     row_weight = torch.empty_like(weight_t.reshape(-1)).index_put_((layout.row,), weight_t.reshape(-1))
     g_out = gy.index_select(0, layout.row_token).mul_(row_weight.unsqueeze(1))      # (A, D)
-    g_w2 = grouped_mm_t(h, g_out, layout)
-    g_b2 = _segment_sums(g_out, layout)
-    g_pre = _act_backward(activation, grouped_mm(g_out, w2.transpose(1, 2), layout), pre)
-    g_w1 = grouped_mm_t(buf, g_pre, layout)
-    g_b1 = _segment_sums(g_pre, layout)
-    g_x = None
-    if need_x:
-        g_rows = grouped_mm(g_pre, w1.transpose(1, 2), layout).index_select(0, layout.row).view(k, n, -1)
-        g_x = g_rows[0] if k == 1 else torch.add(g_rows[0], g_rows[1])
-        for j in range(2, k):
-            g_x.add_(g_rows[j])
+    g_buf, g_w1, g_b1, g_w2, g_b2 = kernels.grouped_backward(g_out, layout, buf, pre, h, w1, w2, activation, need_x)
+    g_x = _combine_input_grad(g_buf, layout.row, k, n) if need_x else None
     return g_x, g_w1, g_b1, g_w2, g_b2
 
 

@@ -20,15 +20,20 @@ choices before second choices, then higher router weight first (batch-prioritize
 Riquelme et al. 2021). A dropped assignment contributes nothing; the block's residual carries
 the token.
 
-Dispatch. ``dispatch="fast"`` sorts the kept assignments by expert into a padded
-(E, C, D) buffer and runs every expert at once with two batched matmuls;
-``dispatch="loop"`` is the plain reference, one expert at a time (as transformers' Mixtral).
-Tests tie them together, values and gradients. The most common configuration — a
-:class:`~pwlab.routing.TopK` router (softmax, then top-k), position priority, the plain expert
-bank, fast dispatch — runs as a single autograd node (:mod:`pwlab.fused`): the same maths with
-two thirds of the operations; set ``layer.fused = False`` to force the general path. Its
-routing comes back rank-major (all first choices, then all second choices); ``token`` and
-``rank`` say which assignment is which, as for every router.
+Backends. The forward path is route → capacity → ``layer.backend(x, routing, kept, experts)``
+→ stats (:class:`pwlab.dispatch.Backend`). ``dispatch="fast"`` (:class:`~pwlab.dispatch.PaddedDispatch`)
+sorts the kept assignments by expert into a padded (E, C, D) buffer and runs every expert at
+once with two batched matmuls; ``dispatch="loop"`` (:class:`~pwlab.dispatch.LoopDispatch`) is
+the plain reference, one expert at a time (as transformers' Mixtral); the expert-parallel
+backend (:class:`pwlab.distributed.ep_moe.ExpertParallelDispatch`) runs each expert on the
+rank that holds it. Tests tie them together, values and gradients. The padded backend has a
+fast form: when the router declares it is the plain softmax-then-top-k gate
+(``Router.fused_gate()``, :class:`~pwlab.routing.TopK` with its defaults) and the bank the
+plain FFN (``plain_ffn()``), with position priority, the whole call — routing included — runs
+as a single autograd node (:mod:`pwlab.fused`): the same maths with two thirds of the
+operations; set ``layer.fused = False`` to force the general path (``layer.backend_for(x)``
+says which a call takes). Its routing comes back rank-major (all first choices, then all
+second choices); ``token`` and ``rank`` say which assignment is which, as for every router.
 
 Expert kinds. ``expert="ffn"`` (default) is the two-matrix FFN with biases
 (:class:`~pwlab.experts.ExpertBank`); ``expert="swiglu"`` the gated expert of Mixtral, Qwen-MoE,
@@ -58,8 +63,9 @@ import torch
 from torch import Tensor, nn
 
 from pwlab import _checks, fused, losses
-from pwlab.dispatch import apply_capacity, dispatch_fast, dispatch_loop, slot_positions, sort_by_priority  # noqa: F401
-from pwlab.experts import ExpertBank, make_experts
+from pwlab.dispatch import (DISPATCH_BACKENDS, Backend, apply_capacity, dispatch_fast, dispatch_loop,  # noqa: F401
+                            keep, slot_positions, sort_by_priority)
+from pwlab.experts import make_experts
 from pwlab.routing import ROUTERS, make_router
 from pwlab.routing.base import Router, Routing
 from pwlab.routing.topk import TopK
@@ -74,7 +80,6 @@ DISPATCHES = ("fast", "loop")
 #: expert on average (``pwlab bench moe --dropless-layout`` times each)
 DROPLESS_LAYOUTS = ("auto", "grouped", "padded")
 AUX_LOSSES = ("load_balancing", "z_loss", "importance_load", "entropy_local", "entropy_global")
-_FUSED_DTYPES = (torch.float32, torch.float64)   # half precision takes the general path (its losses upcast)
 DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load": 1e-2,
                        "entropy_local": 0.0, "entropy_global": 0.0}
 
@@ -251,6 +256,7 @@ class MoE(nn.Module):
         self.fused = True
         #: how that path lays out a dropless call (see :data:`DROPLESS_LAYOUTS`)
         self.dropless_layout = "auto"
+        self._backend: Backend | None = None       # see `backend`
 
     @property
     def top_k(self) -> int:
@@ -336,41 +342,46 @@ class MoE(nn.Module):
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
+        flat, per_token, real = self._checked_tokens(x, mask, generator, task=task, token_ids=token_ids, groups=groups)
+        y, stats = self._forward_tokens(flat, generator=generator, **per_token)   # route → capacity → backend → stats
+        if self.shared_experts is not None:
+            y = y + self._shared_forward(flat)
+        if real is not None:                                                       # padding rows get zeros
+            y = x.new_zeros(real.shape[0], self.d_model).index_copy(0, torch.nonzero(real).flatten(), y)
+        return y.view(x.shape), stats
+
+    def _checked_tokens(self, x: Tensor, mask: Tensor | None, generator, **ids):
+        """The arguments checked, and the real tokens flat: ``(x (N, D), per-token ids (N,) by name,
+        real (numel,) bool or None)``, ``real`` the flattened mask."""
         _checks.float_input("x", x, self.enabled.device, self.experts.w1.dtype)      # attributes only: no sync
         _checks.last_dim("x", x, self.d_model)
         _checks.generator("generator", generator)
         lead = x.shape[:-1]
         flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
         per_token = {}
-        for name, ids in (("task", task), ("token_ids", token_ids), ("groups", groups)):
-            if ids is not None:
-                ids = _checks.integer_ids(name, ids).to(x.device)
-                if ids.shape != lead:
-                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(ids.shape)}")
-                per_token[name] = ids.reshape(-1)
-        if mask is not None:
-            _checks.bool_mask("mask", mask, lead, x.device)
-            keep = mask.reshape(-1).bool()
-            flat = flat[keep]
-            per_token = {k: v[keep] for k, v in per_token.items()}
-        y_flat, stats = self._forward_tokens(flat, generator=generator, **per_token)
-        if self.shared_experts is not None:
-            shared = self._shared_forward(flat)
-            if self.shared_gate is not None:          # Qwen-MoE: a per-token sigmoid gate on the shared sum
-                shared = torch.sigmoid(self.shared_gate(flat)) * shared
-            y_flat = y_flat + shared
-        if mask is not None:
-            y = x.new_zeros(keep.shape[0], self.d_model).index_copy(0, torch.nonzero(keep).flatten(), y_flat)
-        else:
-            y = y_flat
-        return (y if x.dim() == 2 else y.view(*lead, self.d_model)), stats
+        for name, t in ids.items():
+            if t is not None:
+                t = _checks.integer_ids(name, t).to(x.device)
+                if t.shape != lead:
+                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(t.shape)}")
+                per_token[name] = t.reshape(-1)
+        if mask is None:
+            return flat, per_token, None
+        _checks.bool_mask("mask", mask, lead, x.device)
+        real = mask.reshape(-1).bool()
+        return flat[real], {k: v[real] for k, v in per_token.items()}, real
 
     def _shared_forward(self, x: Tensor) -> Tensor:
-        """Σ_i shared_i(x) over the shared experts, for every token: ``x (N, D) -> (N, D)``."""
+        """Σ_i shared_i(x) over the shared experts (gated by ``shared_gate`` when there is one), for
+        every token: ``x (N, D) -> (N, D)``."""
         bank = self.shared_experts
         if self.dispatch == "loop":                       # the reference: one expert at a time
-            return sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
-        return bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+            out = sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
+        else:
+            out = bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
+        if self.shared_gate is not None:                  # Qwen-MoE: a per-token sigmoid gate on the shared sum
+            out = torch.sigmoid(self.shared_gate(x)) * out
+        return out
 
     @classmethod
     def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, k: int = 2,
@@ -409,65 +420,71 @@ class MoE(nn.Module):
         layer.granularity = m
         return layer
 
+    # -- the forward path: route → capacity → backend → stats --------------------------------
+    @property
+    def backend(self) -> Backend:
+        """What runs the experts (:class:`pwlab.dispatch.Backend`): the one named by ``dispatch``
+        (``"fast"``: :class:`~pwlab.dispatch.PaddedDispatch`, ``"loop"``:
+        :class:`~pwlab.dispatch.LoopDispatch`) unless one is set here (the expert-parallel layer
+        sets :class:`~pwlab.distributed.ep_moe.ExpertParallelDispatch`)."""
+        if self._backend is not None:
+            return self._backend
+        return DISPATCH_BACKENDS[_checks.one_of("dispatch", self.dispatch, DISPATCHES)]
+
+    @backend.setter
+    def backend(self, value: Backend | None) -> None:
+        if value is not None and not isinstance(value, Backend):
+            raise TypeError(f"backend must be a pwlab.dispatch.Backend or None, got {type(value).__name__}")
+        self._backend = value
+
+    def backend_for(self, x: Tensor) -> str:
+        """The name of the backend a call on tokens ``x (N, D)`` takes: ``"fused"`` (the padded
+        backend's one-node form, which routes too), else :attr:`backend`'s name."""
+        return "fused" if self._fused_plan(x, self.backend) is not None else self.backend.name
+
     def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
                         generator=None) -> tuple[Tensor, MoEStats]:
-        if self._fusable(x):
-            return self._forward_fused(x, groups)       # checks x itself, on the way
+        """Route → capacity → backend → stats on the real tokens ``x (N, D)``."""
+        backend = self.backend
+        plan = self._fused_plan(x, backend)
+        if plan is not None:                            # the router lets the one-node layer route for it
+            return self._forward_fused(x, plan, groups)
         _checks.finite_tensor("x", x)                   # once here; the router trusts its caller
         proposed = self.router.route_checked(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        position, counts = slot_positions(proposed, self.drop_policy)
-        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
-        if self._all_enabled:
-            kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
-            kept_counts = counts.clamp(max=cap) if cap is not None else counts
-        else:
-            # ablation: assignments to disabled experts are dropped; an expert's queue does not
-            # depend on the other experts, so the enabled experts keep their positions
-            kept = self.enabled[proposed.expert]
-            if cap is not None:
-                kept = kept & (position < cap)
-            kept_counts = torch.bincount(proposed.expert[kept], minlength=self.num_experts)
-        slots = int(kept_counts.max()) if proposed.num_assignments else 0
-        if slots == 0:
-            # nothing computed (no tokens, or every assignment dropped): a zero output that
-            # still hangs on x and the router, so backward gives them zero gradients (a router
-            # without parameters, as hash routing, would otherwise leave nothing to differentiate)
-            y = x * 0 + 0 * proposed.weight.sum()
-        elif self.dispatch == "loop":
-            y = dispatch_loop(x, proposed.select(kept), self.experts)
-        else:
-            y = dispatch_fast(x, proposed, torch.where(kept, position, slots), self.experts, slots)
-        return y, MoEStats(counts=kept_counts, proposed_counts=counts, capacity=cap, proposed=proposed, kept=kept,
-                           **self._aux(proposed, counts, groups))
+        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)      # None: dropless / expert choice
+        kept = keep(proposed, cap, self.drop_policy, None if self._all_enabled else self.enabled)
+        y = backend(x, proposed, kept, self.experts)
+        stats = MoEStats(counts=kept.counts, proposed_counts=kept.proposed_counts, capacity=cap, proposed=proposed,
+                         kept=kept.mask, **self._aux(proposed, kept.proposed_counts, groups))
+        return y, backend.finish(stats)
 
-    def _fusable(self, x: Tensor) -> bool:
-        """Whether this call can take the one-node path of :mod:`pwlab.fused` (same maths, fewer ops)."""
-        r = self.router
-        return (self.fused and x.shape[0] > 0 and type(r) is TopK
-                and self.dispatch == "fast" and self.drop_policy == "position" and r.order == "softmax_topk"
-                and r.gate_fn == "softmax" and r.expert_bias is None      # the fused node knows neither option
-                and type(self.experts) is ExpertBank and x.dtype in _FUSED_DTYPES
-                and x.dtype == r.gate.weight.dtype == self.experts.w1.dtype)
+    def _fused_plan(self, x: Tensor, backend: Backend):
+        """What :mod:`pwlab.fused` needs to run this call as one node (the padded backend's maths
+        with a third fewer operations), or None: the padded backend, position priority, a
+        non-empty batch, and a router and bank that declare they allow it."""
+        if not (self.fused and backend is DISPATCH_BACKENDS["fast"] and self.drop_policy == "position"
+                and x.shape[0] > 0):
+            return None
+        return fused.plan(self.router, self.experts, x.dtype)
 
-    def _forward_fused(self, x: Tensor, groups: Tensor | None) -> tuple[Tensor, MoEStats]:
-        r, bank = self.router, self.experts
+    def _forward_fused(self, x: Tensor, plan, groups: Tensor | None) -> tuple[Tensor, MoEStats]:
+        gate, (w1, b1, w2, b2) = plan
         cap = self.capacity(x.shape[0])
         y, logits_t, probs_t, weight_t, lb, z, aux_loss, expert_t, kept, counts, kept_counts, finite = fused.topk_moe(
-            x, r.gate.weight, bank.w1, bank.b1, bank.w2, bank.b2, k=r.top_k, renormalize=r.renormalize,
-            capacity=cap, activation=bank.activation, w_lb=self.aux_weights["load_balancing"],
+            x, gate.weight, w1, b1, w2, b2, k=gate.k, renormalize=gate.renormalize, capacity=cap,
+            activation=self.experts.activation, w_lb=self.aux_weights["load_balancing"],
             w_z=self.aux_weights["z_loss"], enabled=None if self._all_enabled else self.enabled,
             grouped=self._grouped(x.shape[0]))
         if not finite:
             # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
             # look at instead of a pass over x (a finite x cannot overflow here in practice)
             _checks.finite_tensor("x", x)
-        raw = (expert_t, weight_t, probs_t, logits_t)
         aux = {"load_balancing": lb, "z_loss": z}
         for name, value in self._group_entropies(probs_t.t(), groups).items():
             aux[name] = value
             aux_loss = aux_loss + self.aux_weights[name] * value
-        return y, _FusedStats(raw, counts=kept_counts, proposed_counts=counts, capacity=cap, kept=kept,
-                              aux_losses=aux, aux_loss=aux_loss)
+        return y, _FusedStats((expert_t, weight_t, probs_t, logits_t), counts=kept_counts, proposed_counts=counts,
+                              capacity=cap, kept=kept, aux_losses=aux, aux_loss=aux_loss)
 
     def _grouped(self, num_tokens: int) -> bool:
         """Whether a dropless call of ``num_tokens`` tokens takes the unpadded layout."""

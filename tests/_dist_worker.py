@@ -103,6 +103,7 @@ def equivalence(rank: int, world: int, scenarios: list[dict]) -> dict:
         errs["local_counts"] = int((st.local_counts - stats[rank].counts).abs().max())
         lo, hi = ep.expert_range
         out[name] = {"errors": errs, "dropped_fraction": float(st.dropped_fraction),
+                     "backend": ep.backend_for(xs[rank]), "stats_type": type(st).__name__,
                      "bytes_sent": traffic.bytes_sent, "kept": int(st.counts.sum()),
                      "remote": int(((st.routing.expert < lo) | (st.routing.expert >= hi)).sum())}
     return out

@@ -66,6 +66,8 @@ def _check_equivalence(results: list[dict], world: int) -> None:
         for rank, r in enumerate(per_rank):
             for what, err in r["errors"].items():
                 assert err <= TOL, f"{sc['name']} rank {rank}/{world}: {what} differs by {err}"
+        # the single-process forward with the expert-parallel backend (no fused node, no override)
+        assert {(r["backend"], r["stats_type"]) for r in per_rank} == {("expert_parallel", "ExpertParallelStats")}
         # global statistics: the same on every rank
         assert len({r["dropped_fraction"] for r in per_rank}) == 1
         assert len({r["kept"] for r in per_rank}) == 1

@@ -80,7 +80,7 @@ def test_gated_bank_interface_and_layout():
 @pytest.mark.parametrize("cf", [None, 1.0, 0.5])
 def test_gated_fast_dispatch_equals_loop_reference(cf):
     fast, loop = _pair(expert="swiglu", capacity_factor=cf)
-    assert isinstance(fast.experts, GatedExpertBank) and not fast._fusable(torch.zeros(3, D, dtype=torch.float64))
+    assert isinstance(fast.experts, GatedExpertBank) and fast.backend_for(torch.zeros(3, D, dtype=torch.float64)) == "fast"
     x, t = _data(29)
     a, b = _run(fast, x, t), _run(loop, x, t)
     _assert_same(a, b)
@@ -120,9 +120,9 @@ def test_gated_layer_equals_naive_mixtral_block(dispatch):
 
 def test_fused_path_stays_for_the_plain_bank_only():
     x = torch.zeros(3, D)
-    assert MoE(D, H, E, TopK(k=2))._fusable(x)
-    assert MoE(D, H, E, TopK(k=2), num_shared_experts=1)._fusable(x)       # shared experts run beside it
-    assert not MoE(D, H, E, TopK(k=2), expert="swiglu")._fusable(x)
+    assert MoE(D, H, E, TopK(k=2)).backend_for(x) == "fused"
+    assert MoE(D, H, E, TopK(k=2), num_shared_experts=1).backend_for(x) == "fused"       # shared experts run beside it
+    assert MoE(D, H, E, TopK(k=2), expert="swiglu").backend_for(x) == "fast"
 
 
 # -- shared experts ---------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_shared_experts_fused_equals_general_path():
     fused, general = _pair(num_shared_experts=1)
     general.dispatch, general.fused = "fast", False
     x, t = _data(19)
-    assert fused._fusable(x) and not general._fusable(x)
+    assert fused.backend_for(x) == "fused" and general.backend_for(x) != "fused"
     _assert_same(_run(fused, x, t), _run(general, x, t))
 
 

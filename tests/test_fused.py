@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pwlab import fused
+from pwlab import expert_kernels, fused
 from pwlab.moe import MoE
 from pwlab.routing import NoisyTopK, TopK
 
@@ -160,7 +160,7 @@ def test_second_derivatives_are_refused_not_wrong():
     with pytest.raises(RuntimeError, match="does not require grad"):
         g.sum().backward()
     half = MoE(D, H, E, TopK(k=2)).bfloat16()
-    assert not half._fusable(torch.randn(6, D, dtype=torch.bfloat16))
+    assert half.backend_for(torch.randn(6, D, dtype=torch.bfloat16)) != "fused"
 
 
 def test_non_finite_input_is_an_error():
@@ -214,7 +214,7 @@ def test_grouped_and_padded_layouts_agree_in_float32():
 def test_row_layout_by_hand():
     """Rank-major choices of 3 tokens (k = 2) over 3 experts, sorted by expert, priority kept."""
     expert_t = torch.tensor([[2, 0, 2], [0, 1, 0]])        # first choices, then second choices
-    counts, lay = fused.row_layout(expert_t, 3)
+    counts, lay = expert_kernels.row_layout(expert_t, 3)
     assert counts.tolist() == [3, 1, 2]
     # rows: expert 0 takes (token 1, first), (token 0, second), (token 2, second); expert 1 token 1;
     # expert 2 tokens 0 and 2 (first choices)
@@ -232,7 +232,7 @@ def test_grouped_matmuls_equal_one_matmul_per_expert(dtype):
     torch.manual_seed(6)
     counts = torch.tensor([3, 0, 5, 2])
     ends = counts.cumsum(0)
-    lay = fused.RowLayout(row_token=torch.arange(10), row=torch.arange(10),
+    lay = expert_kernels.RowLayout(row_token=torch.arange(10), row=torch.arange(10),
                           row_expert=torch.repeat_interleave(torch.arange(4), counts),
                           bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
     a, b, g = torch.randn(10, 8, dtype=dtype), torch.randn(4, 8, 12, dtype=dtype), torch.randn(10, 12, dtype=dtype)
@@ -240,9 +240,9 @@ def test_grouped_matmuls_equal_one_matmul_per_expert(dtype):
     ref = torch.cat([a[s:s + c] @ b[e] for e, (s, c) in enumerate(zip(starts, counts.tolist()))])
     ref_t = torch.stack([a[s:s + c].t() @ g[s:s + c] for s, c in zip(starts, counts.tolist())])
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert torch.allclose(fused.grouped_mm(a, b, lay), ref, atol=tol)
-    assert torch.allclose(fused.grouped_mm_t(a, g, lay), ref_t, atol=tol)
-    assert torch.equal(fused.grouped_mm_t(a, g, lay)[1], torch.zeros(8, 12, dtype=dtype))
+    assert torch.allclose(expert_kernels.grouped_mm(a, b, lay), ref, atol=tol)
+    assert torch.allclose(expert_kernels.grouped_mm_t(a, g, lay), ref_t, atol=tol)
+    assert torch.equal(expert_kernels.grouped_mm_t(a, g, lay)[1], torch.zeros(8, 12, dtype=dtype))
 
 
 def test_gradcheck_grouped_dropless():
@@ -269,3 +269,115 @@ def test_dropless_layout_is_checked_and_auto_follows_rows_per_expert():
     layer.dropless_layout = "sideways"
     with pytest.raises(ValueError, match="dropless_layout must be one of"):
         layer(torch.randn(3, D))
+
+
+# -- the expert FFN's forward and backward, once per layout (pwlab.expert_kernels) --------------
+
+class _KernelFFN(torch.autograd.Function):
+    """The kernel forward with the kernel backward, for gradcheck (``layout`` None: padded)."""
+
+    @staticmethod
+    def forward(ctx, buf, w1, b1, w2, b2, activation, layout):
+        if layout is None:
+            out, pre, h = expert_kernels.padded_forward(buf, w1, b1, w2, b2, activation)
+        else:
+            out, pre, h = expert_kernels.grouped_forward(buf, layout, w1, b1, w2, b2, activation)
+        ctx.save_for_backward(buf, pre, h, w1, w2)
+        ctx.activation, ctx.layout = activation, layout
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        buf, pre, h, w1, w2 = ctx.saved_tensors
+        if ctx.layout is None:
+            grads = expert_kernels.padded_backward(g.contiguous(), buf, pre, h, w1, w2, ctx.activation, True)
+        else:
+            grads = expert_kernels.grouped_backward(g.contiguous(), ctx.layout, buf, pre, h, w1, w2, ctx.activation,
+                                                    True)
+        return (*grads, None, None)
+
+
+@pytest.mark.parametrize("layout", ["padded", "grouped"])
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
+def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
+    """Each layout's forward equals ExpertBank.forward_expert row by row; its hand-written
+    backward passes gradcheck (an expert without rows included in the grouped layout)."""
+    from pwlab.experts import ExpertBank
+    torch.manual_seed(8)
+    e, d, h = 3, 4, 5
+    bank = ExpertBank(e, d, h, activation).double()
+    ws = [p.detach().clone().requires_grad_() for p in bank.weight_parameters()]
+    if layout == "padded":
+        buf = torch.randn(e, 3, d, dtype=torch.float64, requires_grad=True)
+        lay, experts_of_rows = None, torch.arange(e).repeat_interleave(3)
+        rows = buf.reshape(-1, d)
+    else:
+        _, lay = expert_kernels.row_layout(torch.tensor([[2, 0, 2, 0], [0, 2, 0, 2]]), e)     # expert 1: no rows
+        buf = torch.randn(8, d, dtype=torch.float64, requires_grad=True)
+        experts_of_rows, rows = lay.row_expert, buf
+    out = _KernelFFN.apply(buf, *ws, activation, lay).reshape(-1, d)
+    for i, ex in enumerate(experts_of_rows.tolist()):
+        assert torch.allclose(out[i], bank.forward_expert(ex, rows[i:i + 1])[0], atol=1e-12)
+    assert torch.autograd.gradcheck(lambda b, *w: _KernelFFN.apply(b, *w, activation, lay), (buf, *ws))
+
+
+# -- who may take the one-node path: the router and the bank say so --------------------------------
+
+def test_routers_and_banks_declare_whether_the_fused_node_can_run_in_their_place():
+    from pwlab.experts import ExpertBank, GatedExpertBank
+    from pwlab.swat.layers import SwatExpertBank
+    plain = TopK(k=2).bind(D, E)
+    gate = plain.fused_gate()
+    assert gate.weight is plain.gate.weight and gate.k == 2 and gate.renormalize
+    for other in (TopK(k=2, order="topk_softmax"), TopK(k=2, gate="sigmoid"), TopK(k=2, bias_update_rate=0.1),
+                  NoisyTopK(k=2)):
+        assert other.bind(D, E).fused_gate() is None, other
+    bank = ExpertBank(E, D, H)
+    assert all(a is b for a, b in zip(bank.plain_ffn(), (bank.w1, bank.b1, bank.w2, bank.b2)))
+    assert GatedExpertBank(E, D, H).plain_ffn() is None and SwatExpertBank(E, D, H).plain_ffn() is None
+
+
+class _ReversedTopK(TopK):
+    """Routes otherwise (each token's last-ranked choices first): must not be routed by the node."""
+
+    def route(self, x, *, task, token_ids, generator):
+        r = super().route(x, task=task, token_ids=token_ids, generator=generator)
+        return r.select(torch.arange(r.num_assignments - 1, -1, -1))
+
+
+class _SameTopK(TopK):
+    """A subclass that changes nothing of the routing: the node may route for it."""
+
+
+def test_a_router_subclass_takes_the_node_only_if_it_routes_as_topk():
+    torch.manual_seed(9)
+    x = torch.randn(12, D, dtype=torch.float64)
+    same, reversed_ = MoE(D, H, E, _SameTopK(k=2)).double(), MoE(D, H, E, _ReversedTopK(k=2)).double()
+    assert same.backend_for(x) == "fused" and reversed_.backend_for(x) == "fast"
+    general = MoE(D, H, E, _SameTopK(k=2)).double()
+    general.load_state_dict(same.state_dict())
+    general.fused = False
+    (y1, _), (y2, _) = same(x), general(x)
+    assert torch.allclose(y1, y2, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,renormalize,activation,capacity,enabled", [
+    (1, True, "relu", None, None),                       # top-1 keeps the raw probability; padded dropless
+    (3, False, "silu", 4, torch.tensor([True, False, True])),   # ablation with capacity
+])
+def test_gradcheck_router_and_losses_other_settings(k, renormalize, activation, capacity, enabled):
+    """The node's hand-written router, load-balancing and z-loss backward against finite
+    differences beyond test_gradcheck's setting: top-1, top-3 without renormalisation, ablation."""
+    torch.manual_seed(11)
+    n, d, h, e = 7, 4, 5, 3
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+              for shape in ((e, d), (e, d, h), (e, h), (e, h, d), (e, d))]
+
+    def run(x, wg, w1, b1, w2, b2):
+        y, logits, probs, weight, lb, z, aux, *_ = fused.topk_moe(
+            x, wg, w1, b1, w2, b2, k=k, renormalize=renormalize, capacity=capacity, activation=activation,
+            w_lb=0.3, w_z=0.2, enabled=enabled, grouped=False)
+        return y, logits, probs, weight, lb, z, aux
+
+    assert torch.autograd.gradcheck(run, (x, *params), atol=1e-6)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 
 import torch
@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pwlab import losses
-from pwlab.dispatch import sort_by_priority
+from pwlab.dispatch import Backend, Kept
 from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
@@ -106,8 +106,90 @@ def gather_routing(stats: MoEStats, group=None) -> Routing:
     return Routing(**{k: v.to(dev) for k, v in cat.items()}, kind=r.kind)
 
 
+class ExpertParallelDispatch(Backend):
+    """The expert-parallel backend: ``y = backend(x, routing, kept, experts)`` with ``experts``
+    this rank's shard (experts ``[rank·L, (rank+1)·L)`` of ``num_experts``) of a bank sharded
+    over ``group`` (default: the world).
+
+    Every kept assignment's token goes to the rank owning its expert (all-to-all), the local
+    experts run through a padded (L, C', D) buffer (``experts.forward_padded``, so any bank
+    kind), and a second all-to-all brings the results back to be combined. Collective: every
+    rank of the group calls it, with or without assignments. :meth:`finish` all-reduces the
+    counts into :class:`ExpertParallelStats`."""
+
+    name = "expert_parallel"
+
+    def __init__(self, num_experts: int, group=None):
+        self.group, self.num_experts = group, num_experts
+        self.world_size, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        if num_experts % self.world_size:
+            raise ValueError(f"num_experts must be divisible by the world size {self.world_size} "
+                             f"(each rank holds num_experts/world experts), got num_experts={num_experts}")
+        self.num_local_experts = num_experts // self.world_size
+
+    def __repr__(self) -> str:
+        return f"ExpertParallelDispatch(num_experts={self.num_experts}, world_size={self.world_size}, rank={self.rank})"
+
+    def __call__(self, x: Tensor, routing: Routing, kept: Kept, experts) -> Tensor:
+        routing = routing.select(kept.mask)
+        routing = routing.select(torch.argsort(routing.expert, stable=True))  # grouped by expert, so by rank
+        n, d = x.shape
+        p, local = self.world_size, self.num_local_experts
+        sent = torch.bincount(routing.expert, minlength=self.num_experts)     # (E,) = (P, L) by destination
+        received = exchange_counts(sent, self.group).view(p, local)             # (P, L) by source
+        send_splits = sent.view(p, local).sum(1).tolist()
+        recv_splits = received.sum(1).tolist()
+        x_recv = all_to_all(x.index_select(0, routing.token), send_splits, recv_splits, self.group)  # (R, D)
+        out = self._run_local_experts(x_recv, received, experts)
+        y_a = all_to_all(out, recv_splits, send_splits, self.group)            # (A, D), in sending order
+        y_a = y_a * routing.weight.to(y_a.dtype).unsqueeze(-1)
+        return x.new_zeros(n, d).index_add(0, routing.token, y_a)
+
+    def _run_local_experts(self, x_recv: Tensor, received: Tensor, experts) -> Tensor:
+        """Rows from each source, grouped by local expert, through a padded (L, C', D) buffer."""
+        r, d = x_recv.shape
+        local = self.num_local_experts
+        if r == 0:
+            # nothing to run here, but this rank must still join both backward exchanges: keep
+            # the received (empty) rows and the expert weights in the graph
+            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in experts.weight_parameters()))
+        expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
+        expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
+        order = torch.argsort(expert, stable=True)
+        per_expert = received.sum(0)                                             # (L,)
+        starts = torch.cumsum(per_expert, 0) - per_expert
+        slots = int(per_expert.max())
+        slot = torch.empty_like(order)
+        slot[order] = expert[order] * slots + torch.arange(r, device=x_recv.device) - starts[expert[order]]
+        src = torch.full((local * slots,), r, dtype=torch.long, device=x_recv.device)   # empty slots: zero row
+        src[slot] = torch.arange(r, device=x_recv.device)
+        buf = torch.cat([x_recv, x_recv.new_zeros(1, d)]).index_select(0, src).view(local, slots, d)
+        return experts.forward_padded(buf).view(local * slots, d).index_select(0, slot)
+
+    def finish(self, stats: MoEStats) -> "ExpertParallelStats":
+        """Local aux losses (this rank's tokens, as the single-process layer); counts all-reduced."""
+        e, proposed = self.num_experts, stats.proposed
+        n = proposed.num_tokens
+        local_counts, local_proposed = stats.counts, stats.proposed_counts
+        if proposed.kind == "expert_choice":
+            dropped, total = n - int(torch.unique(proposed.token[stats.kept]).numel()), n
+        else:
+            dropped, total = proposed.num_assignments - int(stats.kept.sum()), proposed.num_assignments
+        entropy = float(losses.router_entropy(proposed.probs.detach(), check_finite=False)) * n
+        pack = torch.cat([local_counts.double(), local_proposed.double(),
+                          torch.tensor([n, entropy, dropped, total], dtype=torch.float64, device=local_counts.device)])
+        dist.all_reduce(pack, group=self.group)            # one small collective per layer call
+        base = {f.name: getattr(stats, f.name) for f in fields(MoEStats)}
+        base.update(counts=pack[:e].round().long(), proposed_counts=pack[e:2 * e].round().long())
+        return ExpertParallelStats(**base, local_counts=local_counts, local_proposed_counts=local_proposed,
+                                   global_totals=tuple(pack[2 * e:].tolist()), world_size=self.world_size,
+                                   rank=self.rank)
+
+
 class ExpertParallelMoE(MoE):
-    """:class:`~pwlab.moe.MoE` with the expert bank sharded over ``group`` (default: the world).
+    """:class:`~pwlab.moe.MoE` with the expert bank sharded over ``group`` (default: the world):
+    the single-process layer whose backend is :class:`ExpertParallelDispatch` (the forward is
+    :class:`~pwlab.moe.MoE`'s own); this class only builds and shards it.
 
     Takes the same arguments as :class:`~pwlab.moe.MoE` (``dispatch`` is always the padded
     one) plus ``group``. Construction is collective: every rank of the group must build the
@@ -143,6 +225,7 @@ class ExpertParallelMoE(MoE):
         except ValueError as exc:
             error = exc
         _agree(config, error, group)
+        self.backend = ExpertParallelDispatch(num_experts, group)
         self.group, self.world_size, self.rank = group, world, dist.get_rank(group)
         self.num_local_experts = num_experts // world
         src = dist.get_global_rank(group, 0) if group is not None else 0
@@ -208,6 +291,7 @@ class ExpertParallelMoE(MoE):
             layer.shared_experts.load_state_dict(moe.shared_experts.state_dict())
         layer.granularity = moe.granularity
         layer.enabled.copy_(moe.enabled)
+        layer._all_enabled = bool(layer.enabled.all())
         return layer.to(moe.enabled.device)
 
     def gather_experts(self) -> tuple[Tensor, ...]:
@@ -228,77 +312,6 @@ class ExpertParallelMoE(MoE):
             dist.all_gather(parts, w.detach().contiguous(), group=self.group)
             out.append(torch.cat(parts))
         return tuple(out)
-
-    # -- forward -----------------------------------------------------------------------
-    def _forward_tokens(self, x: Tensor, *, task=None, token_ids=None, groups=None,
-                        generator=None) -> tuple[Tensor, MoEStats]:
-        proposed = self.router(x, task=task, token_ids=token_ids, generator=generator)   # (A,)
-        cap = self.capacity(x.shape[0], proposed.num_assignments, proposed.kind)
-        # capacity exactly as the single-process layer: each expert's queue in priority order
-        order, pos_sorted = sort_by_priority(proposed, self.drop_policy)
-        position = torch.empty_like(pos_sorted)
-        position[order] = pos_sorted                                          # (A,) slot in its expert
-        kept = position < cap if cap is not None else torch.ones_like(position, dtype=torch.bool)
-        if not bool(self.enabled.all()):
-            kept = kept & self.enabled[proposed.expert]                       # ablation (MoE.disabled)
-        routing = proposed.select(kept)
-        routing = routing.select(torch.argsort(routing.expert, stable=True))  # grouped by expert, so by rank
-        y = self._exchange(x, routing)
-        return y, self._global_stats(proposed, kept, routing, cap, groups)
-
-    def _exchange(self, x: Tensor, kept: Routing) -> Tensor:
-        """Dispatch kept assignments to their experts' ranks, run, bring back, combine. y (N, D)."""
-        n, d = x.shape
-        p, local = self.world_size, self.num_local_experts
-        sent = torch.bincount(kept.expert, minlength=self.num_experts)          # (E,) = (P, L) by destination
-        received = exchange_counts(sent, self.group).view(p, local)             # (P, L) by source
-        send_splits = sent.view(p, local).sum(1).tolist()
-        recv_splits = received.sum(1).tolist()
-        x_recv = all_to_all(x.index_select(0, kept.token), send_splits, recv_splits, self.group)  # (R, D)
-        out = self._run_local_experts(x_recv, received)
-        y_a = all_to_all(out, recv_splits, send_splits, self.group)            # (A, D), in sending order
-        y_a = y_a * kept.weight.to(y_a.dtype).unsqueeze(-1)
-        return x.new_zeros(n, d).index_add(0, kept.token, y_a)
-
-    def _run_local_experts(self, x_recv: Tensor, received: Tensor) -> Tensor:
-        """Rows from each source, grouped by local expert, through a padded (L, C', D) buffer."""
-        r, d = x_recv.shape
-        local = self.num_local_experts
-        if r == 0:
-            # nothing to run here, but this rank must still join both backward exchanges: keep
-            # the received (empty) rows and the expert weights in the graph
-            return x_recv.new_zeros(0, d) + 0 * (x_recv.sum() + sum(w.sum() for w in self.experts.weight_parameters()))
-        expert = torch.arange(local, device=x_recv.device).repeat(received.shape[0])
-        expert = expert.repeat_interleave(received.flatten())                   # (R,) local expert per row
-        order = torch.argsort(expert, stable=True)
-        per_expert = received.sum(0)                                             # (L,)
-        starts = torch.cumsum(per_expert, 0) - per_expert
-        slots = int(per_expert.max())
-        slot = torch.empty_like(order)
-        slot[order] = expert[order] * slots + torch.arange(r, device=x_recv.device) - starts[expert[order]]
-        src = torch.full((local * slots,), r, dtype=torch.long, device=x_recv.device)   # empty slots: zero row
-        src[slot] = torch.arange(r, device=x_recv.device)
-        buf = torch.cat([x_recv, x_recv.new_zeros(1, d)]).index_select(0, src).view(local, slots, d)
-        return self.experts.forward_padded(buf).view(local * slots, d).index_select(0, slot)
-
-    # -- statistics --------------------------------------------------------------------
-    def _global_stats(self, proposed: Routing, kept: Tensor, routing: Routing, cap, groups) -> "ExpertParallelStats":
-        """Local aux losses (this rank's tokens, as the single-process layer); counts all-reduced."""
-        e, n = self.num_experts, proposed.num_tokens
-        local_counts, local_proposed = routing.counts(), proposed.counts()
-        if proposed.kind == "expert_choice":
-            dropped, total = n - int(torch.unique(routing.token).numel()), n
-        else:
-            dropped, total = proposed.num_assignments - routing.num_assignments, proposed.num_assignments
-        entropy = float(losses.router_entropy(proposed.probs.detach(), check_finite=False)) * n
-        pack = torch.cat([local_counts.double(), local_proposed.double(),
-                          torch.tensor([n, entropy, dropped, total], dtype=torch.float64, device=local_counts.device)])
-        dist.all_reduce(pack, group=self.group)            # one small collective per layer call
-        return ExpertParallelStats(
-            counts=pack[:e].round().long(), proposed_counts=pack[e:2 * e].round().long(), capacity=cap,
-            proposed=proposed, kept=kept, **self._aux(proposed, local_proposed, groups),
-            local_counts=local_counts, local_proposed_counts=local_proposed,
-            global_totals=tuple(pack[2 * e:].tolist()), world_size=self.world_size, rank=self.rank)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", world_size={self.world_size}, local_experts={self.expert_range}"

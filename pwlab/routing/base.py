@@ -22,6 +22,7 @@ import inspect
 import itertools
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -284,8 +285,23 @@ class Router(nn.Module):
         """
         raise NotImplementedError
 
+    def fused_gate(self) -> "FusedGate | None":
+        """What the one-node top-k layer (:mod:`pwlab.fused`) needs to route in this router's
+        place — a :class:`FusedGate` — when this router's routing is exactly its plain linear
+        softmax-then-top-k gate; None (the default) when the router must route itself."""
+        return None
+
     def extra_repr(self) -> str:
         return f"top_k={self.top_k}, d_model={self.d_model}, num_experts={self.num_experts}"
+
+
+class FusedGate(NamedTuple):
+    """A router that routes as ``softmax(x · weightᵀ)`` then top-``k`` (weights renormalised to
+    sum to one for k > 1 when ``renormalize``), for the one-node layer (:meth:`Router.fused_gate`)."""
+
+    weight: Tensor
+    k: int
+    renormalize: bool
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice
+from pwlab.routing.base import FusedGate, LinearGate, Routing, softmax_experts, token_choice
 
 ORDERS = ("softmax_topk", "topk_softmax")
 GATES = ("softmax", "sigmoid")
@@ -102,6 +102,15 @@ class TopK(LinearGate):
             top_logits, expert = logits.topk(self.top_k, dim=-1)
             weight = top_logits.softmax(-1)
         return token_choice(probs, logits, expert, weight)
+
+    def fused_gate(self) -> FusedGate | None:
+        """The plain softmax-then-top-k gate (no bias, no sigmoid, no subclass routing or scoring
+        otherwise) lets :mod:`pwlab.fused` route in its place."""
+        gate = self.gate
+        plain = (type(self).route is TopK.route and type(self).logits is LinearGate.logits
+                 and gate.bias is None and self.order == "softmax_topk" and self.gate_fn == "softmax"
+                 and self.expert_bias is None)
+        return FusedGate(gate.weight, self.top_k, self.renormalize) if plain else None
 
     def _normalised(self, weight: Tensor) -> Tensor:
         if self.renormalize and self.top_k > 1:
