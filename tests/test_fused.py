@@ -325,7 +325,7 @@ def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
 
 def test_routers_and_banks_declare_whether_the_fused_node_can_run_in_their_place():
     from pwlab.experts import ExpertBank, GatedExpertBank
-    from pwlab.swat.layers import SwatExpertBank
+    from pwlab.swat.experts import SwatExpertBank
     plain = TopK(k=2).bind(D, E)
     gate = plain.fused_gate()
     assert gate.weight is plain.gate.weight and gate.k == 2 and gate.renormalize
