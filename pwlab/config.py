@@ -116,7 +116,7 @@ class ModelConfig:
     def active_k(self) -> int:
         """Experts a token runs through: ``top_k``, or what the router fixes (switch 1, gshard 2,
         hash 1, expert choice ceil(capacity factor) on average)."""
-        if _router_description(self.router).k:
+        if _router_description(self.router).top_k:
             return self.top_k
         router = make_router(self.router, **self.router_arguments(num_tasks=1))
         # the size check binding would make (e.g. expert choice's capacity_factor <= num_experts),
@@ -141,8 +141,8 @@ class ModelConfig:
         """Constructor keywords for ``make_router(self.router, **...)``."""
         kw = dict(self.router_kwargs)
         about = _router_description(self.router)
-        if about.k:
-            kw.setdefault("k", self.top_k)
+        if about.top_k:
+            kw.setdefault("top_k", self.top_k)
         if about.num_tasks:
             kw.setdefault("num_tasks", num_tasks)
         if about.owns_capacity and self.capacity_factor is not None:

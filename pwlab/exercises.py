@@ -96,7 +96,7 @@ def check_moe_flops(moe_forward_flops) -> Passed:
 # -- 02 routers ---------------------------------------------------------------------------
 def _topk_reference(logits: torch.Tensor, k: int):
     e = logits.shape[1]
-    router = TopK(k=k, d_model=e, num_experts=e)
+    router = TopK(top_k=k, d_model=e, num_experts=e)
     with torch.no_grad():
         router.gate.weight.copy_(torch.eye(e))      # logits = x: the router applied to given logits
     r = router(logits)

@@ -11,8 +11,8 @@ Supported blocks (transformers ≥ 5.0, whose experts are fused 3-D parameters
 ==========================  ===============================================================
 block                        pwlab layer
 ==========================  ===============================================================
-``MixtralSparseMoeBlock``    ``TopK(k, softmax_topk, renormalize=True)``, swiglu experts
-``OlmoeSparseMoeBlock``      ``TopK(k, softmax_topk, renormalize=norm_topk_prob)``
+``MixtralSparseMoeBlock``    ``TopK(top_k, softmax_topk, renormalize=True)``, swiglu experts
+``OlmoeSparseMoeBlock``      ``TopK(top_k, softmax_topk, renormalize=norm_topk_prob)``
 ``Qwen3MoeSparseMoeBlock``   as OLMoE
 ``Qwen2MoeSparseMoeBlock``   as OLMoE, plus its shared expert (width ``shared_expert_intermediate_size``
                              split into s experts of width H) and its sigmoid gate (``shared_gate``)
@@ -90,7 +90,7 @@ class SigmoidGroupTopK(LinearGate):
     with the layer and not trained here.
     """
 
-    def __init__(self, *, k: int, num_group: int = 1, topk_group: int = 1, renormalize: bool = True,
+    def __init__(self, *, top_k: int, num_group: int = 1, topk_group: int = 1, renormalize: bool = True,
                  scaling: float = 1.0, d_model: int | None = None, num_experts: int | None = None):
         self.num_group = _checks.positive_int("num_group", num_group)
         self.topk_group = _checks.positive_int("topk_group", topk_group)
@@ -98,7 +98,7 @@ class SigmoidGroupTopK(LinearGate):
             raise ValueError(f"topk_group must be between 1 and num_group={num_group}, got {topk_group}")
         self.renormalize = bool(renormalize)
         self.scaling = _checks.positive_float("scaling", scaling)
-        super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
+        super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)
 
     def _check_top_k(self, num_experts: int) -> None:
         super()._check_top_k(num_experts)
@@ -173,7 +173,7 @@ def moe_from_hf(block: nn.Module) -> MoE:
     h = two_h // 2
     k = int(gate.top_k)
     if name == "DeepseekV3MoE":
-        router = SigmoidGroupTopK(k=k, num_group=int(gate.num_group), topk_group=int(gate.topk_group),
+        router = SigmoidGroupTopK(top_k=k, num_group=int(gate.num_group), topk_group=int(gate.topk_group),
                                   renormalize=bool(gate.norm_topk_prob), scaling=float(gate.routed_scaling_factor))
         shared_mlp = block.shared_experts
     else:
@@ -181,7 +181,7 @@ def moe_from_hf(block: nn.Module) -> MoE:
         if k == 1 and renorm:
             raise ValueError(f"{name}: top-1 routing with renormalisation (norm_topk_prob / Mixtral) gives "
                              f"every weight 1; pwlab's TopK keeps the raw probability at k=1 and does not model it")
-        router = TopK(k=k, order="softmax_topk", renormalize=renorm)
+        router = TopK(top_k=k, order="softmax_topk", renormalize=renorm)
         shared_mlp = getattr(block, "shared_expert", None)
     num_shared, gated = 0, name == "Qwen2MoeSparseMoeBlock"
     if shared_mlp is not None:
@@ -220,7 +220,7 @@ def _load_bank(bank: GatedExpertBank, gate: Tensor, up: Tensor, down: Tensor) ->
 
 
 def tiny_hf_block(family: str, *, seed: int = 0, d_model: int = 16, d_hidden: int = 24, num_experts: int = 8,
-                  k: int = 2, **config) -> nn.Module:
+                  top_k: int = 2, **config) -> nn.Module:
     """A tiny random transformers MoE block of ``family`` (:data:`FAMILIES`), built offline.
 
     No download: the block is built from a config with the given sizes (other config fields in
@@ -230,7 +230,7 @@ def tiny_hf_block(family: str, *, seed: int = 0, d_model: int = 16, d_hidden: in
     tf = require_transformers()
     _checks.one_of("family", family, FAMILIES)
     common = dict(hidden_size=d_model, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                  vocab_size=32, num_experts_per_tok=k, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+                  vocab_size=32, num_experts_per_tok=top_k, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if family == "mixtral":
         cfg, block = tf.MixtralConfig(intermediate_size=d_hidden, num_local_experts=num_experts, **common, **config), \
             "mixtral.modeling_mixtral.MixtralSparseMoeBlock"

@@ -209,7 +209,7 @@ class CharMoELM(nn.Module):
         vocab: a :class:`CharTokenizer` (or the string of its characters).
         d_model: D. num_layers: L blocks, each attention + MoE FFN. num_experts: E per layer.
         router: a router name of :data:`pwlab.routing.ROUTERS`, built once per layer with
-            ``router_kwargs`` (default ``"topk"`` with k=2); ``"hash"`` routes by character id.
+            ``router_kwargs`` (default ``"topk"`` with top_k=2); ``"hash"`` routes by character id.
         num_heads: attention heads. context: the longest sequence T. d_hidden: each expert's
             hidden width (default 2·D). capacity_factor, aux_weights: passed to each :class:`MoE`.
     """
@@ -223,7 +223,7 @@ class CharMoELM(nn.Module):
         _checks.positive_int("num_layers", num_layers)
         self.context = _checks.positive_int("context", context)
         self.router_name = _checks.one_of("router", router, [r for r in ROUTERS if r != "task"])
-        kwargs = {"k": 2} if router_kwargs is None and router in ("topk", "noisy_topk") else dict(router_kwargs or {})
+        kwargs = {"top_k": 2} if router_kwargs is None and router in ("topk", "noisy_topk") else dict(router_kwargs or {})
         v = len(self.tokenizer)
         self.embed = nn.Embedding(v, d_model)
         self.pos = nn.Parameter(torch.randn(context, d_model) * 0.02)          # (T_max, D)

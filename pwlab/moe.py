@@ -51,7 +51,6 @@ the same expert weights, many more combinations of experts.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from collections.abc import Iterable
@@ -182,7 +181,7 @@ class MoE(nn.Module):
         d_model: token width D.
         d_hidden: each expert's hidden width H.
         num_experts: E.
-        router: a :class:`~pwlab.routing.Router` (default ``TopK(k=2)``); bound to
+        router: a :class:`~pwlab.routing.Router` (default ``TopK(top_k=2)``); bound to
             ``(d_model, num_experts)`` here.
         capacity_factor: None for dropless, else > 0 (see the module docstring).
         capacity_convention: ``"k_tokens"`` (C = ceil(cf·k·N/E)) or ``"tokens"`` (C = ceil(cf·N/E)).
@@ -221,7 +220,7 @@ class MoE(nn.Module):
         self.aux_weights = weights
         self.num_groups = None if num_groups is None else _checks.positive_int("num_groups", num_groups)
         if router is None:
-            router = TopK(k=2)
+            router = TopK(top_k=2)
         if not isinstance(router, Router):
             raise ValueError(f"router must be a pwlab.routing.Router, got {type(router).__name__}")
         self.router = router.bind(d_model, num_experts)
@@ -384,11 +383,11 @@ class MoE(nn.Module):
         return out
 
     @classmethod
-    def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, k: int = 2,
+    def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, top_k: int = 2,
                      router: str = "topk", router_kwargs: dict | None = None, **kw) -> "MoE":
         """DeepSeek-MoE's fine-grained experts: the E-expert top-k layer with each expert split in m.
 
-        Builds ``m·num_experts`` experts of width ``d_hidden/m`` routed top-``m·k``: the same
+        Builds ``m·num_experts`` experts of width ``d_hidden/m`` routed top-``m·top_k``: the same
         expert FLOPs per token and the same expert weight matrices as ``MoE(d_model, d_hidden,
         num_experts, top-k)``; the router's gate grows to m·E outputs, and a ``"ffn"`` bank's
         output biases to m·E of them. ``num_shared_experts`` in ``kw`` counts fine-grained
@@ -397,24 +396,24 @@ class MoE(nn.Module):
         Args:
             d_model, d_hidden, num_experts: the coarse layer's D, H and E.
             m: the granularity (≥ 1); must divide ``d_hidden``.
-            k: the coarse layer's experts per token.
-            router: a name of :data:`pwlab.routing.ROUTERS` whose constructor takes ``k``
-                (it gets ``k=m·k``); ``router_kwargs`` are its other arguments.
+            top_k: the coarse layer's experts per token.
+            router: a name of :data:`pwlab.routing.ROUTERS` whose constructor takes ``top_k``
+                (it gets ``top_k=m·top_k``); ``router_kwargs`` are its other arguments.
             **kw: the other :class:`MoE` arguments.
         """
         m = _checks.positive_int("m", m)
         _checks.positive_int("d_hidden", d_hidden)
         _checks.positive_int("num_experts", num_experts)
-        k = _checks.positive_int("k", k)
+        k = _checks.positive_int("top_k", top_k)
         if d_hidden % m:
             raise ValueError(f"d_hidden must be divisible by m={m} (each expert is split into m experts of "
                              f"width d_hidden/m), got d_hidden={d_hidden}")
         if not isinstance(router, str):
-            raise TypeError(f"router must be a router name for fine_grained (its k is multiplied by m), "
+            raise TypeError(f"router must be a router name for fine_grained (its top_k is multiplied by m), "
                             f"got {type(router).__name__}")
-        built = make_router(router, **(router_kwargs or {}), **({"k": m * k} if _takes_k(router) else {}))
+        built = make_router(router, **(router_kwargs or {}), **({"top_k": m * k} if _takes_top_k(router) else {}))
         if built.top_k != m * k:
-            raise ValueError(f"router must take k to be fine-grained (top-(m·k) = {m * k}); {router!r} "
+            raise ValueError(f"router must take top_k to be fine-grained (top-(m·k) = {m * k}); {router!r} "
                              f"routes top-{built.top_k}")
         layer = cls(d_model, d_hidden // m, m * num_experts, built, **kw)
         layer.granularity = m
@@ -525,7 +524,7 @@ class MoE(nn.Module):
         return out + (f", granularity={self.granularity}" if self.granularity != 1 else "")
 
 
-def _takes_k(router: str) -> bool:
-    """Whether the router named ``router`` takes ``k`` (an unknown name is left to make_router)."""
+def _takes_top_k(router: str) -> bool:
+    """Whether the router named ``router`` takes ``top_k`` (an unknown name is left to make_router)."""
     cls = ROUTERS.get(router)
-    return cls is not None and "k" in inspect.signature(cls.__init__).parameters
+    return cls is not None and cls.describe().top_k

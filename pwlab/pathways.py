@@ -130,13 +130,13 @@ def _task_position(pmap: PathwayMap, task: str) -> int:
     return pmap.tasks.index(task)
 
 
-def top_pathway(pmap: PathwayMap, task: str, k: int = 2) -> dict[int, list[int]]:
-    """Block index → the ``k`` experts ``task`` uses most there (most used first)."""
+def top_pathway(pmap: PathwayMap, task: str, top_k: int = 2) -> dict[int, list[int]]:
+    """Block index → the ``top_k`` experts ``task`` uses most there (most used first)."""
     t = _task_position(pmap, task)
     out = {}
     for li, blk in enumerate(pmap.blocks):
         c = pmap.task_counts[li, :, t]
-        order = torch.argsort(-c, stable=True)[:k]
+        order = torch.argsort(-c, stable=True)[:top_k]
         out[blk] = [int(i) for i in order if c[i] > 0]
     return out
 

@@ -129,7 +129,7 @@ def bad_config(rank: int, world: int, cases: list[str]) -> dict:
         elif case == "experts_differ" and rank == 0:
             e = 8
         try:
-            ExpertParallelMoE(D, H, e, make_router("topk", k=2), **kw)
+            ExpertParallelMoE(D, H, e, make_router("topk", top_k=2), **kw)
             raised = None
         except ValueError as exc:
             raised = str(exc)
@@ -231,7 +231,7 @@ def swat_to_expert_parallel(rank: int, world: int, kind: str) -> dict:
     from pwlab.swat.experts import is_swat_bank, swat_settings
 
     torch.manual_seed(0)
-    moe = MoE(16, 24, 4, TopK(k=2), expert=kind)
+    moe = MoE(16, 24, 4, TopK(top_k=2), expert=kind)
     swatify(moe, 0.75, 0.5, variant="uniform", topk_period=3)
     layer = ExpertParallelMoE.from_moe(moe)
     x = torch.randn(20, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)

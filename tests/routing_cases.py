@@ -9,18 +9,18 @@ from pwlab.routing import ExpertChoice, GShardTop2, HashRouter, NoisyTopK, Switc
 NUM_TASKS = 3
 
 ROUTER_CASES = {
-    "topk2": lambda: TopK(k=2),
-    "topk2_topk_softmax": lambda: TopK(k=2, order="topk_softmax"),
-    "topk2_raw": lambda: TopK(k=2, renormalize=False),
-    "topk1": lambda: TopK(k=1),
-    "noisy_topk2": lambda: NoisyTopK(k=2),
+    "topk2": lambda: TopK(top_k=2),
+    "topk2_topk_softmax": lambda: TopK(top_k=2, order="topk_softmax"),
+    "topk2_raw": lambda: TopK(top_k=2, renormalize=False),
+    "topk1": lambda: TopK(top_k=1),
+    "noisy_topk2": lambda: NoisyTopK(top_k=2),
     "switch": lambda: Switch(jitter=0.01),
     "gshard": lambda: GShardTop2(),
     "expert_choice": lambda: ExpertChoice(capacity_factor=1.5),
     "hash": lambda: HashRouter(num_buckets=64),
-    "task_fixed": lambda: TaskRouter(num_tasks=NUM_TASKS, k=2, mode="fixed"),
-    "task_learned": lambda: TaskRouter(num_tasks=NUM_TASKS, k=1, mode="learned"),
-    "task_learned_token": lambda: TaskRouter(num_tasks=NUM_TASKS, k=2, mode="learned+token"),
+    "task_fixed": lambda: TaskRouter(num_tasks=NUM_TASKS, top_k=2, mode="fixed"),
+    "task_learned": lambda: TaskRouter(num_tasks=NUM_TASKS, top_k=1, mode="learned"),
+    "task_learned_token": lambda: TaskRouter(num_tasks=NUM_TASKS, top_k=2, mode="learned+token"),
 }
 
 LEARNED = [name for name in ROUTER_CASES if name not in ("hash", "task_fixed")]

@@ -294,6 +294,6 @@ def test_moe_disabled_accepts_any_collection_of_indices(experts):
 
 
 def test_task_router_ids_still_range_checked():
-    router = TaskRouter(num_tasks=NUM_TASKS, k=1, mode="fixed", d_model=D, num_experts=E)
+    router = TaskRouter(num_tasks=NUM_TASKS, top_k=1, mode="fixed", d_model=D, num_experts=E)
     with pytest.raises(ValueError, match=f"num_tasks={NUM_TASKS}"):
         router(torch.randn(2, D), task=torch.tensor([0, NUM_TASKS]))

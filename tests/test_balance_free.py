@@ -48,7 +48,7 @@ SIGMOID_BIAS = torch.tensor([0.0, -0.3, 0.5], dtype=torch.float64)
     (2, True, True, [[2, 1], [1, 2]], [[0.4, 0.6], [2 / 3, 1 / 3]]),
 ])
 def test_softmax_bias_changes_the_choice_not_the_weights(k, renormalize, biased, expert, weight):
-    r = _identity_router(k=k, renormalize=renormalize, bias_update_rate=0.1).double().eval()
+    r = _identity_router(top_k=k, renormalize=renormalize, bias_update_rate=0.1).double().eval()
     if biased:
         r.expert_bias.copy_(SOFTMAX_BIAS)
     out = r(SOFTMAX_LOGITS)
@@ -61,7 +61,7 @@ def test_softmax_bias_changes_the_choice_not_the_weights(k, renormalize, biased,
 
 
 def test_topk_softmax_order_with_bias_softmaxes_the_chosen_logits():
-    r = _identity_router(k=2, order="topk_softmax", bias_update_rate=0.1).double().eval()
+    r = _identity_router(top_k=2, order="topk_softmax", bias_update_rate=0.1).double().eval()
     r.expert_bias.copy_(SOFTMAX_BIAS)
     e, w = _per_token(r(SOFTMAX_LOGITS), 2, 2)
     assert e.tolist() == [[2, 1], [1, 2]]
@@ -75,7 +75,7 @@ def test_topk_softmax_order_with_bias_softmaxes_the_chosen_logits():
     (True, [[2, 0], [0, 2]], [[1 / 3, 2 / 3], [0.8, 0.2]]),
 ])
 def test_sigmoid_gate_by_hand(biased, expert, weight):
-    r = _identity_router(k=2, gate="sigmoid", bias_update_rate=0.1 if biased else None).double().eval()
+    r = _identity_router(top_k=2, gate="sigmoid", bias_update_rate=0.1 if biased else None).double().eval()
     if biased:
         r.expert_bias.copy_(SIGMOID_BIAS)
     out = r(SIGMOID_LOGITS)
@@ -89,12 +89,12 @@ def test_sigmoid_gate_by_hand(biased, expert, weight):
 
 
 def test_sigmoid_top1_keeps_the_raw_score():
-    e, w = _per_token(_identity_router(k=1, gate="sigmoid").double()(SIGMOID_LOGITS), 2, 1)
+    e, w = _per_token(_identity_router(top_k=1, gate="sigmoid").double()(SIGMOID_LOGITS), 2, 1)
     assert e.tolist() == [[1], [0]] and torch.allclose(w, torch.tensor([[0.75], [0.8]], dtype=torch.float64))
 
 
 def test_sigmoid_balance_and_z_loss_by_hand():
-    moe = MoE(3, 4, 3, TopK(k=2, gate="sigmoid"), dispatch="loop").double()
+    moe = MoE(3, 4, 3, TopK(top_k=2, gate="sigmoid"), dispatch="loop").double()
     with torch.no_grad():
         moe.router.gate.weight.copy_(torch.eye(3, dtype=torch.float64))
     _, stats = moe(SIGMOID_LOGITS)
@@ -119,7 +119,7 @@ def test_sigmoid_balance_loss_alone_spreads_a_collapsed_router():
     the normalised distribution flat, so the loss sits closer to 1 than with softmax.
     """
     torch.manual_seed(0)
-    moe = MoE(D_C, 8, E_C, TopK(k=2, gate="sigmoid"), aux_weights={"load_balancing": 1.0, "z_loss": 0.0})
+    moe = MoE(D_C, 8, E_C, TopK(top_k=2, gate="sigmoid"), aux_weights={"load_balancing": 1.0, "z_loss": 0.0})
     _collapse(moe.router)
     x = _tokens(512, torch.Generator().manual_seed(1))
     opt = torch.optim.SGD(moe.router.parameters(), lr=1.0)
@@ -139,7 +139,7 @@ def test_sigmoid_balance_loss_alone_spreads_a_collapsed_router():
 
 def test_update_rule_on_a_known_load_vector():
     # one-hot logits of height 10: the chosen experts are fixed, loads [5, 1, 2, 0] (mean 2)
-    r = TopK(k=1, bias_update_rate=0.125, d_model=4, num_experts=4)
+    r = TopK(top_k=1, bias_update_rate=0.125, d_model=4, num_experts=4)
     with torch.no_grad():
         r.gate.weight.copy_(10 * torch.eye(4))
     x = torch.eye(4)[[0, 0, 0, 0, 0, 1, 2, 2]]
@@ -152,7 +152,7 @@ def test_update_rule_on_a_known_load_vector():
         r.eval()(x)
     assert torch.equal(r.expert_bias, 2 * expected)             # eval: unchanged
     # and in the train step of a hand-made example: loads [0, 2, 2] of the biased top-2 above
-    s = _identity_router(k=2, bias_update_rate=0.1).double()
+    s = _identity_router(top_k=2, bias_update_rate=0.1).double()
     s.expert_bias.copy_(SOFTMAX_BIAS)
     s(SOFTMAX_LOGITS)
     assert torch.allclose(s.expert_bias, SOFTMAX_BIAS + 0.1 * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64),
@@ -160,16 +160,16 @@ def test_update_rule_on_a_known_load_vector():
 
 
 def test_bias_is_off_by_default_and_the_state_dict_is_unchanged():
-    assert TopK(k=2, d_model=4, num_experts=3).expert_bias is None
-    assert TopK(k=2, bias_update_rate=0, d_model=4, num_experts=3).expert_bias is None
-    assert set(TopK(k=2, d_model=4, num_experts=3).state_dict()) == {"gate.weight"}
-    with_bias = TopK(k=2, bias_update_rate=1e-3, d_model=4, num_experts=3)
+    assert TopK(top_k=2, d_model=4, num_experts=3).expert_bias is None
+    assert TopK(top_k=2, bias_update_rate=0, d_model=4, num_experts=3).expert_bias is None
+    assert set(TopK(top_k=2, d_model=4, num_experts=3).state_dict()) == {"gate.weight"}
+    with_bias = TopK(top_k=2, bias_update_rate=1e-3, d_model=4, num_experts=3)
     assert set(with_bias.state_dict()) == {"gate.weight", "expert_bias"}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_bias_stays_float32_in_half_precision(dtype):
-    r = TopK(k=1, bias_update_rate=1e-3, d_model=4, num_experts=4).to(dtype)
+    r = TopK(top_k=1, bias_update_rate=1e-3, d_model=4, num_experts=4).to(dtype)
     assert r.gate.weight.dtype == dtype and r.expert_bias.dtype == torch.float32
     r.expert_bias.fill_(0.5)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def test_bias_stays_float32_in_half_precision(dtype):
 
 
 def test_bias_gets_no_gradient_and_the_weights_do():
-    r = TopK(k=2, bias_update_rate=0.1, d_model=6, num_experts=4)
+    r = TopK(top_k=2, bias_update_rate=0.1, d_model=6, num_experts=4)
     r.expert_bias.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0]))
     out = r(torch.randn(10, 6))
     out.weight.sum().backward()
@@ -199,7 +199,7 @@ def test_bias_gets_no_gradient_and_the_weights_do():
 ])
 def test_bad_options_are_errors(kw, match):
     with pytest.raises(ValueError, match=match):
-        TopK(k=2, **kw)
+        TopK(top_k=2, **kw)
 
 
 # -- balancing a collapsed router ---------------------------------------------------------
@@ -238,7 +238,7 @@ def test_bias_alone_balances_a_collapsed_router(gate):
     held_out = _tokens(4096, torch.Generator().manual_seed(99))
     cvs = {}
     for rate in (2e-3, 0.0):
-        r = TopK(k=1, gate=gate, bias_update_rate=rate, d_model=D_C, num_experts=E_C)
+        r = TopK(top_k=1, gate=gate, bias_update_rate=rate, d_model=D_C, num_experts=E_C)
         _collapse(r)
         with torch.no_grad():
             before = _cv(torch.bincount(r.eval()(held_out).expert, minlength=E_C))
@@ -256,7 +256,7 @@ def test_training_without_aux_loss_is_balanced_by_the_bias():
     loads = {}
     for rate in (2e-3, None):
         torch.manual_seed(0)
-        moe = MoE(D_C, 16, E_C, TopK(k=1, bias_update_rate=rate),
+        moe = MoE(D_C, 16, E_C, TopK(top_k=1, bias_update_rate=rate),
                   aux_weights={"load_balancing": 0.0, "z_loss": 0.0})
         _collapse(moe.router)
         target = torch.nn.Linear(D_C, D_C)
@@ -285,9 +285,9 @@ def test_layer_takes_the_general_path_with_the_options_on(kw, monkeypatch):
     real = fused.topk_moe
     monkeypatch.setattr(fused, "topk_moe", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(10, 8)
-    MoE(8, 12, 4, TopK(k=2))(x)
+    MoE(8, 12, 4, TopK(top_k=2))(x)
     assert len(calls) == 1                                      # the plain router is fused
-    MoE(8, 12, 4, TopK(k=2, **kw))(x)
+    MoE(8, 12, 4, TopK(top_k=2, **kw))(x)
     assert len(calls) == 1
 
 
@@ -296,8 +296,8 @@ def test_layer_takes_the_general_path_with_the_options_on(kw, monkeypatch):
 def test_layer_output_follows_the_biased_routing(gate, cf):
     """The fast dispatch equals the loop reference and a sum by hand over the router's choices."""
     torch.manual_seed(0)
-    fast = MoE(8, 12, 4, TopK(k=2, gate=gate, bias_update_rate=0.1), capacity_factor=cf).double()
-    loop = MoE(8, 12, 4, TopK(k=2, gate=gate, bias_update_rate=0.1), capacity_factor=cf, dispatch="loop").double()
+    fast = MoE(8, 12, 4, TopK(top_k=2, gate=gate, bias_update_rate=0.1), capacity_factor=cf).double()
+    loop = MoE(8, 12, 4, TopK(top_k=2, gate=gate, bias_update_rate=0.1), capacity_factor=cf, dispatch="loop").double()
     fast.router.expert_bias.copy_(torch.tensor([0.5, -0.5, 0.0, 0.2]))
     loop.load_state_dict(fast.state_dict())
     fast.eval()
@@ -312,7 +312,7 @@ def test_layer_output_follows_the_biased_routing(gate, cf):
         by_hand[t] += w * fast.experts.forward_expert(e, x[t:t + 1])[0]
     assert torch.allclose(y_fast, by_hand, atol=1e-12)
     # the bias moved the choices away from expert 1 and towards expert 0
-    plain = MoE(8, 12, 4, TopK(k=2, gate=gate)).double()
+    plain = MoE(8, 12, 4, TopK(top_k=2, gate=gate)).double()
     plain.router.gate.weight.data.copy_(fast.router.gate.weight)
     counts_plain = torch.bincount(plain.router(x).expert, minlength=4)
     counts_bias = s_fast.proposed_counts
@@ -321,7 +321,7 @@ def test_layer_output_follows_the_biased_routing(gate, cf):
 
 
 def test_make_router_passes_the_options():
-    r = make_router("topk", k=2, gate="sigmoid", bias_update_rate=1e-3)
+    r = make_router("topk", top_k=2, gate="sigmoid", bias_update_rate=1e-3)
     assert r.gate_fn == "sigmoid" and r.bias_update_rate == 1e-3
     assert "gate='sigmoid'" in repr(r.bind(4, 3)) and "bias_update_rate=0.001" in repr(r)
 

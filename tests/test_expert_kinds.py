@@ -30,7 +30,7 @@ TOL = 1e-5
 
 def _pair(**kw):
     """Two float64 layers with identical weights: the fast padded dispatch and the loop reference."""
-    fast = MoE(D, kw.pop("d_hidden", H), kw.pop("num_experts", E), TopK(k=kw.pop("k", 2)), dispatch="fast", **kw)
+    fast = MoE(D, kw.pop("d_hidden", H), kw.pop("num_experts", E), TopK(top_k=kw.pop("k", 2)), dispatch="fast", **kw)
     loop = copy.deepcopy(fast)
     loop.dispatch = "loop"
     return fast.double(), loop.double()
@@ -104,7 +104,7 @@ def _naive_mixtral(x, gate_w, w1, w3, w2, k):
 
 @pytest.mark.parametrize("dispatch", ["fast", "loop"])
 def test_gated_layer_equals_naive_mixtral_block(dispatch):
-    layer = MoE(D, H, E, TopK(k=2), expert="swiglu", dispatch=dispatch).double()
+    layer = MoE(D, H, E, TopK(top_k=2), expert="swiglu", dispatch=dispatch).double()
     x, t = _data(17, seed=5)
     params = [layer.router.gate.weight, layer.experts.w1, layer.experts.w3, layer.experts.w2]
     xa = x.clone().requires_grad_()
@@ -120,9 +120,9 @@ def test_gated_layer_equals_naive_mixtral_block(dispatch):
 
 def test_fused_path_stays_for_the_plain_bank_only():
     x = torch.zeros(3, D)
-    assert MoE(D, H, E, TopK(k=2)).backend_for(x) == "fused"
-    assert MoE(D, H, E, TopK(k=2), num_shared_experts=1).backend_for(x) == "fused"       # shared experts run beside it
-    assert MoE(D, H, E, TopK(k=2), expert="swiglu").backend_for(x) == "fast"
+    assert MoE(D, H, E, TopK(top_k=2)).backend_for(x) == "fused"
+    assert MoE(D, H, E, TopK(top_k=2), num_shared_experts=1).backend_for(x) == "fused"       # shared experts run beside it
+    assert MoE(D, H, E, TopK(top_k=2), expert="swiglu").backend_for(x) == "fast"
 
 
 # -- shared experts ---------------------------------------------------------------------------------
@@ -146,8 +146,8 @@ def test_shared_experts_fused_equals_general_path():
 
 @pytest.mark.parametrize("kind", ["ffn", "swiglu"])
 def test_shared_experts_add_to_the_routed_output_and_leave_the_routing_alone(kind):
-    layer = MoE(D, H, E, TopK(k=2), expert=kind, num_shared_experts=2).double()
-    routed = MoE(D, H, E, TopK(k=2), expert=kind).double()
+    layer = MoE(D, H, E, TopK(top_k=2), expert=kind, num_shared_experts=2).double()
+    routed = MoE(D, H, E, TopK(top_k=2), expert=kind).double()
     routed.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("shared_experts.")})
     x, _ = _data(15)
     y, stats = layer(x)
@@ -165,8 +165,8 @@ def test_shared_experts_add_to_the_routed_output_and_leave_the_routing_alone(kin
 
 
 def test_shared_experts_are_counted_in_parameters():
-    plain = MoE(D, H, E, TopK(k=2), expert="swiglu")
-    shared = MoE(D, H, E, TopK(k=2), expert="swiglu", num_shared_experts=3)
+    plain = MoE(D, H, E, TopK(top_k=2), expert="swiglu")
+    shared = MoE(D, H, E, TopK(top_k=2), expert="swiglu", num_shared_experts=3)
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(shared) - n(plain) == 3 * 3 * D * H
 
@@ -174,7 +174,7 @@ def test_shared_experts_are_counted_in_parameters():
 # -- fine-grained experts ---------------------------------------------------------------------------
 
 def test_fine_grained_builds_m_times_more_narrower_experts_routed_top_mk():
-    layer = MoE.fine_grained(D, H, E, 3, k=2, expert="swiglu")
+    layer = MoE.fine_grained(D, H, E, 3, top_k=2, expert="swiglu")
     assert (layer.num_experts, layer.d_hidden, layer.top_k, layer.granularity) == (3 * E, H // 3, 6, 3)
     assert isinstance(layer.experts, GatedExpertBank) and layer.experts.d_hidden == H // 3
     assert "granularity=3" in repr(layer)
@@ -182,7 +182,7 @@ def test_fine_grained_builds_m_times_more_narrower_experts_routed_top_mk():
 
 @pytest.mark.parametrize("kind", ["ffn", "swiglu"])
 def test_fine_grained_fast_equals_loop(kind):
-    fast = MoE.fine_grained(D, H, E, 2, k=2, expert=kind, capacity_factor=1.0, num_shared_experts=1).double()
+    fast = MoE.fine_grained(D, H, E, 2, top_k=2, expert=kind, capacity_factor=1.0, num_shared_experts=1).double()
     fast.fused = False
     loop = copy.deepcopy(fast)
     loop.dispatch = "loop"
@@ -194,8 +194,8 @@ def test_fine_grained_fast_equals_loop(kind):
 @pytest.mark.parametrize("m", [2, 4])
 def test_fine_grained_keeps_expert_flops_and_weights(kind, per_pair, m):
     n, k = 10, 2
-    coarse = MoE(D, H, E, TopK(k=k), expert=kind)
-    fine = MoE.fine_grained(D, H, E, m, k=k, expert=kind)
+    coarse = MoE(D, H, E, TopK(top_k=k), expert=kind)
+    fine = MoE.fine_grained(D, H, E, m, top_k=k, expert=kind)
     # hand count: each token runs k experts of `per_pair` D×H matmuls (coarse), or m·k experts of
     # D×(H/m) (fine): the same 2·per_pair·D·H·k per token; the gate is D×E against D×(m·E)
     expert_fwd = 2 * per_pair * D * H * k * n
@@ -221,10 +221,10 @@ def test_fine_grained_bad_input():
         MoE.fine_grained(D, H, E, 5)
     with pytest.raises(ValueError, match="m must be an integer >= 1"):
         MoE.fine_grained(D, H, E, 0)
-    with pytest.raises(ValueError, match="router must take k"):
+    with pytest.raises(ValueError, match="router must take top_k"):
         MoE.fine_grained(D, H, E, 2, router="switch")
     with pytest.raises(TypeError, match="router must be a router name"):
-        MoE.fine_grained(D, H, E, 2, router=TopK(k=2))
+        MoE.fine_grained(D, H, E, 2, router=TopK(top_k=2))
     with pytest.raises(ValueError, match="router must be one of"):
         MoE.fine_grained(D, H, E, 2, router="nope")
 
@@ -250,7 +250,7 @@ def test_bad_expert_options_name_the_parameter():
 # -- SWAT -------------------------------------------------------------------------------------------
 
 def test_swat_gated_bank_at_sparsity_zero_equals_the_dense_gated_bank():
-    dense = MoE(D, H, E, TopK(k=2), expert="swiglu", num_shared_experts=1).double()
+    dense = MoE(D, H, E, TopK(top_k=2), expert="swiglu", num_shared_experts=1).double()
     net = nn.Sequential(nn.Linear(D, D).double(), copy.deepcopy(dense))
     swatify(net, 0.0, 0.0)
     sw = net[1]
@@ -263,7 +263,7 @@ def test_swat_gated_bank_at_sparsity_zero_equals_the_dense_gated_bank():
 
 
 def test_swat_gated_bank_masks_all_three_weights_and_keeps_loop_parity():
-    layer = MoE(D, H, E, TopK(k=2), expert="swiglu").double()
+    layer = MoE(D, H, E, TopK(top_k=2), expert="swiglu").double()
     net = swatify(nn.Sequential(nn.Linear(D, D).double(), layer), 0.5, 0.5)
     bank = net[1].experts
     assert bank.w1 is layer.experts.w1                     # the same Parameters
@@ -293,10 +293,10 @@ def test_gated_and_shared_flops_hand_counts():
     # forward: (k + s) token-expert pairs per token at 6·D·H each, plus the gate 2·D·E
     fwd = 6 * d * h * n * (k + s) + 2 * n * d * e
     assert flops.moe_ffn_flops(n, d, h, e, k, expert="swiglu", num_shared_experts=s).forward == fwd
-    layer = MoE(d, h, e, TopK(k=k), expert="swiglu", num_shared_experts=s)
+    layer = MoE(d, h, e, TopK(top_k=k), expert="swiglu", num_shared_experts=s)
     counted = flops.model_flops(nn.Sequential(layer), n).total()
     assert (counted.forward, counted.training) == (fwd, 3 * fwd)
-    plain = flops.model_flops(nn.Sequential(MoE(d, h, e, TopK(k=k), num_shared_experts=s)), n).total()
+    plain = flops.model_flops(nn.Sequential(MoE(d, h, e, TopK(top_k=k), num_shared_experts=s)), n).total()
     assert plain.forward == 4 * d * h * n * (k + s) + 2 * n * d * e
     assert flops.model_flops(nn.Sequential(Switch().bind(d, e), GatedExpertBank(e, d, h)), n).layers[-1][2].forward \
         == 6 * n * d * h                                                      # a bank alone: N pairs
@@ -329,7 +329,7 @@ def test_model_config_expert_reaches_the_layer_and_the_dense_baseline_matches_fl
 def _ep_gated_worker(rank: int, world: int) -> dict:
     """Max |EP − single process| of outputs and gradients for a gated layer with a shared expert."""
     torch.manual_seed(0)
-    ref = MoE(D, H, E, TopK(k=2), expert="swiglu", num_shared_experts=1, capacity_factor=1.0)
+    ref = MoE(D, H, E, TopK(top_k=2), expert="swiglu", num_shared_experts=1, capacity_factor=1.0)
     ep = ExpertParallelMoE.from_moe(copy.deepcopy(ref))
     g = torch.Generator().manual_seed(1)
     sizes = [13, 18][:world]
@@ -381,7 +381,7 @@ def test_make_experts_and_expert_kind_round_trip():
 
 
 def test_swatify_erk_counts_the_gated_bank_as_three_matrices_per_expert():
-    net = nn.Sequential(nn.Linear(D, D), nn.Linear(D, D), MoE(D, H, E, TopK(k=2), expert="swiglu"))
+    net = nn.Sequential(nn.Linear(D, D), nn.Linear(D, D), MoE(D, H, E, TopK(top_k=2), expert="swiglu"))
     swatify(net, 0.5, variant="erk")
     # the first layer stays dense; the rest: one (D, D) matrix and 3·E matrices of (D, H)
     dens = erk_densities([(D, D)] + [(D, H)] * (3 * E), 0.5)

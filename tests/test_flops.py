@@ -67,7 +67,7 @@ def test_model_flops_conv_needs_example_input_and_counts_output_size():
 
 def test_model_flops_moe_counts_active_experts_and_router():
     torch.manual_seed(0)
-    moe = MoE(8, 16, 4, TopK(k=2))
+    moe = MoE(8, 16, 4, TopK(top_k=2))
     mf = flops.model_flops(moe, 10)
     assert mf.forward == 4 * 10 * 2 * 8 * 16 + 2 * 10 * 8 * 4
     assert mf.layers[0][1] == "moe"

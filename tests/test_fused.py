@@ -13,8 +13,8 @@ D, H, E = 8, 12, 5
 
 def _twins(**kw):
     """The same layer twice, in float64: one may take the fused path, one is forced onto the general one."""
-    fast = MoE(D, H, E, TopK(k=kw.pop("k", 2), renormalize=kw.pop("renormalize", True)), **kw).double()
-    general = MoE(D, H, E, TopK(k=fast.top_k, renormalize=fast.router.renormalize), **kw).double()
+    fast = MoE(D, H, E, TopK(top_k=kw.pop("k", 2), renormalize=kw.pop("renormalize", True)), **kw).double()
+    general = MoE(D, H, E, TopK(top_k=fast.top_k, renormalize=fast.router.renormalize), **kw).double()
     general.load_state_dict(fast.state_dict())
     general.fused = False
     return fast, general
@@ -83,11 +83,11 @@ def test_fused_path_is_taken_only_where_it_applies(monkeypatch):
     real = fused.topk_moe
     monkeypatch.setattr(fused, "topk_moe", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     x = torch.randn(10, D)
-    MoE(D, H, E, TopK(k=2))(x)
+    MoE(D, H, E, TopK(top_k=2))(x)
     assert len(calls) == 1
-    layer = MoE(D, H, E, TopK(k=2))
-    for variant in (MoE(D, H, E, TopK(k=2), drop_policy="probability"), MoE(D, H, E, TopK(k=2), dispatch="loop"),
-                    MoE(D, H, E, TopK(k=2, order="topk_softmax")), MoE(D, H, E, NoisyTopK(k=2))):
+    layer = MoE(D, H, E, TopK(top_k=2))
+    for variant in (MoE(D, H, E, TopK(top_k=2), drop_policy="probability"), MoE(D, H, E, TopK(top_k=2), dispatch="loop"),
+                    MoE(D, H, E, TopK(top_k=2, order="topk_softmax")), MoE(D, H, E, NoisyTopK(top_k=2))):
         variant(x)
     layer(x[:0])                                               # an empty batch
     assert len(calls) == 1
@@ -111,7 +111,7 @@ def test_fused_ablation_equals_general_ablation(cf):
 
 
 def test_rank_major_layout_names_its_assignments():
-    layer = MoE(D, H, E, TopK(k=3), capacity_factor=None)
+    layer = MoE(D, H, E, TopK(top_k=3), capacity_factor=None)
     x = torch.randn(6, D)
     _, s = layer(x)
     r = s.proposed
@@ -140,7 +140,7 @@ def test_gradcheck():
 
 def test_position_priority_and_capacity_by_hand():
     """4 tokens, all with expert 0 first and expert 1 second; C = 3 by hand."""
-    layer = MoE(2, 3, 3, TopK(k=2), capacity_factor=1.0, capacity_convention="tokens")   # C = ceil(4/3) = 2
+    layer = MoE(2, 3, 3, TopK(top_k=2), capacity_factor=1.0, capacity_convention="tokens")   # C = ceil(4/3) = 2
     with torch.no_grad():
         layer.router.gate.weight.copy_(torch.tensor([[3.0, 0.0], [2.0, 0.0], [0.0, 0.0]]))
     x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
@@ -153,18 +153,18 @@ def test_position_priority_and_capacity_by_hand():
 
 
 def test_second_derivatives_are_refused_not_wrong():
-    layer = MoE(D, H, E, TopK(k=2)).double()
+    layer = MoE(D, H, E, TopK(top_k=2)).double()
     x = torch.randn(6, D, dtype=torch.float64, requires_grad=True)
     y, s = layer(x)
     (g,) = torch.autograd.grad(y.sum() + s.aux_loss, x, create_graph=True)
     with pytest.raises(RuntimeError, match="does not require grad"):
         g.sum().backward()
-    half = MoE(D, H, E, TopK(k=2)).bfloat16()
+    half = MoE(D, H, E, TopK(top_k=2)).bfloat16()
     assert half.backend_for(torch.randn(6, D, dtype=torch.bfloat16)) != "fused"
 
 
 def test_non_finite_input_is_an_error():
-    layer = MoE(D, H, E, TopK(k=2))
+    layer = MoE(D, H, E, TopK(top_k=2))
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = torch.randn(5, D)
         x[3, 2] = bad
@@ -197,7 +197,7 @@ def test_grouped_dropless_equals_general_path(k, activation, renormalize):
 def test_grouped_and_padded_layouts_agree_in_float32():
     """float32 takes torch._grouped_mm where it runs: the two dropless layouts agree to 1e-5."""
     torch.manual_seed(5)
-    layer = MoE(16, 24, 6, TopK(k=2))
+    layer = MoE(16, 24, 6, TopK(top_k=2))
     x = torch.randn(300, 16)
     out = {}
     for layout in ("grouped", "padded"):
@@ -263,7 +263,7 @@ def test_gradcheck_grouped_dropless():
 
 
 def test_dropless_layout_is_checked_and_auto_follows_rows_per_expert():
-    layer = MoE(D, H, 4, TopK(k=2))
+    layer = MoE(D, H, 4, TopK(top_k=2))
     assert not layer._grouped(fused.GROUPED_MIN_ROWS * 2 - 1)     # N·k / E just below the threshold
     assert layer._grouped(fused.GROUPED_MIN_ROWS * 2)
     layer.dropless_layout = "sideways"
@@ -326,11 +326,11 @@ def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
 def test_routers_and_banks_declare_whether_the_fused_node_can_run_in_their_place():
     from pwlab.experts import ExpertBank, GatedExpertBank
     from pwlab.swat.experts import SwatExpertBank
-    plain = TopK(k=2).bind(D, E)
+    plain = TopK(top_k=2).bind(D, E)
     gate = plain.fused_gate()
     assert gate.weight is plain.gate.weight and gate.k == 2 and gate.renormalize
-    for other in (TopK(k=2, order="topk_softmax"), TopK(k=2, gate="sigmoid"), TopK(k=2, bias_update_rate=0.1),
-                  NoisyTopK(k=2)):
+    for other in (TopK(top_k=2, order="topk_softmax"), TopK(top_k=2, gate="sigmoid"), TopK(top_k=2, bias_update_rate=0.1),
+                  NoisyTopK(top_k=2)):
         assert other.bind(D, E).fused_gate() is None, other
     bank = ExpertBank(E, D, H)
     assert all(a is b for a, b in zip(bank.plain_ffn(), (bank.w1, bank.b1, bank.w2, bank.b2)))
@@ -352,9 +352,9 @@ class _SameTopK(TopK):
 def test_a_router_subclass_takes_the_node_only_if_it_routes_as_topk():
     torch.manual_seed(9)
     x = torch.randn(12, D, dtype=torch.float64)
-    same, reversed_ = MoE(D, H, E, _SameTopK(k=2)).double(), MoE(D, H, E, _ReversedTopK(k=2)).double()
+    same, reversed_ = MoE(D, H, E, _SameTopK(top_k=2)).double(), MoE(D, H, E, _ReversedTopK(top_k=2)).double()
     assert same.backend_for(x) == "fused" and reversed_.backend_for(x) == "fast"
-    general = MoE(D, H, E, _SameTopK(k=2)).double()
+    general = MoE(D, H, E, _SameTopK(top_k=2)).double()
     general.load_state_dict(same.state_dict())
     general.fused = False
     (y1, _), (y2, _) = same(x), general(x)

@@ -67,7 +67,7 @@ def _pwlab_choices(stats, n, k):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_moe_from_hf_equals_the_block(interop, case):
     fam, cfg, k = case
-    block = interop.tiny_hf_block(fam, seed=1, d_model=D, num_experts=8, k=k, **cfg)
+    block = interop.tiny_hf_block(fam, seed=1, d_model=D, num_experts=8, top_k=k, **cfg)
     layer = interop.moe_from_hf(block).eval()
     x = torch.randn(3, 7, D, generator=torch.Generator().manual_seed(2), requires_grad=True)
     ref = block(x).reshape(-1, D)
@@ -150,7 +150,7 @@ def test_balance_loss_of_a_converted_block(interop):
 
 def test_group_limited_routing_keeps_to_the_best_groups(interop):
     """num_group=4, topk_group=1: each token's experts all lie in one group of two, the best one."""
-    block = interop.tiny_hf_block("deepseek_v3", seed=5, num_experts=8, k=2, n_group=4, topk_group=1)
+    block = interop.tiny_hf_block("deepseek_v3", seed=5, num_experts=8, top_k=2, n_group=4, topk_group=1)
     layer = interop.moe_from_hf(block).eval()
     x = torch.randn(50, D)
     _, stats = layer(x)
@@ -167,7 +167,7 @@ def test_group_limited_routing_keeps_to_the_best_groups(interop):
 
 
 def test_the_correction_bias_moves_the_choice_not_the_weight(interop):
-    block = interop.tiny_hf_block("deepseek_v3", seed=6, k=2, norm_topk_prob=False, routed_scaling_factor=1.0)
+    block = interop.tiny_hf_block("deepseek_v3", seed=6, top_k=2, norm_topk_prob=False, routed_scaling_factor=1.0)
     with torch.no_grad():
         block.gate.e_score_correction_bias.zero_()
         block.gate.e_score_correction_bias[3] = 10.0          # every token now picks expert 3
@@ -185,7 +185,7 @@ def test_unsupported_blocks_and_options_are_refused(interop):
     with pytest.raises(TypeError, match="block must be one of .*MixtralSparseMoeBlock"):
         interop.moe_from_hf(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="top-1 routing with renormalisation"):
-        interop.moe_from_hf(interop.tiny_hf_block("mixtral", k=1))
+        interop.moe_from_hf(interop.tiny_hf_block("mixtral", top_k=1))
     with pytest.raises(ValueError, match="hidden_act must be 'silu'"):
         interop.moe_from_hf(interop.tiny_hf_block("olmoe", hidden_act="gelu"))
     with pytest.raises(ValueError, match="not a multiple of the routed experts' width 24"):
@@ -196,13 +196,13 @@ def test_unsupported_blocks_and_options_are_refused(interop):
 
 def test_sigmoid_group_router_checks_its_arguments(interop):
     with pytest.raises(ValueError, match="topk_group"):
-        interop.SigmoidGroupTopK(k=2, num_group=2, topk_group=3)
+        interop.SigmoidGroupTopK(top_k=2, num_group=2, topk_group=3)
     with pytest.raises(ValueError, match="divisible by num_group"):
-        interop.SigmoidGroupTopK(k=2, num_group=3, d_model=4, num_experts=8)
+        interop.SigmoidGroupTopK(top_k=2, num_group=3, d_model=4, num_experts=8)
     with pytest.raises(ValueError, match="top_k=3 exceeds"):
-        interop.SigmoidGroupTopK(k=3, num_group=4, topk_group=1, d_model=4, num_experts=8)
+        interop.SigmoidGroupTopK(top_k=3, num_group=4, topk_group=1, d_model=4, num_experts=8)
     with pytest.raises(ValueError, match="scaling"):
-        interop.SigmoidGroupTopK(k=2, scaling=0.0)
+        interop.SigmoidGroupTopK(top_k=2, scaling=0.0)
 
 
 def test_missing_transformers_gives_the_install_hint(monkeypatch):

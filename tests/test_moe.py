@@ -86,7 +86,7 @@ def test_capacity_conventions_by_hand():
     assert expert_capacity(100, 8, 2, 1.25, "k_tokens") == 32      # 31.25 → 32
     assert expert_capacity(64, 8, 2, 1.0, "k_tokens") == 16          # exact: no off-by-one from float error
     assert expert_capacity(100, 8, 2, None) is None
-    layer = MoE(D, H, E, TopK(k=2), capacity_factor=1.0, capacity_convention="tokens")
+    layer = MoE(D, H, E, TopK(top_k=2), capacity_factor=1.0, capacity_convention="tokens")
     assert layer.capacity(40) == 10
 
 
@@ -136,7 +136,7 @@ def test_routing_properties(n, cf, name, policy, seed):
 
 
 def test_dropped_fraction_by_hand():
-    layer = MoE(D, H, E, TopK(k=1), capacity_factor=None)
+    layer = MoE(D, H, E, TopK(top_k=1), capacity_factor=None)
     with torch.no_grad():                      # all tokens prefer expert 2
         layer.router.gate.weight.zero_()
         layer.router.gate.weight[2, 0] = 10.0
@@ -149,7 +149,7 @@ def test_dropped_fraction_by_hand():
 
 
 def test_dropped_tokens_get_zero_output():
-    layer = MoE(D, H, E, TopK(k=1), capacity_factor=0.25)
+    layer = MoE(D, H, E, TopK(top_k=1), capacity_factor=0.25)
     y, s = layer(torch.randn(32, D))
     dropped = torch.ones(32, dtype=torch.bool)
     dropped[s.routing.token] = False
@@ -158,7 +158,7 @@ def test_dropped_tokens_get_zero_output():
 
 
 def test_disabled_experts_change_only_their_tokens():
-    layer = MoE(D, H, E, TopK(k=1)).eval()
+    layer = MoE(D, H, E, TopK(top_k=1)).eval()
     x = torch.randn(40, D)
     y, s = layer(x)
     with layer.disabled([1, 3]):
@@ -192,7 +192,7 @@ def test_fused_expert_function_gradcheck():
 
 
 def test_leading_dims_and_padding_mask():
-    layer = MoE(D, H, E, TopK(k=2)).eval()
+    layer = MoE(D, H, E, TopK(top_k=2)).eval()
     x = torch.randn(3, 5, D)
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[0, 3:] = False
@@ -205,7 +205,7 @@ def test_leading_dims_and_padding_mask():
 
 
 def test_empty_batch_returns_empty_output():
-    layer = MoE(D, H, E, TopK(k=2), capacity_factor=1.0)
+    layer = MoE(D, H, E, TopK(top_k=2), capacity_factor=1.0)
     y, s = layer(torch.randn(0, D))
     assert y.shape == (0, D)
     assert s.counts.tolist() == [0] * E
@@ -216,7 +216,7 @@ def test_empty_batch_returns_empty_output():
     ({"capacity_factor": 0.0}, "capacity_factor"),
     ({"capacity_factor": -1.0}, "capacity_factor"),
     ({"capacity_factor": float("nan")}, "capacity_factor"),
-    ({"router": TopK(k=5)}, "top_k"),
+    ({"router": TopK(top_k=5)}, "top_k"),
     ({"drop_policy": "random"}, "drop_policy"),
     ({"capacity_convention": "mine"}, "capacity_convention"),
     ({"dispatch": "magic"}, "dispatch"),
@@ -243,7 +243,7 @@ def test_bad_input_names_the_problem():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_non_finite_routed_tokens_raise_and_padding_is_not_checked(fused):
-    layer = MoE(D, H, E, TopK(k=2))
+    layer = MoE(D, H, E, TopK(top_k=2))
     layer.fused = fused
     x = torch.randn(2, 5, D)
     mask = torch.ones(2, 5, dtype=torch.bool)
@@ -257,7 +257,7 @@ def test_non_finite_routed_tokens_raise_and_padding_is_not_checked(fused):
 
 
 def test_aux_loss_is_the_weighted_sum():
-    layer = MoE(D, H, E, TopK(k=2), aux_weights={"load_balancing": 0.5, "z_loss": 0.25})
+    layer = MoE(D, H, E, TopK(top_k=2), aux_weights={"load_balancing": 0.5, "z_loss": 0.25})
     _, s = layer(torch.randn(30, D))
     expected = 0.5 * s.aux_losses["load_balancing"] + 0.25 * s.aux_losses["z_loss"]
     assert torch.allclose(s.aux_loss, expected)

@@ -16,7 +16,7 @@ def test_einsum_baseline_is_the_same_layer():
     n, d, h = 96, 16, 24
     from pwlab.moe import MoE
     from pwlab.routing import TopK
-    layer = MoE(d, h, bench.NUM_EXPERTS, TopK(k=bench.TOP_K), capacity_factor=1.0).double()
+    layer = MoE(d, h, bench.NUM_EXPERTS, TopK(top_k=bench.TOP_K), capacity_factor=1.0).double()
     x = torch.randn(n, d, dtype=torch.float64)
     y, stats = layer(x)
     assert 0 < float(stats.dropped_fraction) < 1          # capacity binds, so dropping is compared too
@@ -57,7 +57,7 @@ def _layer(n=96, d=16, h=24, seed=0):
     from pwlab.moe import MoE
     from pwlab.routing import TopK
     torch.manual_seed(seed)
-    layer = MoE(d, h, bench.NUM_EXPERTS, TopK(k=bench.TOP_K), capacity_factor=1.0).double()
+    layer = MoE(d, h, bench.NUM_EXPERTS, TopK(top_k=bench.TOP_K), capacity_factor=1.0).double()
     return layer, torch.randn(n, d, dtype=torch.float64)
 
 

@@ -93,7 +93,7 @@ def test_fixed_task_routing_gives_maximal_information(task_list):
     p = pmap.tokens.double() / pmap.tokens.sum()
     h_t = float(-(p * p.log2()).sum())
     assert pmap.mutual_information() == [pytest.approx(h_t)] * 2
-    assert P.top_pathway(pmap, "wine", k=2) == {0: [2], 1: [2]}
+    assert P.top_pathway(pmap, "wine", top_k=2) == {0: [2], 1: [2]}
     assert pmap.entropy("wine") == [0.0, 0.0]
     with pytest.raises(ValueError, match="digits"):
         P.top_pathway(pmap, "chess")

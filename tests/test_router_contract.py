@@ -215,7 +215,7 @@ def test_value_checks_run_only_for_untrusted_routers(monkeypatch):
         pass
 
     x = torch.randn(N, D)
-    for router in (TopK(k=2, order="topk_softmax"), MyTopK(k=2), Switch()):
+    for router in (TopK(top_k=2, order="topk_softmax"), MyTopK(top_k=2), Switch()):
         layer = MoE(D, 8, E, router)
         layer.fused = False
         layer(x)
@@ -291,7 +291,7 @@ def test_a_router_proposing_more_than_it_declares_keeps_its_assignments():
 def test_top_p_capacity_is_sized_from_its_assignments():
     torch.manual_seed(0)
     n, e = 256, 8
-    layer = MoE(16, 16, e, TopP(p=0.6, k=1), capacity_factor=1.0).eval()
+    layer = MoE(16, 16, e, TopP(p=0.6, top_k=1), capacity_factor=1.0).eval()
     x = torch.randn(n, 16)
     y, stats = layer(x)
     a = stats.proposed.num_assignments
@@ -303,13 +303,13 @@ def test_top_p_capacity_is_sized_from_its_assignments():
     old = int(counts.clamp(max=math.ceil(n / e)).sum())                  # C = ceil(N·1/E) = 32
     assert old / a < 0.5 < int(stats.kept.sum()) / a
     # the layer's output is the loop reference's
-    loop = MoE(16, 16, e, TopP(p=0.6, k=1), capacity_factor=1.0, dispatch="loop").eval()
+    loop = MoE(16, 16, e, TopP(p=0.6, top_k=1), capacity_factor=1.0, dispatch="loop").eval()
     loop.load_state_dict(layer.state_dict())
     assert torch.allclose(loop(x)[0], y, atol=1e-6)
 
 
 def test_top_p_routing_by_hand():
-    router = TopP(p=0.7, k=1, d_model=3, num_experts=3)
+    router = TopP(p=0.7, top_k=1, d_model=3, num_experts=3)
     with torch.no_grad():
         router.gate.weight.copy_(torch.eye(3))
     # token 0: probs ∝ e^(2, 1, 0) = (.665, .245, .090): .665 < .7, so two experts
@@ -349,7 +349,7 @@ def test_a_registered_router_is_usable_from_the_config(registry):
         config.ModelConfig(router="top_p")
     register_router("top_p", TopP)
     cfg = config.ModelConfig(router="top_p", top_k=2, router_kwargs={"p": 0.8}, d_model=16, num_heads=2)
-    assert cfg.router_arguments(num_tasks=3) == {"p": 0.8, "k": 2}     # TopP takes k: the config's top_k
+    assert cfg.router_arguments(num_tasks=3) == {"p": 0.8, "top_k": 2}     # TopP takes top_k: the config's
     assert cfg.active_k == 2 and cfg.ffn_hidden == 2 * cfg.d_hidden
 
     class Fixed3(LinearGate):                                # takes no k: fixes its own
@@ -456,7 +456,7 @@ def test_the_checkpoint_names_the_router(registry, tmp_path):
 def test_every_builtin_router_describes_its_knobs():
     d = {name: cls.describe() for name, cls in ROUTERS.items() if name in
          ("topk", "noisy_topk", "switch", "gshard", "expert_choice", "hash", "task")}
-    assert {n for n, x in d.items() if x.k} == {"topk", "noisy_topk", "task"}
+    assert {n for n, x in d.items() if x.top_k} == {"topk", "noisy_topk", "task"}
     assert {n: x.noise for n, x in d.items() if x.noise} == {"noisy_topk": "noise_eps", "switch": "jitter"}
     assert {n for n, x in d.items() if x.owns_capacity} == {"expert_choice"}
     assert d["expert_choice"].kind == "expert_choice" and d["topk"].kind == "token_choice"
@@ -466,7 +466,7 @@ def test_every_builtin_router_describes_its_knobs():
     # the noise knob is a real constructor argument and attribute
     assert NoisyTopK(noise_eps=0.3).noise_eps == 0.3 and Switch(jitter=0.2).jitter == 0.2
     assert TaskRouter.describe().name == "TaskRouter" and HashRouter.describe().trusted
-    assert GShardTop2.describe().k is False
+    assert GShardTop2.describe().top_k is False
 
 
 def test_config_and_playground_read_descriptions_not_name_lists():
@@ -494,7 +494,7 @@ def test_the_documented_example_runs_as_the_doc_says(registry):
     assert len(recs) == 2 and ROUTERS["top_p"] is TopP
     assert {type(m.router) for m in scope["trainer"].model.moe_blocks().values()} == {TopP}
     torch.manual_seed(0)
-    layer = MoE(16, 32, 8, TopP(p=0.9, k=2), capacity_factor=1.25)
+    layer = MoE(16, 32, 8, TopP(p=0.9, top_k=2), capacity_factor=1.25)
     y, stats = layer(torch.randn(64, 16))
     y.sum().backward()
     assert layer.router.gate.weight.grad.abs().sum() > 0          # the weights carry the task's gradient
@@ -513,20 +513,20 @@ def test_each_router_slices_itself_to_a_subset_of_experts():
     tables remapped, dropped experts' ids to 0."""
     from pwlab.routing import HashRouter, TaskRouter, TopK
     keep = [1, 3]
-    task = TaskRouter(num_tasks=4, k=1, mode="learned", d_model=6, num_experts=4)
+    task = TaskRouter(num_tasks=4, top_k=1, mode="learned", d_model=6, num_experts=4)
     w = task.state_dict()["task_logits.weight"]
     assert torch.equal(task.sliced_state(keep)["task_logits.weight"], w[:, keep])
-    topk = TopK(k=1, bias_update_rate=1e-3, d_model=6, num_experts=4)
+    topk = TopK(top_k=1, bias_update_rate=1e-3, d_model=6, num_experts=4)
     got = topk.sliced_state(keep)
     assert torch.equal(got["gate.weight"], topk.gate.weight.detach()[keep])
     assert got["expert_bias"].shape == (2,)
-    fixed = TaskRouter(num_tasks=4, k=1, mode="fixed", d_model=6, num_experts=4)
+    fixed = TaskRouter(num_tasks=4, top_k=1, mode="fixed", d_model=6, num_experts=4)
     assert fixed.table.flatten().tolist() == [0, 1, 2, 3]
     assert fixed.sliced_state(keep)["table"].flatten().tolist() == [0, 0, 0, 1]
     h = HashRouter(num_buckets=8, d_model=6, num_experts=4)
     want = [{1: 0, 3: 1}.get(int(e), 0) for e in h.table]
     assert h.sliced_state(keep)["table"].tolist() == want
-    small = TaskRouter(num_tasks=4, k=1, mode="learned", d_model=6, num_experts=2)
+    small = TaskRouter(num_tasks=4, top_k=1, mode="learned", d_model=6, num_experts=2)
     small.load_state_dict(task.sliced_state(keep))           # loads into a 2-expert router
     t = torch.arange(4)
     x = torch.zeros(4, 6)

@@ -50,7 +50,7 @@ def test_eval_is_deterministic_and_train_follows_generator(name):
 
 def test_noisy_and_gshard_use_the_generator_in_training():
     x = torch.randn(256, D)
-    for router in (NoisyTopK(k=1, d_model=D, num_experts=E), GShardTop2(d_model=D, num_experts=E)):
+    for router in (NoisyTopK(top_k=1, d_model=D, num_experts=E), GShardTop2(d_model=D, num_experts=E)):
         with torch.no_grad():
             if isinstance(router, NoisyTopK):
                 router.w_noise.weight.fill_(0.5)        # make the noise large enough to flip choices
@@ -73,13 +73,13 @@ def test_router_gets_gradient_from_the_task_loss(name):
 
 def test_topk_orders_agree_when_renormalised():
     x = torch.randn(16, D)
-    a = TopK(k=2, d_model=D, num_experts=E)
-    b = TopK(k=2, order="topk_softmax", d_model=D, num_experts=E)
+    a = TopK(top_k=2, d_model=D, num_experts=E)
+    b = TopK(top_k=2, order="topk_softmax", d_model=D, num_experts=E)
     b.load_state_dict(a.state_dict())
     ra, rb = a(x), b(x)
     assert torch.equal(ra.expert, rb.expert)
     assert torch.allclose(ra.weight, rb.weight, atol=1e-6)
-    raw = TopK(k=2, renormalize=False, d_model=D, num_experts=E)
+    raw = TopK(top_k=2, renormalize=False, d_model=D, num_experts=E)
     raw.load_state_dict(a.state_dict())
     rr = raw(x)
     assert torch.allclose(rr.weight, rr.probs.gather(1, rr.expert.view(16, 2)).reshape(-1))
@@ -135,11 +135,11 @@ def test_hash_router_is_fixed_balanced_and_parameter_free():
 def test_task_router_routes_whole_tasks():
     x = torch.randn(40, D)
     task = torch.arange(40) % 3
-    fixed = TaskRouter(num_tasks=3, k=2, mode="fixed", d_model=D, num_experts=E)
+    fixed = TaskRouter(num_tasks=3, top_k=2, mode="fixed", d_model=D, num_experts=E)
     r = fixed(x, task=task)
     assert torch.equal(r.expert.view(40, 2), fixed.table[task])
     assert torch.equal(fixed.table, torch.tensor([[0, 1], [2, 3], [0, 1]]))
-    learned = TaskRouter(num_tasks=3, k=1, mode="learned", d_model=D, num_experts=E)
+    learned = TaskRouter(num_tasks=3, top_k=1, mode="learned", d_model=D, num_experts=E)
     r = learned(x, task=task)
     for t in range(3):           # all tokens of one task take the same expert
         assert r.expert[task == t].unique().numel() == 1
@@ -153,7 +153,7 @@ def test_noisy_topk_loss_matches_a_naive_implementation():
     """Shazeer et al. 2017 eq. 8-10, computed element by element in float64."""
     torch.manual_seed(3)
     k, n = 2, 7
-    router = NoisyTopK(k=k, d_model=D, num_experts=E).double()
+    router = NoisyTopK(top_k=k, d_model=D, num_experts=E).double()
     with torch.no_grad():
         router.w_noise.weight.normal_()
     x = torch.randn(n, D, dtype=torch.float64)
@@ -186,7 +186,7 @@ def test_noisy_topk_loss_matches_a_naive_implementation():
 @given(st.integers(1, 6), st.integers(1, 6), st.sampled_from(["topk", "noisy_topk", "task"]))
 def test_bad_top_k_is_rejected_by_name(num_experts, k, name):
     kwargs = {"num_tasks": 2} if name == "task" else {}
-    router = make_router(name, k=k, **kwargs)
+    router = make_router(name, top_k=k, **kwargs)
     if k > num_experts:
         with pytest.raises(ValueError, match="top_k"):
             router.bind(D, num_experts)
@@ -195,7 +195,7 @@ def test_bad_top_k_is_rejected_by_name(num_experts, k, name):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"k": 0}, "top_k"), ({"k": -1}, "top_k"), ({"k": 2, "order": "sideways"}, "order"),
+    ({"top_k": 0}, "top_k"), ({"top_k": -1}, "top_k"), ({"top_k": 2, "order": "sideways"}, "order"),
 ])
 def test_bad_router_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -208,7 +208,7 @@ def test_unknown_router_name_lists_the_known_ones():
 
 
 def test_router_rejects_wrong_width_and_non_finite_input():
-    router = TopK(k=2, d_model=D, num_experts=E)
+    router = TopK(top_k=2, d_model=D, num_experts=E)
     with pytest.raises(ValueError, match="d_model"):
         router(torch.randn(3, D + 1))
     bad = torch.randn(3, D)

@@ -254,7 +254,7 @@ def test_swatify_first_layer_dense_shares_parameters_and_counts_flops():
 
 
 def test_swatify_converts_moe_expert_banks_and_keeps_fast_loop_parity():
-    moe = MoE(8, 16, 4, TopK(k=2))
+    moe = MoE(8, 16, 4, TopK(top_k=2))
     moe.fused = False           # the general path, which a SWAT expert bank takes too: bit for bit
     x = torch.randn(12, 8)
     y0, _ = moe(x)
@@ -263,8 +263,8 @@ def test_swatify_converts_moe_expert_banks_and_keeps_fast_loop_parity():
     swatify(net, 0.0, 0.0)
     assert isinstance(moe.experts, SwatExpertBank) and moe.router.gate is gate
     assert torch.equal(moe(x)[0], y0)
-    swatify(nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(k=2))), 0.5)    # idempotent types
-    net2 = nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(k=2)))
+    swatify(nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(top_k=2))), 0.5)    # idempotent types
+    net2 = nn.Sequential(nn.Linear(8, 8), MoE(8, 16, 4, TopK(top_k=2)))
     swatify(net2, 0.75, 0.5)
     m = net2[1]
     yf, _ = m(x)

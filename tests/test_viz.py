@@ -263,7 +263,7 @@ def test_every_figure_is_valid_plotly():
 def test_expert_load_bars_are_the_kept_and_proposed_shares_of_one_moe_call():
     from pwlab import MoE, TopK
     torch.manual_seed(0)
-    moe = MoE(8, 16, 4, router=TopK(k=1), capacity_factor=0.5)
+    moe = MoE(8, 16, 4, router=TopK(top_k=1), capacity_factor=0.5)
     _, stats = moe(torch.randn(32, 8))
     fig = viz.expert_load(stats)
     kept, proposed = fig.data[0], fig.data[1]

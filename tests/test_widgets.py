@@ -263,7 +263,7 @@ def test_cost_sliders_update_the_bars_in_place_to_the_flop_counts():
     # oracles: pwlab.flops for the FLOPs, the modules' own parameter counts for the parameters
     assert list(flops.y) == [moe_ffn_flops(1, d, h, e, k).forward, ffn_flops(1, d, e * h).forward,
                              ffn_flops(1, d, k * h).forward]
-    assert list(params.y) == [_numel(MoE(d, h, e, TopK(k=k))), _numel(dense_ffn(d, e * h)), _numel(dense_ffn(d, k * h))]
+    assert list(params.y) == [_numel(MoE(d, h, e, TopK(top_k=k))), _numel(dense_ffn(d, e * h)), _numel(dense_ffn(d, k * h))]
     # the MoE holds the wide layer's parameters (plus its router) at about k/E of its FLOPs
     assert params.y[0] > params.y[1] and flops.y[0] / flops.y[1] == pytest.approx(k / e + 2 * d * e / flops.y[1])
 

@@ -26,7 +26,7 @@ from pwlab.commands import _args
 def _rank_main(rank: int, world: int, cfg: dict) -> dict:
 
     torch.manual_seed(cfg["seed"])
-    ref = MoE(cfg["d_model"], cfg["d_hidden"], cfg["experts"], TopK(k=cfg["top_k"]),
+    ref = MoE(cfg["d_model"], cfg["d_hidden"], cfg["experts"], TopK(top_k=cfg["top_k"]),
               capacity_factor=cfg["capacity_factor"])
     layer = ExpertParallelMoE.from_moe(ref)
     del ref

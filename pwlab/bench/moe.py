@@ -132,7 +132,7 @@ class _Peer(nn.Module):
     def __init__(self, d: int, h: int, seed: int):
         super().__init__()
         self.block = tiny_hf_block("mixtral", seed=seed, d_model=d, d_hidden=round(2 * h / 3),
-                                   num_experts=NUM_EXPERTS, k=TOP_K).train()
+                                   num_experts=NUM_EXPERTS, top_k=TOP_K).train()
 
     def forward(self, x):
         return self.block(x.unsqueeze(0)).squeeze(0)
@@ -148,8 +148,8 @@ def measure(size: str, repeats: int, *, seed: int = 0, capacity_factor: float | 
 
     n, d, h = SIZES[size]
     torch.manual_seed(seed)
-    moe = MoE(d, h, NUM_EXPERTS, TopK(k=TOP_K), capacity_factor=capacity_factor)
-    dropless = MoE(d, h, NUM_EXPERTS, TopK(k=TOP_K), capacity_factor=None)
+    moe = MoE(d, h, NUM_EXPERTS, TopK(top_k=TOP_K), capacity_factor=capacity_factor)
+    dropless = MoE(d, h, NUM_EXPERTS, TopK(top_k=TOP_K), capacity_factor=None)
     dropless.load_state_dict(moe.state_dict())
     dropless.dropless_layout = dropless_layout
     dense = _DenseFFN(d, TOP_K * h)

@@ -43,7 +43,7 @@ def run(seed: int = 0, quick: bool = False) -> dict:
     out: dict = {"seed": seed, "steps": steps}
     for t in tasks:
         out[f"base/{t.name}"] = common.accuracy_points(base[t.name])
-        with disable_experts(tr.model, top_pathway(pmap, t.name, k=TOP_K)):
+        with disable_experts(tr.model, top_pathway(pmap, t.name, top_k=TOP_K)):
             acc = evaluate_model(tr.model, tasks)
         drops = {o.name: common.accuracy_points(base[o.name] - acc[o.name]) for o in tasks}
         out[f"self_drop/{t.name}"] = drops.pop(t.name)

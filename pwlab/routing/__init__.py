@@ -34,7 +34,7 @@ __all__ = ["Router", "Routing", "RouterDescription", "ROUTING_KINDS", "LinearGat
 
 
 def make_router(name: str, **kwargs) -> Router:
-    """A router by name (``ROUTERS``), e.g. ``make_router("topk", k=2)``."""
+    """A router by name (``ROUTERS``), e.g. ``make_router("topk", top_k=2)``."""
     return router_class(name)(**kwargs)
 
 

@@ -82,7 +82,7 @@ class Router(nn.Module):
     """Base class: ``router(x (N, D), *, task=None, token_ids=None, generator=None) -> Routing``.
 
     Routers can be created before the layer that owns them knows its sizes
-    (``MoE(..., router=TopK(k=2))``): the layer calls :meth:`bind` with ``d_model`` and
+    (``MoE(..., router=TopK(top_k=2))``): the layer calls :meth:`bind` with ``d_model`` and
     ``num_experts``, which creates the parameters (:meth:`build`). Given both sizes up front, a
     router is bound at once. Randomness comes only from the explicit ``generator``; in eval
     mode every router is deterministic.
@@ -138,7 +138,7 @@ class Router(nn.Module):
         """The router's knobs, read from its class attributes and constructor signature."""
         params = inspect.signature(cls.__init__).parameters
         return RouterDescription(
-            name=cls.__name__, k="k" in params, noise=cls.noise_knob, temperature=cls.temperature_knob,
+            name=cls.__name__, top_k="top_k" in params, noise=cls.noise_knob, temperature=cls.temperature_knob,
             kind=cls.kind, owns_capacity=cls.kind == "expert_choice", needs_task=cls.needs_task,
             needs_token_ids=cls.needs_token_ids, num_tasks="num_tasks" in params, trusted=cls.trusted)
 
@@ -310,7 +310,7 @@ class RouterDescription:
 
     Attributes:
         name: the class name.
-        k: the constructor takes ``k`` (experts per token); the others fix ``top_k`` themselves.
+        top_k: the constructor takes ``top_k`` (experts per token); the others fix it themselves.
         noise: the constructor argument (and attribute) setting routing noise, or None.
         temperature: the constructor argument (and attribute) setting a temperature, or None.
         kind: the :attr:`Routing.kind` it returns.
@@ -322,7 +322,7 @@ class RouterDescription:
     """
 
     name: str
-    k: bool
+    top_k: bool
     noise: str | None
     temperature: str | None
     kind: str

@@ -7,7 +7,7 @@ This is the example of ``docs/architecture.md`` ("Write your own router") and it
 Top-p routing (Huang et al. 2024, "Harder Tasks Need More Experts: Dynamic Routing in MoE
 Models", arXiv 2403.07652): each token takes its most probable experts, best first, until
 their probabilities sum to at least ``p``. A confident token runs one expert, an uncertain
-one several, so the number of experts per token varies; ``k`` is the number declared for
+one several, so the number of experts per token varies; ``top_k`` is the number declared for
 FLOP accounting and the capacity budget (see :class:`pwlab.routing.Router`).
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ class TopP(LinearGate):
 
     Args:
         p: probability mass to cover, in (0, 1].
-        k: the experts per token it declares (the expected number, for FLOPs and capacity).
+        top_k: the experts per token it declares (the expected number, for FLOPs and capacity).
     """
 
-    def __init__(self, *, p: float = 0.5, k: int = 1, d_model: int | None = None, num_experts: int | None = None):
+    def __init__(self, *, p: float = 0.5, top_k: int = 1, d_model: int | None = None, num_experts: int | None = None):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
             raise ValueError(f"p must be a number in (0, 1], got {p!r}")
         self.p = float(p)
-        super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)   # build() makes self.gate
+        super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)   # build() makes self.gate
 
     def route(self, x: Tensor, *, task, token_ids, generator) -> Routing:
         logits = self.logits(x)                                       # (N, E)

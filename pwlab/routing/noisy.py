@@ -27,10 +27,10 @@ class NoisyTopK(LinearGate):
     trusted = True
     noise_knob = "noise_eps"
 
-    def __init__(self, *, k: int = 2, noise_eps: float = 1e-2, d_model: int | None = None,
+    def __init__(self, *, top_k: int = 2, noise_eps: float = 1e-2, d_model: int | None = None,
                  num_experts: int | None = None):
         self.noise_eps = _checks.non_negative_float("noise_eps", noise_eps)
-        super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
+        super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)
 
     def build(self) -> None:
         super().build()

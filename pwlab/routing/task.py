@@ -20,16 +20,16 @@ MODES = ("fixed", "learned", "learned+token")
 
 
 class TaskRouter(Router):
-    """Route by task id (N,) to ``k`` experts."""
+    """Route by task id (N,) to ``top_k`` experts."""
 
     trusted = True
     needs_task = True
 
-    def __init__(self, *, num_tasks: int, k: int = 1, mode: str = "learned", d_model: int | None = None,
+    def __init__(self, *, num_tasks: int, top_k: int = 1, mode: str = "learned", d_model: int | None = None,
                  num_experts: int | None = None):
         self.num_tasks = _checks.positive_int("num_tasks", num_tasks)
         self.mode = _checks.one_of("mode", mode, MODES)
-        super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
+        super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)
 
     expert_id_tables = ("table",)
 

@@ -32,7 +32,7 @@ class TopK(LinearGate):
     """Token choice: each token picks its ``top_k`` experts by learned scores.
 
     Args:
-        k: experts per token.
+        top_k: experts per token.
         order: ``"softmax_topk"`` or ``"topk_softmax"`` (softmax gate only; see the module docstring).
         renormalize: make the k weights of a token sum to one (for k > 1; top-1 keeps the raw
             score, as Switch, so the router still gets the task loss's gradient).
@@ -57,7 +57,7 @@ class TopK(LinearGate):
 
     trusted = True
 
-    def __init__(self, *, k: int = 2, order: str = "softmax_topk", renormalize: bool = True,
+    def __init__(self, *, top_k: int = 2, order: str = "softmax_topk", renormalize: bool = True,
                  gate: str = "softmax", bias_update_rate: float | None = None,
                  d_model: int | None = None, num_experts: int | None = None):
         self.order = _checks.one_of("order", order, ORDERS)
@@ -69,7 +69,7 @@ class TopK(LinearGate):
                              f"got order={order!r}")
         rate = 0.0 if bias_update_rate is None else _checks.non_negative_float("bias_update_rate", bias_update_rate)
         self.bias_update_rate = rate or None
-        super().__init__(top_k=k, d_model=d_model, num_experts=num_experts)
+        super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)
 
     def build(self) -> None:
         super().build()

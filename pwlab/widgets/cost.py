@@ -183,7 +183,7 @@ class CostExplorer:
     def _time(self) -> None:
         d, h, e, k = self.setting()
         torch.manual_seed(self.seed)
-        moe = MoE(d, h, e, TopK(k=k))
+        moe = MoE(d, h, e, TopK(top_k=k))
         dense = dense_ffn(d, k * h)
         x = torch.randn(self.tokens, d, generator=torch.Generator().manual_seed(self.seed))
         self.times = {LAYERS[0]: _median_ms(moe, x, self.repeats), LAYERS[2]: _median_ms(dense, x, self.repeats)}

@@ -185,7 +185,7 @@ class RoutingPlayground(PlayLoop):
 
     def _enable_knobs(self) -> None:
         about = _about(self.router.value)
-        self.top_k.disabled = not about.k
+        self.top_k.disabled = not about.top_k
         self.noise.disabled = about.noise is None
         self.capacity.disabled = about.owns_capacity      # e.g. expert choice fixes its own capacity
 

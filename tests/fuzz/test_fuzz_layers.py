@@ -57,11 +57,11 @@ CTORS = {
                     "stride": POS_INT_BAD, "dilation": POS_INT_BAD, "groups": POS_INT_BAD + [2],
                     "padding": [-1, 1.5, "x", None, math.nan], "weight_sparsity": FRACTION_BAD,
                     "act_sparsity": FRACTION_BAD, "topk_period": POS_INT_BAD}),
-    "TopK": (TopK, dict(k=2, d_model=D, num_experts=E),
-             {"k": POS_INT_BAD + [E + 1], "order": ["x", None], "gate": ["x", 1], "d_model": POS_INT_BAD,
+    "TopK": (TopK, dict(top_k=2, d_model=D, num_experts=E),
+             {"top_k": POS_INT_BAD + [E + 1], "order": ["x", None], "gate": ["x", 1], "d_model": POS_INT_BAD,
               "num_experts": POS_INT_BAD, "bias_update_rate": NONNEG_FLOAT_BAD}),
-    "NoisyTopK": (NoisyTopK, dict(k=2, d_model=D, num_experts=E),
-                  {"k": POS_INT_BAD, "noise_eps": NONNEG_FLOAT_BAD, "d_model": POS_INT_BAD}),
+    "NoisyTopK": (NoisyTopK, dict(top_k=2, d_model=D, num_experts=E),
+                  {"top_k": POS_INT_BAD, "noise_eps": NONNEG_FLOAT_BAD, "d_model": POS_INT_BAD}),
     "Switch": (Switch, dict(d_model=D, num_experts=E), {"jitter": NONNEG_FLOAT_BAD, "d_model": POS_INT_BAD}),
     "GShardTop2": (GShardTop2, dict(d_model=D, num_experts=E),
                    {"d_model": POS_INT_BAD, "num_experts": POS_INT_BAD + [1]}),
@@ -69,8 +69,8 @@ CTORS = {
                      {"capacity_factor": POS_FLOAT_BAD + [E + 1, 1e6], "num_experts": POS_INT_BAD}),
     "HashRouter": (HashRouter, dict(num_buckets=64, d_model=D, num_experts=E),
                    {"num_buckets": POS_INT_BAD, "seed": [-1, 1.5, "0", None, 2**70], "d_model": POS_INT_BAD}),
-    "TaskRouter": (TaskRouter, dict(num_tasks=NUM_TASKS, k=1, d_model=D, num_experts=E),
-                   {"num_tasks": POS_INT_BAD, "k": POS_INT_BAD, "mode": ["x", None], "num_experts": POS_INT_BAD}),
+    "TaskRouter": (TaskRouter, dict(num_tasks=NUM_TASKS, top_k=1, d_model=D, num_experts=E),
+                   {"num_tasks": POS_INT_BAD, "top_k": POS_INT_BAD, "mode": ["x", None], "num_experts": POS_INT_BAD}),
 }
 CTOR_CASES = [(c, arg, i) for c, (_, _, bad) in CTORS.items() for arg, values in bad.items()
               for i in range(len(values))]
@@ -95,7 +95,7 @@ HUGE_PRODUCTS = [   # each size alone is modest, the product is > 1e12 elements
     ("SoftMoE", lambda: SoftMoE(10**6, 10**6, 4), "d_hidden"),
     ("SwatLinear", lambda: SwatLinear(10**6, 10**6 + 1), "out_features"),
     ("SwatConv2d", lambda: SwatConv2d(10**5, 10**5, 101), "kernel_size"),
-    ("TopK.bind", lambda: TopK(k=1).bind(10**6, 10**6 + 7), "num_experts"),
+    ("TopK.bind", lambda: TopK(top_k=1).bind(10**6, 10**6 + 7), "num_experts"),
     ("TaskRouter", lambda: TaskRouter(num_tasks=10**6, d_model=8, num_experts=10**6 + 3), "num_tasks"),
 ]
 
@@ -106,7 +106,7 @@ def test_huge_sizes_are_refused_before_allocating(name, build, arg):
 
 
 @pytest.mark.parametrize("name", list(ROUTERS))
-@given(kwargs=st.dictionaries(st.sampled_from(["foo", "k", "capacity_factor", "num_buckets", "num_tasks"]),
+@given(kwargs=st.dictionaries(st.sampled_from(["foo", "top_k", "capacity_factor", "num_buckets", "num_tasks"]),
                               st.sampled_from([0, -3, "x", None, 2.5]), min_size=1, max_size=2))
 @FEW
 def test_make_router_with_wrong_keywords_names_one(name, kwargs):
@@ -288,6 +288,6 @@ def test_swatify_unknown_variant(variant):
 @pytest.mark.parametrize("generator", ["seed", 0, np.random.default_rng(0)], ids=["str", "int", "numpy"])
 @pytest.mark.parametrize("kind", ["router", "moe"])
 def test_a_generator_that_is_not_a_torch_generator_is_named(kind, generator):
-    layer = NoisyTopK(k=2, d_model=D, num_experts=E) if kind == "router" else MoE(D, H, E, NoisyTopK(k=2))
+    layer = NoisyTopK(top_k=2, d_model=D, num_experts=E) if kind == "router" else MoE(D, H, E, NoisyTopK(top_k=2))
     layer.train()
     probe(lambda: layer(torch.randn(3, D), generator=generator), "generator", expect="error")
