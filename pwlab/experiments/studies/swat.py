@@ -17,3 +17,59 @@ Held criterion (fixed before the runs, the default regime's): at the paper-like 
 mean over seeds, dense / SWAT whole-model training FLOPs >= 8 and the accuracy gap
 (dense − SWAT) <= 5 points. Regimes tried: 3 (plus the default setting).
 """
+from __future__ import annotations
+
+from pwlab.experiments import common, swat_mlp
+from pwlab.experiments.studies import _sweep
+
+REGIME = "SWAT-U 90%, whole-model FLOPs, MLP width swept 256 → 1024 (dense first layer 7.5% → 2% of FLOPs)"
+KNOB = "hidden width"
+VALUES = (256, 512, 1024)
+QUICK_VALUES = (1024,)
+PAPER_VALUE = 1024
+TASK = "digits"
+SPARSITY = 0.9
+SETTINGS = {"depth": 3, "batch": 64, "lr": 2e-3, "topk_period": 10}
+STEPS = {"quick": 200, "full": 600}
+MIN_FLOP_RATIO = 8.0
+MAX_GAP_POINTS = 5.0
+CRITERION = "at width 1024: whole-model training FLOPs dense / SWAT >= 8 and accuracy gap <= 5 points"
+REGIMES_TRIED = 3
+HEADLINE = "whole-model training FLOP ratio at width 1024, dense / SWAT (>= 8 with gap <= 5 holds)"
+
+
+def run(seed: int = 0, quick: bool = False) -> dict:
+    """Per width: ``sweep/<w>/flop_ratio`` (whole model), ``sweep/<w>/gap`` (points, dense − SWAT),
+    ``sweep/<w>/dense_acc`` and ``sweep/<w>/swat_acc`` (points)."""
+    steps = STEPS["quick" if quick else "full"]
+    task = swat_mlp.load_task(TASK, seed)
+    out: dict = {"seed": seed, "steps": steps}
+    for w in (QUICK_VALUES if quick else VALUES):
+        dense = swat_mlp.run(task, "uniform", 0.0, seed, steps=steps, hidden=w, **SETTINGS)
+        swat = swat_mlp.run(task, "uniform", SPARSITY, seed, steps=steps, hidden=w, **SETTINGS)
+        d, s = common.accuracy_points(dense["accuracy"]), common.accuracy_points(swat["accuracy"])
+        out[_sweep.key(w, "dense_acc")], out[_sweep.key(w, "swat_acc")] = d, s
+        out[_sweep.key(w, "gap")] = d - s
+        out[_sweep.key(w, "flop_ratio")] = float(dense["train_flops"] / swat["train_flops"])
+    return out
+
+
+def headline(run: dict) -> float:
+    return run[_sweep.key(PAPER_VALUE, "flop_ratio")]
+
+
+def _holds(r: dict) -> bool:
+    return r[_sweep.key(PAPER_VALUE, "flop_ratio")] >= MIN_FLOP_RATIO and r[_sweep.key(PAPER_VALUE, "gap")] <= MAX_GAP_POINTS
+
+
+def summarize(runs: list[dict]) -> dict:
+    numbers = _sweep.numbers(runs)
+    parts = [f"width {v}: {common.fmt(numbers[_sweep.key(v, 'flop_ratio')], 1)}x fewer FLOPs, acc dense "
+             f"{common.fmt(numbers[_sweep.key(v, 'dense_acc')], 1)}% vs SWAT {common.fmt(numbers[_sweep.key(v, 'swat_acc')], 1)}%"
+             for v in _sweep.points(runs[0])]
+    return {"measured": "SWAT-U 90%, whole model: " + "; ".join(parts),
+            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
+            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
+            "sweep": {"knob": KNOB, "metric": "whole-model FLOP ratio", "paper_value": PAPER_VALUE,
+                      "paper_number": 1 / (1 - 0.856), "points": _sweep.sweep(runs, "flop_ratio"),
+                      "gap": _sweep.sweep(runs, "gap")}}
