@@ -81,4 +81,4 @@ def summarize(runs: list[dict]) -> dict:
             "held": _holds({k: v["mean"] for k, v in numbers.items()}),
             "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
             "sweep": {"knob": KNOB, "metric": "step ratio (sparse vs dense)", "paper_value": PAPER_VALUE,
-                      "paper_number": 7.0, "points": _sweep.sweep(runs, "step_ratio")}}
+                      "paper_number": 7.0, "threshold": 1.0, "points": _sweep.sweep(runs, "step_ratio")}}

@@ -71,5 +71,5 @@ def summarize(runs: list[dict]) -> dict:
             "held": _holds({k: v["mean"] for k, v in numbers.items()}),
             "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
             "sweep": {"knob": KNOB, "metric": "whole-model FLOP ratio", "paper_value": PAPER_VALUE,
-                      "paper_number": 1 / (1 - 0.856), "points": _sweep.sweep(runs, "flop_ratio"),
+                      "paper_number": 1 / (1 - 0.856), "threshold": MIN_FLOP_RATIO, "points": _sweep.sweep(runs, "flop_ratio"),
                       "gap": _sweep.sweep(runs, "gap")}}
