@@ -163,3 +163,22 @@ def test_each_study_returns_plain_numbers_and_a_row(name, study_few_steps):
     row = study.summarize([run])
     assert isinstance(row["held"], bool) and row["measured"] and row["seeds_held"] in (0, 1)
     assert math.isfinite(study.headline(run)) and row["sweep"]["points"]
+
+
+def test_cli_from_saved_json_prints_table_and_sweeps(monkeypatch, capsys, tmp_path):
+    from pwlab.bench import claims
+    from pwlab.experiments.studies import mmoe
+
+    monkeypatch.setattr(mmoe, "run", lambda seed=0, quick=False: _mmoe_run(seed, 0.0, 0.03))
+    assert claims.main(["--json", "--only", "mmoe", "--regime", "paper", "--seeds", "2", "--jobs", "1"]) == 0
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text(capsys.readouterr().out)
+    assert claims.main(["--from", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "| 4 | Per-task gates help when tasks disagree | paper |" in out
+    # the sweep line: the paper-like point in bold, mean ± sd over the two seeds (both 0.03: sd 0)
+    assert "**0.5: 0.030 ± 0.000**" in out and "1.0: 0.000 ± 0.000" in out and "2/2 seeds" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"number": 1}\n')
+    with pytest.raises(ValueError, match="line 1 is not a claims row"):
+        claims.main(["--from", str(bad)])

@@ -106,6 +106,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sweeps(rows: list[dict]) -> str:
+    """Markdown lines, one per row with a sweep: the criterion, then mean ± sd at each knob value."""
+    lines = []
+    for r in rows:
+        sw = r.get("sweep") or {}
+        if not sw.get("points"):
+            continue
+        pts = "; ".join(f"{'**' if str(v) == str(sw.get('paper_value')) else ''}{v}: "
+                        f"{common.fmt(s, 3)}{'**' if str(v) == str(sw.get('paper_value')) else ''}"
+                        for v, s in sw["points"].items())
+        lines.append(f"- **{r['number']}. {r['title']}** ({r.get('regimes_tried', 1)} regimes tried; criterion: "
+                     f"{r['criterion']}; held: {'yes' if r['held'] else 'no'}, {r['seeds_held']}/{r['seeds']} seeds). "
+                     f"{sw.get('metric', '')} by {sw.get('knob', '')}: {pts}")
+    return "\n".join(lines)
+
+
+def load_rows(path: str) -> list[dict]:
+    """The rows of a saved ``--json`` output (one JSON object per line; blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for i, r in enumerate(rows):
+        missing = {"number", "title", "reference", "measured", "held", "seeds_held", "seeds"} - set(r)
+        if missing:
+            raise ValueError(f"--from {path}: line {i + 1} is not a claims row, it lacks {sorted(missing)}")
+    return sorted(rows, key=lambda r: (r["number"], REGIMES.index(r.get("regime", "default"))))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _args.Parser(prog="pwlab bench claims", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
@@ -117,9 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regime", nargs="+", choices=REGIMES, default=list(REGIMES),
                    help="which regimes: default (the lab's tiny setting), paper (the paper-like study and its "
                         "sweep); default both")
+    p.add_argument("--from", dest="source", metavar="FILE", nargs="+",
+                   help="print the table and sweeps of saved --json output (one or more files) instead of running")
     p.add_argument("--jobs", type=_args.positive_int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads per worker (default 1)")
     args = p.parse_args(argv)
+    if args.source:
+        rows = [r for path in args.source for r in load_rows(path)]
+        rows.sort(key=lambda r: (r["number"], REGIMES.index(r.get("regime", "default"))))
+        print(table(rows))
+        text = sweeps(rows)
+        print(f"\n{text}" if text else "")
+        return 0
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     chosen = [n for n in claim_names() if args.only is None or n in args.only]
     t0 = time.perf_counter()
