@@ -12,5 +12,5 @@ from pwlab.viz.swat import sparsity_tradeoff, weight_mask
 from pwlab.viz.training import expert_load, load_over_training, task_curves
 
 __all__ = ["pathway_sankey", "expert_heatmaps", "sense_bars", "example_routing", "task_curves",
-           "load_over_training", "expert_load", "weight_mask", "sparsity_tradeoff", "ablation_bars", "sweep_figure", "empty_figure", "EXPERT_COLORS",
-           "SENSE_COLORS"]
+           "load_over_training", "expert_load", "weight_mask", "sparsity_tradeoff", "ablation_bars", "sweep_figure",
+           "empty_figure", "EXPERT_COLORS", "SENSE_COLORS"]

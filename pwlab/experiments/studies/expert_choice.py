@@ -67,7 +67,7 @@ def headline(run: dict) -> float:
 
 
 def _holds(r: dict) -> bool:
-    return r[_sweep.key(PAPER_VALUE, "speedup/top1")] > MIN_SPEEDUP and r[_sweep.key(PAPER_VALUE, "speedup/top2")] > MIN_SPEEDUP
+    return all(r[_sweep.key(PAPER_VALUE, f"speedup/{tc}")] > MIN_SPEEDUP for tc in ("top1", "top2"))
 
 
 def summarize(runs: list[dict]) -> dict:

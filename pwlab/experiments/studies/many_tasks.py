@@ -79,9 +79,10 @@ def _holds(r: dict) -> bool:
 
 def summarize(runs: list[dict]) -> dict:
     numbers = _sweep.numbers(runs)
-    parts = [f"p={v}: " + ", ".join(f"{n[-1]} {common.fmt(numbers[_sweep.key(v, f'single/{n}')], 3)}→"
-                                     f"{common.fmt(numbers[_sweep.key(v, f'multi/{n}')], 3)}" for n in ("mmoe_a", "mmoe_b"))
-             for v in _sweep.points(runs[0])]
+    def pair(v, n):
+        return (f"{n[-1]} {common.fmt(numbers[_sweep.key(v, f'single/{n}')], 3)}→"
+                f"{common.fmt(numbers[_sweep.key(v, f'multi/{n}')], 3)}")
+    parts = [f"p={v}: " + ", ".join(pair(v, n) for n in ("mmoe_a", "mmoe_b")) for v in _sweep.points(runs[0])]
     return {"measured": "test MSE alone→together (500 examples per task): " + "; ".join(parts),
             "held": _holds({k: v["mean"] for k, v in numbers.items()}),
             "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,

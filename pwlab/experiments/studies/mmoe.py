@@ -71,5 +71,6 @@ def summarize(runs: list[dict]) -> dict:
              f"{common.fmt(numbers[_sweep.key(v, 'mmoe')], 3)}" for v in _sweep.points(runs[0])]
     return {"measured": f"test MSE at d={NUM_FEATURES}, " + "; ".join(parts), "held": _holds(means),
             "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "advantage (shared − MMoE test MSE)", "paper_value": PAPER_VALUE, "threshold": 0.0,
+            "sweep": {"knob": KNOB, "metric": "advantage (shared − MMoE test MSE)", "paper_value": PAPER_VALUE,
+                      "threshold": 0.0,
                       "points": _sweep.sweep(runs, "advantage")}}

@@ -64,17 +64,19 @@ def headline(run: dict) -> float:
 
 
 def _holds(r: dict) -> bool:
-    return r[_sweep.key(PAPER_VALUE, "flop_ratio")] >= MIN_FLOP_RATIO and r[_sweep.key(PAPER_VALUE, "gap")] <= MAX_GAP_POINTS
+    return (r[_sweep.key(PAPER_VALUE, "flop_ratio")] >= MIN_FLOP_RATIO
+            and r[_sweep.key(PAPER_VALUE, "gap")] <= MAX_GAP_POINTS)
 
 
 def summarize(runs: list[dict]) -> dict:
     numbers = _sweep.numbers(runs)
     parts = [f"width {v}: {common.fmt(numbers[_sweep.key(v, 'flop_ratio')], 1)}x fewer FLOPs, acc dense "
-             f"{common.fmt(numbers[_sweep.key(v, 'dense_acc')], 1)}% vs SWAT {common.fmt(numbers[_sweep.key(v, 'swat_acc')], 1)}%"
-             for v in _sweep.points(runs[0])]
+             f"{common.fmt(numbers[_sweep.key(v, 'dense_acc')], 1)}% vs SWAT "
+             f"{common.fmt(numbers[_sweep.key(v, 'swat_acc')], 1)}%" for v in _sweep.points(runs[0])]
     return {"measured": "SWAT-U 90%, whole model: " + "; ".join(parts),
             "held": _holds({k: v["mean"] for k, v in numbers.items()}),
             "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
             "sweep": {"knob": KNOB, "metric": "whole-model FLOP ratio", "paper_value": PAPER_VALUE,
-                      "paper_number": 1 / (1 - 0.856), "threshold": MIN_FLOP_RATIO, "points": _sweep.sweep(runs, "flop_ratio"),
+                      "paper_number": 1 / (1 - 0.856), "threshold": MIN_FLOP_RATIO,
+                      "points": _sweep.sweep(runs, "flop_ratio"),
                       "gap": _sweep.sweep(runs, "gap")}}
