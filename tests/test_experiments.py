@@ -213,14 +213,15 @@ def test_registry_numbers_the_eight_claims():
 
 def test_cli_json_rows_and_table(few_steps, capsys):
     from pwlab.bench import claims
-    assert claims.main(["--json", "--quick", "--only", "mmoe", "--jobs", "1"]) == 0
+    assert claims.main(["--json", "--quick", "--only", "mmoe", "--jobs", "1", "--regime", "default"]) == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.strip()]
     assert len(lines) == 1
     row = lines[0]
     assert {"claim", "measured", "reference", "held"} <= set(row)
     assert row["number"] == 4 and row["seeds"] == 1 and isinstance(row["held"], bool)
+    assert row["regime"] == "default" and row["criterion"] == CLAIMS["mmoe"].criterion
     text = claims.table([row])
-    assert text.splitlines()[2].startswith("| 4 | ")
+    assert text.splitlines()[2].startswith("| 4 | Per-task gates help when tasks disagree | default | ")
 
 
 def test_cli_reports_a_failing_experiment_as_not_measured(monkeypatch, capsys):
@@ -230,7 +231,7 @@ def test_cli_reports_a_failing_experiment_as_not_measured(monkeypatch, capsys):
     def boom(seed=0, quick=False):
         raise RuntimeError("broken on purpose")
     monkeypatch.setattr(mmoe, "run", boom)
-    assert claims.main(["--quick", "--only", "mmoe", "--jobs", "1"]) == 1
+    assert claims.main(["--quick", "--only", "mmoe", "--jobs", "1", "--regime", "default"]) == 1
     out = capsys.readouterr().out
     assert "not measured: RuntimeError: broken on purpose" in out and "| no |" in out
 

@@ -145,7 +145,7 @@ def test_sankey_highlight_greys_other_tasks_and_outlines_experts():
     with pytest.raises(ValueError, match="highlight"):
         viz.pathway_sankey(TWO, highlight="nope")
     with pytest.raises(ValueError, match="by"):
-        viz.expert_heatmaps(TWO, by="modality")          # the lab's word is "sense"
+        viz.expert_heatmaps(TWO, by="sense")          # the lab's word is "sense"
 
 
 def test_heatmap_columns_are_task_shares_and_sense_bars_percentages():
@@ -280,3 +280,22 @@ def test_expert_load_of_an_empty_call_is_a_note():
     from pwlab import MoE
     _, stats = MoE(8, 16, 4)(torch.randn(0, 8))
     assert "no assignments" in _note(viz.expert_load(stats))
+
+
+def test_sweep_figure_marks_the_paper_point_and_the_criterion():
+    from pwlab.experiments import common
+    row = {"title": "Sparse beats dense at equal compute",
+           "sweep": {"knob": "num_experts", "metric": "step ratio", "paper_value": 32, "threshold": 1.0,
+                     "paper_number": 7.0, "points": {"2": common.spread([1.0, 1.5]), "32": common.spread([2.0, 2.0])}}}
+    fig = viz.sweep_figure(row)
+    go.Figure(fig.to_plotly_json())                              # raises ValueError on an invalid property
+    tr = fig.data[0]
+    assert list(tr.x) == ["2", "32"] and list(tr.y) == [1.25, 2.0]
+    assert list(tr.error_y.array) == pytest.approx([0.125 ** 0.5, 0.0])   # sample sd of (1, 1.5): sqrt(2 · 0.25² / 1)
+    assert list(tr.marker.color) == ["#1f77b4", "#d62728"]      # the paper-like point in red
+    assert sorted(s.y0 for s in fig.layout.shapes) == [1.0, 7.0]
+    assert "num_experts" in fig.layout.title.text
+    # the bare sweep dict works too; no sweep gives the empty figure with a note
+    assert list(viz.sweep_figure(row["sweep"]).data[0].y) == [1.25, 2.0]
+    empty = viz.sweep_figure({"title": "x", "sweep": {}})
+    assert not empty.data and "no sweep" in empty.layout.annotations[0].text

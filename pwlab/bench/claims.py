@@ -1,10 +1,13 @@
 """``pwlab bench claims``: the papers' headline claims, measured in miniature.
 
 Runs each experiment of :mod:`pwlab.experiments` for seeds 0..N-1 (``--seeds``, default 3;
-``--quick``: smaller step counts and one seed) and prints one row per claim: the paper's
-number, our measurement (mean ± sample standard deviation over the seeds) and whether it
-held by the criterion fixed in the experiment's module. ``--json`` prints one JSON object
-per row instead of the table. Progress goes to stderr, the table to stdout.
+``--quick``: smaller step counts and one seed) and prints one row per claim and regime
+(``--regime``: ``default``, the lab's tiny setting, and ``paper``, the paper-like study with
+its sweep, :mod:`pwlab.experiments.studies`): the paper's number, our measurement (mean ±
+sample standard deviation over the seeds) and whether it held by the criterion fixed in the
+experiment's module. ``--json`` prints one JSON object per row instead of the table (with the
+regime, criterion, headline mean and sd, seeds held and, for the paper regime, the sweep).
+Progress goes to stderr, the table to stdout.
 
 Experiments run in ``--jobs`` worker processes (default 2, one per core) with one torch
 thread each: the models are small, so two single-threaded processes get more done on two
@@ -21,7 +24,8 @@ from multiprocessing import get_context
 import torch
 from tqdm.auto import tqdm
 
-from pwlab.experiments import CLAIMS
+from pwlab import experiments
+from pwlab.experiments import CLAIMS, REGIMES, common
 from pwlab.experiments import names as claim_names
 from pwlab.commands import _args
 
@@ -30,67 +34,103 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(name: str, seed: int, quick: bool) -> tuple[str, int, dict, float, float]:
-    """One experiment and seed; returns its result, wall seconds and CPU seconds of this process
-    (the CPU time tells what a run costs on a core of its own when the machine is shared)."""
+def _run_one(name: str, regime: str, seed: int, quick: bool) -> tuple[tuple[str, str], int, dict, float, float]:
+    """One experiment, regime and seed; returns its result, wall seconds and CPU seconds of this
+    process (the CPU time tells what a run costs on a core of its own when the machine is shared)."""
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        result = CLAIMS[name].module().run(seed=seed, quick=quick)
+        result = experiments.experiment(name, regime).run(seed=seed, quick=quick)
     except Exception as e:      # one broken experiment must not hide the other rows
         result = {"error": f"{type(e).__name__}: {e}"}
-    return name, seed, result, time.perf_counter() - t0, time.process_time() - c0
+    return (name, regime), seed, result, time.perf_counter() - t0, time.process_time() - c0
+
+
+def row(name: str, regime: str, runs: list[dict], quick: bool, time_s: float = 0.0, cpu_s: float = 0.0) -> dict:
+    """The table row of claim ``name`` in ``regime`` from its runs (one per seed, seeds 0..N-1)."""
+    claim = CLAIMS[name]
+    mod = experiments.experiment(name, regime)
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        summary = {"measured": f"not measured: {errors[0]}", "held": False, "seeds_held": 0, "numbers": {}}
+        head = None
+    else:
+        summary = mod.summarize(runs)
+        head = common.spread([experiments.headline(name, regime, r) for r in runs])
+    return {"number": claim.number, "name": name, "regime": regime, "setting": experiments.setting(name, regime),
+            "title": claim.title, "claim": claim.statement, "reference": claim.reference,
+            "criterion": experiments.criterion(name, regime), "headline": experiments.headline_label(name, regime),
+            "mean": None if head is None else head["mean"], "sd": None if head is None else head["std"],
+            "measured": summary["measured"], "held": bool(summary["held"]),
+            "seeds": len(runs), "seeds_held": int(summary["seeds_held"]), "quick": quick,
+            "regimes_tried": int(getattr(mod, "REGIMES_TRIED", 1)), "sweep": summary.get("sweep", {}),
+            "time_s": round(time_s, 1), "cpu_s": round(cpu_s, 1), "numbers": summary["numbers"]}
 
 
 def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads: int = 1,
-               progress: bool = True) -> list[dict]:
-    """Run every (claim, seed) and return one row dict per claim, in table order."""
-    work = [(n, s) for n in names for s in range(seeds)]
-    results: dict[str, dict[int, dict]] = {n: {} for n in names}
-    seconds = {n: 0.0 for n in names}
-    cpu = {n: 0.0 for n in names}
+               progress: bool = True, regimes: tuple[str, ...] = ("default",)) -> list[dict]:
+    """Run every (claim, regime, seed) and return one row dict per claim and regime, in table order."""
+    keys = [(n, g) for n in names for g in REGIMES if g in regimes]
+    work = [(k, s) for k in keys for s in range(seeds)]
+    results: dict[tuple, dict[int, dict]] = {k: {} for k in keys}
+    seconds = {k: 0.0 for k in keys}
+    cpu = {k: 0.0 for k in keys}
     with tqdm(total=len(work), desc="claims", file=sys.stderr, disable=not progress) as bar:
         if jobs <= 1:
             _init_worker(threads)
-            done = (_run_one(n, s, quick) for n, s in work)
-            for name, seed, res, sec, c in done:
-                results[name][seed], seconds[name], cpu[name] = res, seconds[name] + sec, cpu[name] + c
-                bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
+            done = (_run_one(n, g, s, quick) for (n, g), s in work)
+            for key, seed, res, sec, c in done:
+                results[key][seed], seconds[key], cpu[key] = res, seconds[key] + sec, cpu[key] + c
+                bar.set_postfix_str(f"{key[0]} ({key[1]}) seed {seed}: {sec:.0f}s")
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(_run_one, n, s, quick) for n, s in work]
+                futures = [pool.submit(_run_one, n, g, s, quick) for (n, g), s in work]
                 for fut in as_completed(futures):
-                    name, seed, res, sec, c = fut.result()
-                    results[name][seed], seconds[name], cpu[name] = res, seconds[name] + sec, cpu[name] + c
-                    bar.set_postfix_str(f"{name} seed {seed}: {sec:.0f}s")
+                    key, seed, res, sec, c = fut.result()
+                    results[key][seed], seconds[key], cpu[key] = res, seconds[key] + sec, cpu[key] + c
+                    bar.set_postfix_str(f"{key[0]} ({key[1]}) seed {seed}: {sec:.0f}s")
                     bar.update(1)
-    rows = []
-    for n in names:
-        claim = CLAIMS[n]
-        runs = [results[n][s] for s in range(seeds)]
-        errors = [r["error"] for r in runs if "error" in r]
-        if errors:
-            summary = {"measured": f"not measured: {errors[0]}", "held": False, "seeds_held": 0, "numbers": {}}
-        else:
-            summary = claim.module().summarize(runs)
-        rows.append({"number": claim.number, "name": n, "title": claim.title, "claim": claim.statement,
-                     "reference": claim.reference, "criterion": claim.criterion,
-                     "measured": summary["measured"], "held": bool(summary["held"]),
-                     "seeds": seeds, "seeds_held": int(summary["seeds_held"]), "quick": quick,
-                     "time_s": round(seconds[n], 1), "cpu_s": round(cpu[n], 1), "numbers": summary["numbers"]})
-    return rows
+    return [row(n, g, [results[(n, g)][s] for s in range(seeds)], quick, seconds[(n, g)], cpu[(n, g)])
+            for n, g in keys]
 
 
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows (the form ``docs/claims.md`` quotes)."""
-    lines = ["| # | claim | paper | measured (mean ± sd over seeds) | held | seeds held | time (cpu) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| # | claim | regime | paper | measured (mean ± sd over seeds) | held | seeds held | time (cpu) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['number']} | {r['title']} | {r['reference']} | {r['measured']} | "
-                     f"{'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | "
+        lines.append(f"| {r['number']} | {r['title']} | {r.get('regime', 'default')} | {r['reference']} | "
+                     f"{r['measured']} | {'yes' if r['held'] else 'no'} | {r['seeds_held']}/{r['seeds']} | "
                      f"{r['time_s']:.0f}s ({r['cpu_s']:.0f}s) |")
     return "\n".join(lines)
+
+
+def sweeps(rows: list[dict]) -> str:
+    """Markdown lines, one per row with a sweep: the criterion, then mean ± sd at each knob value."""
+    lines = []
+    for r in rows:
+        sw = r.get("sweep") or {}
+        if not sw.get("points"):
+            continue
+        pts = "; ".join(f"{'**' if str(v) == str(sw.get('paper_value')) else ''}{v}: "
+                        f"{common.fmt(s, 3)}{'**' if str(v) == str(sw.get('paper_value')) else ''}"
+                        for v, s in sw["points"].items())
+        lines.append(f"- **{r['number']}. {r['title']}** ({r.get('regimes_tried', 1)} regimes tried; criterion: "
+                     f"{r['criterion']}; held: {'yes' if r['held'] else 'no'}, {r['seeds_held']}/{r['seeds']} seeds). "
+                     f"{sw.get('metric', '')} by {sw.get('knob', '')}: {pts}")
+    return "\n".join(lines)
+
+
+def load_rows(path: str) -> list[dict]:
+    """The rows of a saved ``--json`` output (one JSON object per line; blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for i, r in enumerate(rows):
+        missing = {"number", "title", "reference", "measured", "held", "seeds_held", "seeds"} - set(r)
+        if missing:
+            raise ValueError(f"--from {path}: line {i + 1} is not a claims row, it lacks {sorted(missing)}")
+    return sorted(rows, key=lambda r: (r["number"], REGIMES.index(r.get("regime", "default"))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,13 +141,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="seeds 0..N-1 (default 3, or 1 with --quick)")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=claim_names(),
                    help="only these claims: " + ", ".join(claim_names()))
+    p.add_argument("--regime", nargs="+", choices=REGIMES, default=list(REGIMES),
+                   help="which regimes: default (the lab's tiny setting), paper (the paper-like study and its "
+                        "sweep); default both")
+    p.add_argument("--from", dest="source", metavar="FILE", nargs="+",
+                   help="print the table and sweeps of saved --json output (one or more files) instead of running")
     p.add_argument("--jobs", type=_args.positive_int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads per worker (default 1)")
     args = p.parse_args(argv)
+    if args.source:
+        rows = [r for path in args.source for r in load_rows(path)]
+        rows.sort(key=lambda r: (r["number"], REGIMES.index(r.get("regime", "default"))))
+        print(table(rows))
+        text = sweeps(rows)
+        print(f"\n{text}" if text else "")
+        return 0
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     chosen = [n for n in claim_names() if args.only is None or n in args.only]
     t0 = time.perf_counter()
-    rows = run_claims(chosen, seeds, args.quick, jobs=args.jobs, threads=args.threads)
+    rows = run_claims(chosen, seeds, args.quick, jobs=args.jobs, threads=args.threads, regimes=tuple(args.regime))
     wall = time.perf_counter() - t0
     if args.json:
         for r in rows:
@@ -115,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(table(rows))
         cpu = sum(r["cpu_s"] for r in rows)
-        print(f"\n{len(rows)} claims, {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
+        print(f"\n{len(rows)} rows ({', '.join(args.regime)}), {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
               f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s); "
               f"experiments' CPU time {cpu:.0f}s (time per row: wall summed over seeds, CPU in brackets)")
     print(f"claims: wall {wall:.1f}s", file=sys.stderr)

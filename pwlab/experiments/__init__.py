@@ -8,6 +8,12 @@ each were fixed from the claim's wording before any run; see each module's docst
     >>> from pwlab.experiments import modality_experts
     >>> modality_experts.run(seed=0, quick=True)         # one seed, well under a minute
 
+Each claim is measured in two regimes (:data:`REGIMES`): ``"default"``, the lab's one tiny
+setting (the claim module), and ``"paper"``, the paper's own set-up in miniature with a sweep
+across the knob that makes the effect appear or vanish (:mod:`pwlab.experiments.studies`,
+a module of the same name). :func:`experiment` gives the module of either; both have the same
+``run`` and ``summarize``.
+
 ``pwlab bench claims`` runs them all and prints the table (``docs/claims.md`` holds it).
 """
 from __future__ import annotations
@@ -39,6 +45,10 @@ class Claim:
 
     def module(self) -> ModuleType:
         return importlib.import_module(f"pwlab.experiments.{self.name}")
+
+    def study(self) -> ModuleType:
+        """The paper-like regime's module (:mod:`pwlab.experiments.studies`)."""
+        return importlib.import_module(f"pwlab.experiments.studies.{self.name}")
 
 
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
@@ -83,9 +93,50 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
 )}
 
 
+#: the regimes every claim is measured in: the lab's default setting and the paper-like one
+REGIMES = ("default", "paper")
+
+
 def names() -> list[str]:
     """The claim modules, in table order."""
     return sorted(CLAIMS, key=lambda n: CLAIMS[n].number)
 
 
-__all__ = ["Claim", "CLAIMS", "names"]
+def _check(name: str, regime: str) -> Claim:
+    if name not in CLAIMS:
+        raise ValueError(f"name must be one of {', '.join(map(repr, names()))}; got {name!r}")
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(map(repr, REGIMES))}; got {regime!r}")
+    return CLAIMS[name]
+
+
+def experiment(name: str, regime: str = "default") -> ModuleType:
+    """The module that measures claim ``name`` in ``regime`` (``run`` and ``summarize``)."""
+    claim = _check(name, regime)
+    return claim.module() if regime == "default" else claim.study()
+
+
+def criterion(name: str, regime: str = "default") -> str:
+    """The held criterion of claim ``name`` in ``regime``, as fixed before the runs."""
+    claim = _check(name, regime)
+    return claim.criterion if regime == "default" else claim.study().CRITERION
+
+
+def setting(name: str, regime: str = "default") -> str:
+    """A few words on the setting of claim ``name`` in ``regime`` (the table's regime column)."""
+    claim = _check(name, regime)
+    return "default: the lab's tiny setting" if regime == "default" else "paper: " + claim.study().REGIME
+
+
+def headline(name: str, regime: str, run: dict) -> float:
+    """The one number of a run that the row's mean ± sd reports (the criterion's main quantity)."""
+    return float(experiment(name, regime).headline(run))
+
+
+def headline_label(name: str, regime: str) -> str:
+    """What :func:`headline` measures, in a few words."""
+    return experiment(name, regime).HEADLINE
+
+
+__all__ = ["Claim", "CLAIMS", "REGIMES", "criterion", "experiment", "headline", "headline_label", "names",
+           "setting"]

@@ -65,3 +65,12 @@ def summarize(runs: list[dict]) -> dict:
     return {"measured": "points lost when a task's top-2 pathway is off: " + "; ".join(parts), "held": held,
             "seeds_held": sum(all(_holds(r[f"self_drop/{n}"], r[f"other_drop/{n}"]) for n in TASKS) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "smallest own drop over tasks, points (>= 20 holds, others' <= 5)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return min(float(run[f"self_drop/{n}"]) for n in TASKS)

@@ -62,3 +62,12 @@ def summarize(runs: list[dict]) -> dict:
             "held": _holds(s1["mean"], s2["mean"]),
             "seeds_held": sum(_holds(r["speedup/top1"], r["speedup/top2"]) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "smaller speed-up of expert choice, vs top-1 and top-2 (> 2 holds)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return min(float(run["speedup/top1"]), float(run["speedup/top2"]))

@@ -75,3 +75,12 @@ def summarize(runs: list[dict]) -> dict:
                         f"(points lost) {inter}",
             "held": held, "seeds_held": sum(_holds([r[f"interference/token/{n}"] for n in TASKS]) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "worst interference over tasks, token routing, points (<= 1 holds)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return max(float(run[f"interference/token/{n}"]) for n in TASKS)

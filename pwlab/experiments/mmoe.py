@@ -140,3 +140,12 @@ def summarize(runs: list[dict]) -> dict:
     return {"measured": "test MSE " + "; ".join(parts), "held": held,
             "seeds_held": sum(_grows({p: r[f"advantage/{p}"] for p in CORRELATIONS}) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "advantage(0.1) − advantage(1.0), test MSE (> 0 needed)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return float(run["advantage/0.1"]) - float(run["advantage/1.0"])

@@ -74,3 +74,12 @@ def summarize(runs: list[dict]) -> dict:
             "held": held,
             "seeds_held": sum(all(r[f"{v}/rise"] >= RISE_BITS for v in VARIANTS) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "smaller rise of I(E;sense) of the two runs, bits (>= 0.25 holds)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return min(float(run[f"{v}/rise"]) for v in VARIANTS)

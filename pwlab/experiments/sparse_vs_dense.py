@@ -59,3 +59,12 @@ def summarize(runs: list[dict]) -> dict:
                         f"{runs[0]['steps']} steps)",
             "held": held, "seeds_held": sum(r["step_ratio"] > 1.0 for r in runs),
             "numbers": {"step_ratio": ratio, "sparse_final_loss": sparse, "dense_final_loss": dense}}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "step ratio, sparse vs dense (> 1 holds)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return float(run["step_ratio"])

@@ -61,3 +61,12 @@ def summarize(runs: list[dict]) -> dict:
                         f"(gap {common.fmt(gap, 1)} points)",
             "held": _holds(ratio["mean"], gap["mean"]),
             "seeds_held": sum(_holds(r["flop_ratio"], r["gap"]) for r in runs), "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "whole-model training FLOP ratio, dense / SWAT (>= 8 holds, gap <= 5)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return float(run["flop_ratio"])

@@ -70,3 +70,12 @@ def summarize(runs: list[dict]) -> dict:
     return {"measured": "acc full→subnetwork: " + "; ".join(parts), "held": held,
             "seeds_held": sum(all(_task_ok(r[f"drop/{n}"], r[f"fraction/{n}"]) for n in TASKS) for r in runs),
             "numbers": numbers}
+
+
+#: what :func:`headline` measures (the row's mean ± sd in ``pwlab bench claims``)
+HEADLINE = "worst subnetwork accuracy drop over tasks, points (<= 1 holds, with <= 1/4 of experts)"
+
+
+def headline(run: dict) -> float:
+    """The criterion's main quantity in one run (one seed)."""
+    return max(float(run[f"drop/{n}"]) for n in TASKS)
