@@ -145,7 +145,7 @@ def test_sankey_highlight_greys_other_tasks_and_outlines_experts():
     with pytest.raises(ValueError, match="highlight"):
         viz.pathway_sankey(TWO, highlight="nope")
     with pytest.raises(ValueError, match="by"):
-        viz.expert_heatmaps(TWO, by="sense")          # the lab's word is "sense"
+        viz.expert_heatmaps(TWO, by="modality")          # the lab's word is "sense"
 
 
 def test_heatmap_columns_are_task_shares_and_sense_bars_percentages():
