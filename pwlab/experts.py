@@ -83,7 +83,11 @@ class ExpertBank(_StackedWeights, nn.Module):
 
     def plain_ffn(self) -> tuple[Tensor, ...] | None:
         # a subclass that computes otherwise (the SWAT bank) overrides forward_padded
-        return self.effective_weights() if type(self).forward_padded is ExpertBank.forward_padded else None
+        if type(self).forward_padded is not ExpertBank.forward_padded:
+            return None
+        if type(self).effective_weights is _StackedWeights.effective_weights:
+            return self.w1, self.b1, self.w2, self.b2      # the parameters are what forward uses
+        return self.effective_weights()
 
     def forward_padded(self, buf: Tensor) -> Tensor:
         """All experts on a padded buffer: ``buf (E, C, D) -> (E, C, D)`` (two batched matmuls)."""

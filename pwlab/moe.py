@@ -473,7 +473,7 @@ class MoE(nn.Module):
             x, gate.weight, w1, b1, w2, b2, k=gate.k, renormalize=gate.renormalize, capacity=cap,
             activation=self.experts.activation, w_lb=self.aux_weights["load_balancing"],
             w_z=self.aux_weights["z_loss"], enabled=None if self._all_enabled else self.enabled,
-            grouped=self._grouped(x.shape[0]))
+            grouped=cap is None and self._grouped(x.shape[0], gate.k))
         if not finite:
             # any NaN or Inf in x makes its token's logits, and so z, non-finite: one number to
             # look at instead of a pass over x (a finite x cannot overflow here in practice)
@@ -485,12 +485,22 @@ class MoE(nn.Module):
         return y, _FusedStats((expert_t, weight_t, probs_t, logits_t), counts=kept_counts, proposed_counts=counts,
                               capacity=cap, kept=kept, aux_losses=aux, aux_loss=aux_loss)
 
-    def _grouped(self, num_tokens: int) -> bool:
+    def _grouped(self, num_tokens: int, top_k: int | None = None) -> bool:
         """Whether a dropless call of ``num_tokens`` tokens takes the unpadded layout."""
-        layout = _checks.one_of("dropless_layout", self.dropless_layout, DROPLESS_LAYOUTS)
+        layout = self.dropless_layout
         if layout == "auto":
-            return num_tokens * self.top_k >= fused.GROUPED_MIN_ROWS * self.num_experts
+            k = self.top_k if top_k is None else top_k
+            return num_tokens * k >= fused.GROUPED_MIN_ROWS * self.num_experts
         return layout == "grouped"
+
+    @property
+    def dropless_layout(self) -> str:
+        """How the one-node path lays out a dropless call: one of :data:`DROPLESS_LAYOUTS`."""
+        return self._dropless_layout
+
+    @dropless_layout.setter
+    def dropless_layout(self, value: str) -> None:
+        self._dropless_layout = _checks.one_of("dropless_layout", value, DROPLESS_LAYOUTS)
 
     def _aux(self, proposed: Routing, counts: Tensor, groups: Tensor | None) -> dict:
         aux: dict[str, Tensor] = {}

@@ -266,9 +266,9 @@ def test_dropless_layout_is_checked_and_auto_follows_rows_per_expert():
     layer = MoE(D, H, 4, TopK(top_k=2))
     assert not layer._grouped(fused.GROUPED_MIN_ROWS * 2 - 1)     # N·k / E just below the threshold
     assert layer._grouped(fused.GROUPED_MIN_ROWS * 2)
-    layer.dropless_layout = "sideways"
     with pytest.raises(ValueError, match="dropless_layout must be one of"):
-        layer(torch.randn(3, D))
+        layer.dropless_layout = "sideways"
+    assert layer.dropless_layout == "auto"                     # a refused value changes nothing
 
 
 # -- the expert FFN's forward and backward, once per layout (pwlab.expert_kernels) --------------
