@@ -16,6 +16,7 @@ cores than one process with two threads.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -120,6 +121,20 @@ def sweeps(rows: list[dict]) -> str:
                      f"{r['criterion']}; held: {'yes' if r['held'] else 'no'}, {r['seeds_held']}/{r['seeds']} seeds). "
                      f"{sw.get('metric', '')} by {sw.get('knob', '')}: {pts}")
     return "\n".join(lines)
+
+
+#: the saved ``--json`` outputs of the full runs, shipped with the package (docs/claims.md is
+#: made from them with ``--from``; notebooks and hand-outs read them with :func:`saved_rows`)
+RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
+
+
+def saved_rows(name: str) -> list[dict]:
+    """The rows of a saved run shipped with pwlab: ``name`` is one of ``default_full``,
+    ``paper_full_a``, ``paper_full_b``, ``paper_quick``."""
+    names = sorted(p.stem for p in RESULTS.glob("*.jsonl"))
+    if name not in names:
+        raise ValueError(f"name must be one of {names}, got {name!r}")
+    return load_rows(str(RESULTS / f"{name}.jsonl"))
 
 
 def load_rows(path: str) -> list[dict]:
