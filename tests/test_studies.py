@@ -6,6 +6,7 @@ each other; a few-step run of each study for plain numbers (slow).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -136,6 +137,39 @@ def test_cli_runs_both_regimes_by_default(monkeypatch, capsys):
         claims.main(["--regime", "big"])
 
 
+def test_sweep_values_and_merge():
+    assert _sweep.values(None, (1, 2, 3)) == (1, 2, 3)
+    assert _sweep.values([3, 1], (1, 2, 3)) == (3, 1)
+    for bad in ([], [4], [1, 5]):
+        with pytest.raises(ValueError, match=r"values must be a non-empty subset of \[1, 2, 3\]"):
+            _sweep.values(bad, (1, 2, 3))
+    a = {"seed": 0, "steps": 5, "sweep/1/x": 0.5}
+    b = {"seed": 0, "steps": 5, "sweep/2/x": 0.25}
+    assert _sweep.merge([a, b]) == {"seed": 0, "steps": 5, "sweep/1/x": 0.5, "sweep/2/x": 0.25}
+    assert list(_sweep.merge([b, a])) == ["seed", "steps", "sweep/2/x", "sweep/1/x"]
+    with pytest.raises(ValueError, match="the parts disagree on 'steps'"):
+        _sweep.merge([a, dict(b, steps=6)])
+
+
+def test_cli_runs_each_sweep_point_of_each_seed_as_its_own_job(monkeypatch, capsys):
+    """A study whose ``run`` takes ``values`` is run one point at a time and merged in sweep order."""
+    from pwlab.bench import claims
+    from pwlab.experiments.studies import mmoe
+
+    calls = []
+
+    def run(seed=0, quick=False, values=None):
+        calls.append((seed, tuple(values)))
+        whole = _mmoe_run(seed, 0.0, 0.02 * (seed + 1))
+        return {k: v for k, v in whole.items() if not k.startswith("sweep/") or k.split("/")[1] in map(str, values)}
+    monkeypatch.setattr(mmoe, "run", run)
+    assert claims.main(["--json", "--only", "mmoe", "--regime", "paper", "--seeds", "2", "--jobs", "1"]) == 0
+    assert calls == [(s, (v,)) for s in (0, 1) for v in mmoe.VALUES]     # VALUES: 1.0, 0.9, 0.5, 0.1
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["seeds"] == 2 and list(row["sweep"]["points"]) == ["1.0", "0.5"]
+    assert row["mean"] == pytest.approx((0.02 + 0.04) / 2)     # advantage(0.5) − advantage(1.0) per seed
+
+
 @pytest.fixture
 def study_few_steps(monkeypatch):
     from pwlab.experiments.studies import (ablation, expert_choice, many_tasks, mmoe, modality_experts,
@@ -163,6 +197,12 @@ def test_each_study_returns_plain_numbers_and_a_row(name, study_few_steps):
     row = study.summarize([run])
     assert isinstance(row["held"], bool) and row["measured"] and row["seeds_held"] in (0, 1)
     assert math.isfinite(study.headline(run)) and row["sweep"]["points"]
+    if "values" in inspect.signature(study.run).parameters:
+        # the points are independent: each measured alone, merged, equals the whole run
+        parts = [study.run(seed=0, quick=True, values=[v]) for v in study.QUICK_VALUES]
+        assert _sweep.merge(parts) == run and list(_sweep.merge(parts)) == list(run)
+    else:
+        assert name == "sparse_vs_dense"                          # its points share one dense baseline
 
 
 def test_cli_from_saved_json_prints_table_and_sweeps(monkeypatch, capsys, tmp_path):

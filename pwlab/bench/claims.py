@@ -11,10 +11,14 @@ Progress goes to stderr, the table to stdout.
 
 Experiments run in ``--jobs`` worker processes (default 2, one per core) with one torch
 thread each: the models are small, so two single-threaded processes get more done on two
-cores than one process with two threads.
+cores than one process with two threads. The unit of work is one seed of a claim, or, for a
+study whose sweep points are independent (its ``run`` takes ``values``), one point of one
+seed: three seeds of a two-point sweep are six jobs that keep both cores busy to the end,
+where three whole seeds would leave one core idle for the last.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 import sys
@@ -28,6 +32,7 @@ from tqdm.auto import tqdm
 from pwlab import experiments
 from pwlab.experiments import CLAIMS, REGIMES, common
 from pwlab.experiments import names as claim_names
+from pwlab.experiments.studies import _sweep
 from pwlab.commands import _args
 
 
@@ -35,15 +40,34 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(name: str, regime: str, seed: int, quick: bool) -> tuple[tuple[str, str], int, dict, float, float]:
-    """One experiment, regime and seed; returns its result, wall seconds and CPU seconds of this
-    process (the CPU time tells what a run costs on a core of its own when the machine is shared)."""
+def _points(name: str, regime: str, quick: bool) -> list[tuple | None]:
+    """The jobs of one seed: ``[None]`` (the whole run), or one 1-tuple per sweep point where the
+    experiment's ``run`` takes ``values`` (its points are independent)."""
+    mod = experiments.experiment(name, regime)
+    if "values" not in inspect.signature(mod.run).parameters:
+        return [None]
+    return [(v,) for v in (mod.QUICK_VALUES if quick else mod.VALUES)]
+
+
+def _run_one(name: str, regime: str, seed: int, quick: bool,
+             values: tuple | None = None) -> tuple[tuple[str, str], int, dict, float, float]:
+    """One experiment, regime and seed (``values``: only those sweep points); returns its result,
+    wall seconds and CPU seconds of this process (the CPU time tells what a run costs on a core of
+    its own when the machine is shared)."""
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        result = experiments.experiment(name, regime).run(seed=seed, quick=quick)
+        mod = experiments.experiment(name, regime)
+        result = mod.run(seed=seed, quick=quick) if values is None else mod.run(seed=seed, quick=quick, values=values)
     except Exception as e:      # one broken experiment must not hide the other rows
         result = {"error": f"{type(e).__name__}: {e}"}
     return (name, regime), seed, result, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _combine(parts: dict) -> dict:
+    """One seed's run from its jobs' results (keyed by the job's points, in sweep order)."""
+    results = [parts[p] for p in parts]
+    errors = [r for r in results if "error" in r]
+    return errors[0] if errors else results[0] if len(results) == 1 else _sweep.merge(results)
 
 
 def row(name: str, regime: str, runs: list[dict], quick: bool, time_s: float = 0.0, cpu_s: float = 0.0) -> dict:
@@ -69,30 +93,34 @@ def row(name: str, regime: str, runs: list[dict], quick: bool, time_s: float = 0
 
 def run_claims(names: list[str], seeds: int, quick: bool, jobs: int = 2, threads: int = 1,
                progress: bool = True, regimes: tuple[str, ...] = ("default",)) -> list[dict]:
-    """Run every (claim, regime, seed) and return one row dict per claim and regime, in table order."""
+    """Run every (claim, regime, seed) and return one row dict per claim and regime, in table order.
+
+    ``time_s`` and ``cpu_s`` of a row are the wall and CPU seconds of its jobs, summed."""
     keys = [(n, g) for n in names for g in REGIMES if g in regimes]
-    work = [(k, s) for k in keys for s in range(seeds)]
-    results: dict[tuple, dict[int, dict]] = {k: {} for k in keys}
+    work = [(k, s, p) for k in keys for s in range(seeds) for p in _points(*k, quick)]
+    parts: dict[tuple, dict[int, dict]] = {k: {s: {} for s in range(seeds)} for k in keys}
+    for k, s, p in work:
+        parts[k][s][p] = None                                   # keeps the sweep order
     seconds = {k: 0.0 for k in keys}
     cpu = {k: 0.0 for k in keys}
     with tqdm(total=len(work), desc="claims", file=sys.stderr, disable=not progress) as bar:
+        def record(point, done):
+            key, seed, res, sec, c = done
+            parts[key][seed][point], seconds[key], cpu[key] = res, seconds[key] + sec, cpu[key] + c
+            where = "" if point is None else f" at {point[0]}"
+            bar.set_postfix_str(f"{key[0]} ({key[1]}) seed {seed}{where}: {sec:.0f}s")
+            bar.update(1)
         if jobs <= 1:
             _init_worker(threads)
-            done = (_run_one(n, g, s, quick) for (n, g), s in work)
-            for key, seed, res, sec, c in done:
-                results[key][seed], seconds[key], cpu[key] = res, seconds[key] + sec, cpu[key] + c
-                bar.set_postfix_str(f"{key[0]} ({key[1]}) seed {seed}: {sec:.0f}s")
-                bar.update(1)
+            for (n, g), s, p in work:
+                record(p, _run_one(n, g, s, quick, p))
         else:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(_run_one, n, g, s, quick) for (n, g), s in work]
+                futures = {pool.submit(_run_one, n, g, s, quick, p): p for (n, g), s, p in work}
                 for fut in as_completed(futures):
-                    key, seed, res, sec, c = fut.result()
-                    results[key][seed], seconds[key], cpu[key] = res, seconds[key] + sec, cpu[key] + c
-                    bar.set_postfix_str(f"{key[0]} ({key[1]}) seed {seed}: {sec:.0f}s")
-                    bar.update(1)
-    return [row(n, g, [results[(n, g)][s] for s in range(seeds)], quick, seconds[(n, g)], cpu[(n, g)])
+                    record(futures[fut], fut.result())
+    return [row(n, g, [_combine(parts[(n, g)][s]) for s in range(seeds)], quick, seconds[(n, g)], cpu[(n, g)])
             for n, g in keys]
 
 

@@ -12,7 +12,9 @@ before any run of it:
   lab's default setting of the claim module is one more).
 
 Each module has ``run(seed=0, quick=False) -> dict`` (plain numbers of one seed; every key
-``sweep/<value>/<metric>`` is one sweep point) and ``summarize(runs) -> dict`` (``measured``,
+``sweep/<value>/<metric>`` is one sweep point; where the points are independent — all but
+``sparse_vs_dense``, whose points share one dense baseline — ``run(..., values=[...])`` measures
+some of them, and ``pwlab bench claims`` runs each point of each seed in its own process) and ``summarize(runs) -> dict`` (``measured``,
 ``held``, ``seeds_held``, ``numbers`` and ``sweep``: per knob value, mean and sd of the
 study's headline metric), like the claim modules, so ``pwlab bench claims --regime paper``
 runs them the same way.

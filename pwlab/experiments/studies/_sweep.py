@@ -1,7 +1,34 @@
 """The studies' shared bookkeeping: one key per sweep point and metric, and the sweep's spread."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pwlab.experiments import common
+
+
+def values(chosen: Sequence | None, default: Sequence) -> tuple:
+    """The sweep points a ``run`` measures: ``chosen`` (a subset of the study's ``VALUES``, so
+    the points of one seed can run in separate processes) or else ``default`` (``VALUES``, or
+    ``QUICK_VALUES`` with ``quick``). Each point is measured on its own — its models are built
+    from the seed alone — so a run of some points equals those points of the whole run."""
+    if chosen is None:
+        return tuple(default)
+    chosen = tuple(chosen)
+    unknown = [v for v in chosen if v not in default]
+    if not chosen or unknown:
+        raise ValueError(f"values must be a non-empty subset of {list(default)}, got {list(chosen)}")
+    return chosen
+
+
+def merge(parts: list[dict]) -> dict:
+    """One run from the runs of some points each (:func:`values`), points in the order given."""
+    out: dict = {}
+    for part in parts:
+        for k, v in part.items():
+            if not k.startswith("sweep/") and k in out and out[k] != v:
+                raise ValueError(f"the parts disagree on {k!r}: {out[k]!r} vs {v!r}")
+            out[k] = v
+    return out
 
 
 def key(value, metric: str) -> str:

@@ -17,6 +17,8 @@ no other task loses more than 5 points. Regimes tried: 4 (plus the default setti
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.experiments import common
@@ -46,13 +48,13 @@ def config(seed: int, point: str):
         seed=seed, **common.TRAIN)
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per sweep point: ``sweep/<point>/min_self_drop`` (the smallest own drop over tasks, points)
     and ``sweep/<point>/max_other_drop`` (the largest drop of another task over all ablations)."""
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}
-    for point in (QUICK_VALUES if quick else VALUES):
+    for point in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         tr = Trainer(tasks, config(seed, point))
         tr.step(steps)
         base = evaluate_model(tr.model, tasks)

@@ -17,6 +17,8 @@ setting).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.experiments import common
@@ -46,12 +48,12 @@ def configs(seed: int, num_experts: int) -> dict:
             "top1": base.with_model(router="topk", top_k=1, capacity_factor=2.0)}
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per expert count E: ``sweep/<E>/final_loss/<router>`` and ``sweep/<E>/speedup/top1|top2``."""
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}
-    for e in (QUICK_VALUES if quick else VALUES):
+    for e in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         curves = {n: common.train_curve(Trainer(tasks, cfg), steps, EVAL_EVERY) for n, cfg in configs(seed, e).items()}
         for n, (_, ys) in curves.items():
             out[_sweep.key(e, f"final_loss/{n}")] = common.final_value(ys)

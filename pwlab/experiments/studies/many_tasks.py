@@ -20,6 +20,8 @@ Regimes tried: 3 (plus the default setting).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.experiments import common
@@ -48,12 +50,12 @@ def _mse(model, task) -> float:
     return common.validation_loss(model, [task], max_examples=N_TEST)
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per p: ``sweep/<p>/ratio/<task>`` (multi-task MSE over single-task MSE), ``sweep/<p>/worst_ratio``,
     ``sweep/<p>/single/<task>`` and ``sweep/<p>/multi/<task>`` (test MSE)."""
     steps = STEPS["quick" if quick else "full"]
     out: dict = {"seed": seed, "steps": steps}
-    for p in (QUICK_VALUES if quick else VALUES):
+    for p in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         tasks = T.load(["mmoe_a", "mmoe_b"], seed=seed, p=p, n_train=N_TRAIN, n_test=N_TEST)
         multi = Trainer(tasks, _config(seed, PER_TASK_BATCH * len(tasks)))
         multi.step(steps)

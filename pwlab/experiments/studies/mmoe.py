@@ -18,6 +18,8 @@ degrades more as p falls). Regimes tried: 4 (plus the default setting at d = 16)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from pwlab.experiments import common
@@ -38,11 +40,11 @@ REGIMES_TRIED = 4
 HEADLINE = "advantage(0.5) − advantage(1.0), test MSE (> 0 with advantage(0.5) > 0 holds)"
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per p: ``sweep/<p>/mmoe``, ``sweep/<p>/shared_bottom`` (test MSE) and ``sweep/<p>/advantage``."""
     steps = STEPS["quick" if quick else "full"]
     out: dict = {"seed": seed, "steps": steps}
-    for p in (QUICK_VALUES if quick else VALUES):
+    for p in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         a, b = mmoe_pair(seed, p=p, num_features=NUM_FEATURES, n_train=N_TRAIN, n_test=N_TEST)
         torch.manual_seed(seed)
         mm = MMoE(NUM_FEATURES)

@@ -23,6 +23,8 @@ an eighth of the maximum). Regimes tried: 6 (plus the default setting).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.experiments import common
@@ -55,13 +57,13 @@ def config(seed: int, point: str):
             .with_train(seed=seed, **common.TRAIN))
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per sweep point: ``sweep/<point>/init`` and ``/trained`` (bits, the block of the largest rise)
     and ``sweep/<point>/rise`` (the largest per-block rise, bits)."""
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}
-    for point in (QUICK_VALUES if quick else VALUES):
+    for point in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         tr = Trainer(tasks, config(seed, point))
         before = pathway_map(tr.model).mutual_information("sense")
         tr.step(steps)

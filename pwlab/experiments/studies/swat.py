@@ -24,6 +24,8 @@ mean over seeds, dense / SWAT whole-model training FLOPs >= 8 and the accuracy g
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pwlab.experiments import common, swat_mlp
 from pwlab.experiments.studies import _sweep
 
@@ -43,13 +45,13 @@ REGIMES_TRIED = 3
 HEADLINE = "whole-model training FLOP ratio at width 1024, dense / SWAT (>= 8 with gap <= 5 holds)"
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per width: ``sweep/<w>/flop_ratio`` (whole model), ``sweep/<w>/gap`` (points, dense − SWAT),
     ``sweep/<w>/dense_acc`` and ``sweep/<w>/swat_acc`` (points)."""
     steps = STEPS["quick" if quick else "full"]
     task = swat_mlp.load_task(TASK, seed)
     out: dict = {"seed": seed, "steps": steps}
-    for w in (QUICK_VALUES if quick else VALUES):
+    for w in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         dense = swat_mlp.run(task, "uniform", 0.0, seed, steps=steps, hidden=w, **SETTINGS)
         swat = swat_mlp.run(task, "uniform", SPARSITY, seed, steps=steps, hidden=w, **SETTINGS)
         d, s = common.accuracy_points(dense["accuracy"]), common.accuracy_points(swat["accuracy"])

@@ -18,6 +18,8 @@ expert parameters. Regimes tried: 4 (plus the default setting).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pwlab.tasks as T
 from pwlab.config import tiny
 from pwlab.experiments import common
@@ -46,13 +48,13 @@ def config(seed: int, point: str):
         seed=seed, **common.TRAIN)
 
 
-def run(seed: int = 0, quick: bool = False) -> dict:
+def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
     """Per sweep point: ``sweep/<point>/worst_drop`` (points, full − subnetwork, worst task) and
     ``sweep/<point>/max_fraction`` (the largest share of expert parameters a subnetwork keeps)."""
     steps = STEPS["quick" if quick else "full"]
     tasks = T.load(list(TASKS), seed=seed)
     out: dict = {"seed": seed, "steps": steps}
-    for point in (QUICK_VALUES if quick else VALUES):
+    for point in _sweep.values(values, QUICK_VALUES if quick else VALUES):
         tr = Trainer(tasks, config(seed, point))
         tr.step(steps)
         full = evaluate_model(tr.model, tasks)
