@@ -419,3 +419,18 @@ def nonfinite_input(rank: int, world: int, config: dict, task_names: list[str], 
             error = (e.what, e.where, e.tasks, str(e))
     return {"error": error, "history": [r.as_dict() for r in trainer.history],
             "finite": all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())}
+
+
+def balancing_bias_sync(rank: int, world: int, sizes: list[int], steps: int) -> dict:
+    """An expert-parallel layer with auxiliary-loss-free balancing trains ``steps`` forwards,
+    each rank on its own tokens (``sizes[rank]`` of them): the bias after each forward."""
+    torch.manual_seed(0)
+    ref = MoE(D, H, 4, make_router("topk", top_k=1, bias_update_rate=0.1))
+    ep = ExpertParallelMoE.from_moe(ref)
+    ep.train()
+    biases = []
+    for step in range(steps):
+        xs, _ = _tokens(10 + step, sizes)
+        ep(xs[rank] + 2.0)                  # shifted inputs: a router far from balanced
+        biases.append(ep.router.expert_bias.clone())
+    return {"biases": biases}

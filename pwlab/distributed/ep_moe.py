@@ -237,6 +237,10 @@ class ExpertParallelMoE(MoE):
             dist.broadcast(buf, src, group=group)
             if buf is not t:
                 t.copy_(buf)
+        if getattr(self.router, "expert_bias", None) is not None and hasattr(self.router, "sync_loads"):
+            # the balancing bias is replicated like the router: every rank updates it from the
+            # group's loads (pwlab.routing.TopK), so the replicas never drift apart
+            self.router.sync_loads(group)
         full = self.experts
         self.experts = make_experts(expert, self.num_local_experts, d_model, d_hidden, activation)
         self._load_shard(full)

@@ -22,7 +22,7 @@ Checkpoints are the single-process format (:mod:`pwlab.checkpoint`): ``save`` ga
 expert shard and its optimizer state to rank 0, which writes the file a single-process
 ``Trainer.load`` reads; it adds one entry, ``expert_parallel`` = ``{"world_size": P, "ranks":
 [per rank: {"generator", "torch", "buffers"}]}``, each rank's routing-noise generator, dropout
-stream and replicated buffers (a router's balancing bias moves with each rank's own tokens), so
+stream and replicated buffers, so
 that ``restore`` in a group of the same size continues the run exactly. ``restore`` reads the
 file on every rank (so it must be visible to every rank), keeps each rank's experts and their
 optimizer state, and raises on every rank if it fails on any.

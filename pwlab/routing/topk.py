@@ -19,6 +19,7 @@ Two options from DeepSeek-V3 (DeepSeek-AI 2024, arXiv 2412.19437, §2.1.2):
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from pwlab import _checks
@@ -50,9 +51,13 @@ class TopK(LinearGate):
             routing it just made (assignments proposed, before capacity), under ``no_grad``;
             with gradient accumulation it therefore updates once per micro-batch. Eval mode
             uses the bias without changing it. The bias stays float32 in a half-precision
-            model (its steps are below half precision's resolution). Each process updates
-            from its own tokens: in data- or expert-parallel runs the ranks' biases are not
-            synchronised.
+            model (its steps are below half precision's resolution). After :meth:`sync_loads`
+            (:class:`~pwlab.distributed.ExpertParallelMoE` calls it with its group) the loads
+            are summed over the group's ranks before the update, so
+            every rank takes the step a single process would take on all the ranks' tokens
+            and the replicated routers stay identical; the sum is a collective, so every rank
+            of the group must run the router's training forwards in step (as expert
+            parallelism already requires).
     """
 
     trusted = True
@@ -69,6 +74,7 @@ class TopK(LinearGate):
                              f"got order={order!r}")
         rate = 0.0 if bias_update_rate is None else _checks.non_negative_float("bias_update_rate", bias_update_rate)
         self.bias_update_rate = rate or None
+        self._sync, self._load_group = False, None      # see sync_loads (not state: a process group)
         super().__init__(top_k=top_k, d_model=d_model, num_experts=num_experts)
 
     def build(self) -> None:
@@ -127,10 +133,18 @@ class TopK(LinearGate):
             self.expert_bias = self.expert_bias.float()
         return out
 
+    def sync_loads(self, group=None) -> None:
+        """Sum the loads over the torch.distributed ``group`` (None: the world) before each bias
+        update, so the ranks' replicated routers take one update, the one a single process
+        would take on all their tokens. A collective in every training forward of the router."""
+        self._sync, self._load_group = True, group
+
     @torch.no_grad()
     def _update_bias(self, expert: Tensor) -> None:
         """``b_i += γ · sign(mean load − load_i)`` from this routing's ``expert (N, k)``."""
         load = torch.bincount(expert.reshape(-1), minlength=self.num_experts).to(self.expert_bias.dtype)
+        if self._sync:
+            dist.all_reduce(load, group=self._load_group)  # the group's loads: one update on every rank
         self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
 
     def extra_repr(self) -> str:
