@@ -326,7 +326,7 @@ def _apply(trainer, state: dict, path) -> None:
             raise ValueError(f"model parameters of other shapes: {bad[:5]}")
         # optimizer, sampler and generator states are tried on stand-ins first
         dummy = [torch.zeros_like(p) for p in trainer.model.parameters()]
-        trainer._make_optimizer(dummy).load_state_dict(state["optimizer"])
+        trainer.make_optimizer(dummy).load_state_dict(state["optimizer"])
         s = trainer.sampler
         type(s)(trainer.tasks, batch_size=s.batch_size, strategy=s.strategy, temperature=s.temperature,
                 seed=s.seed).load_state_dict(state["sampler"])

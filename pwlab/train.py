@@ -353,7 +353,7 @@ class Trainer:
             raise TypeError(f"strategy must be a pwlab.train.StepStrategy, got {type(strategy).__name__}")
         self.strategy = strategy if strategy is not None else StepStrategy()
         self.strategy.setup(self)            # before the optimizer: it may reshape the model
-        self.optimizer = self._make_optimizer()
+        self.optimizer = self.make_optimizer()
         self.history: list[Record] = []
         self.step_count = 0
         self.callbacks = list(callbacks)
@@ -377,7 +377,14 @@ class Trainer:
             n += 1
         return n
 
-    def _make_optimizer(self, params=None) -> torch.optim.Optimizer:
+    def make_optimizer(self, params=None) -> torch.optim.Optimizer:
+        """A new optimizer as ``config.train`` specifies (``optimizer``, ``lr``, ``weight_decay``).
+
+        params: the parameters (or tensors) it updates; default ``self.model.parameters()``,
+        which is how :attr:`optimizer` was made. Other tensors of the model's shapes give a
+        stand-in, e.g. to check that a saved optimizer state fits before loading it
+        (:mod:`pwlab.checkpoint`). The trainer's own :attr:`optimizer` is not touched.
+        """
         tc = self.config.train
         params = self.model.parameters() if params is None else params
         if tc.optimizer == "sgd":

@@ -503,3 +503,125 @@ def test_swatify_first_layer_dense_keeps_every_sense_encoders_input_projection_d
     converted = [n for n, k in kinds.items() if k in (SwatLinear, SwatExpertBank)]
     assert converted and not any(n.startswith("senses.encoders.") for n in converted)
     assert not any(k is nn.Linear for n, k in kinds.items() if not n.startswith("senses.") and "router" not in n)
+
+
+# -- the kernel choice: a one-time calibration, never timed in forward -------------------------
+
+def _no_timing(*args, **kwargs):
+    raise AssertionError("a kernel was timed")
+
+
+def test_forward_never_times_an_uncalibrated_auto_layer_runs_the_dense_kernels(monkeypatch):
+    """A layer the old in-forward crossover would have timed (2^16 weights, 32 rows, 10% dense):
+    forward + backward time nothing and equal the kernel="dense" layer bit for bit."""
+    from pwlab.swat import kernels
+    monkeypatch.setattr(kernels, "_CACHE", {})
+    monkeypatch.setattr(kernels, "_faster", _no_timing)
+    monkeypatch.setattr(kernels, "_seconds", _no_timing)
+    with pytest.raises(AssertionError, match="timed"):          # the trap is armed for this shape
+        kernels.crossover(32, 256, 256, 0.1, 0.1)
+    auto = SwatLinear(256, 256, weight_sparsity=0.9, act_sparsity=0.9)
+    dense = SwatLinear(256, 256, weight_sparsity=0.9, act_sparsity=0.9, kernel="dense")
+    dense.load_state_dict(auto.state_dict())
+    x = torch.randn(32, 256)
+    (ya, gxa, gpa), (yd, gxd, gpd) = _grads(auto, x), _grads(dense, x)
+    assert auto._plans == {32: None}
+    assert torch.equal(ya, yd) and torch.equal(gxa, gxd)
+    assert all(torch.equal(a, d) for a, d in zip(gpa, gpd))
+    assert not kernels.in_out_order(auto.weight)                # the CSR grad_W storage was not taken
+
+
+def test_calibrated_auto_layer_runs_csr_kernels_with_the_dense_layers_values_and_gradients(monkeypatch):
+    from pwlab.swat import calibrate, kernels
+    monkeypatch.setattr(kernels, "_CACHE", {})
+    monkeypatch.setattr(kernels, "_faster", lambda *args, **kwargs: True)
+    auto = SwatLinear(256, 256, weight_sparsity=0.9, act_sparsity=0.8, topk_period=3)
+    dense = SwatLinear(256, 256, weight_sparsity=0.9, act_sparsity=0.8, topk_period=3, kernel="dense")
+    dense.load_state_dict(auto.state_dict())
+    assert calibrate(auto, 32) == [{"layer": "", "rows": 32, "weight_csr": True, "act_csr": True}]
+    monkeypatch.setattr(kernels, "_faster", _no_timing)         # from here on nothing may be timed
+    monkeypatch.setattr(kernels, "_seconds", _no_timing)
+    runs_a, runs_d = _train(auto, 4), _train(dense, 4)          # 4 steps: across a refresh
+    plan = auto._plans[32]
+    assert plan is not None and plan.weight_sparse and plan.act_sparse
+    for a, d in zip(runs_a, runs_d):
+        for u, v in zip(a, d):
+            torch.testing.assert_close(u, v)
+    torch.testing.assert_close(auto.weight, dense.weight)
+
+
+def test_calibrate_reports_every_auto_layer_and_row_count_and_times_each_key_once(monkeypatch):
+    """Report by hand: CSR where eligible and "measured" faster; too few rows (< 16), too small a
+    weight (< 2^16), a side with nothing dropped, structured: dense, untimed; kernel="dense" is
+    not calibrated. Calibrating again re-uses the recorded timing."""
+    from pwlab.swat import calibrate, kernels
+    calls = []
+    monkeypatch.setattr(kernels, "_CACHE", {})
+    monkeypatch.setattr(kernels, "_faster", lambda *args, **kwargs: calls.append(1) or True)
+    net = nn.Sequential(SwatLinear(256, 256, weight_sparsity=0.9, act_sparsity=0.9),
+                        SwatLinear(256, 256, weight_sparsity=0, act_sparsity=0.9),
+                        nn.Sequential(SwatLinear(256, 8, weight_sparsity=0.9, act_sparsity=0.9),
+                                      SwatLinear(8, 8, kernel="dense")),
+                        SwatLinear(256, 256, structured=True))
+    report = calibrate(net, [32, 8])
+    row = lambda name, rows, w, a: {"layer": name, "rows": rows, "weight_csr": w, "act_csr": a}
+    assert report == [row("0", 32, True, True), row("0", 8, False, False),
+                      row("1", 32, False, True), row("1", 8, False, False),
+                      row("2.0", 32, False, False), row("2.0", 8, False, False),
+                      row("3", 32, False, False), row("3", 8, False, False)]
+    assert len(calls) == 3                                      # layer 0: weight and act; layer 1: act
+    assert calibrate(net, (32,)) == [r for r in report if r["rows"] == 32]
+    assert len(calls) == 3                                      # cached: not timed again
+    assert net[0]._kernel_choice == {32: (True, True), 8: (False, False)}
+
+
+@pytest.mark.parametrize("rows,match", [(0, "rows must be an integer >= 1"), (-4, "rows"), ([32, 0], "rows"),
+                                        ([], "rows must name at least one"), ("32", "rows"), (2.5, "rows")])
+def test_calibrate_refuses_bad_rows(rows, match):
+    from pwlab.swat import calibrate
+    with pytest.raises(ValueError, match=match):
+        calibrate(SwatLinear(8, 8), rows)
+
+
+def test_calibrate_refuses_a_module_without_swat_layers_and_fixed_kernel_layers():
+    from pwlab.swat import calibrate
+    with pytest.raises(ValueError, match="module must hold at least one SwatLinear"):
+        calibrate(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), 32)
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        calibrate("model", 32)
+    with pytest.raises(ValueError, match="kernel='auto'"):
+        SwatLinear(8, 8, kernel="sparse").calibrate_kernels(32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (10, 10), (50, 100), (128, 160), (300, 250)])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "in_out_order"])
+def test_every_topk_search_gives_kthvalues_threshold_and_kept_set(shape, kind):
+    """search="auto" / "bracket" / "kthvalue": the same threshold and kept set as a naive
+    torch.kthvalue, below and above the direct-select size, with many ties, in either storage order."""
+    from pwlab.swat.topk import SEARCHES, magnitude_threshold, magnitude_topk, storage_flat
+    g = torch.Generator().manual_seed(shape[0] * shape[1])
+    if kind == "ties":
+        score = torch.randint(0, 12, shape, generator=g).float()
+    elif kind == "in_out_order":
+        score = torch.rand(shape[::-1], generator=g).t()       # (in, out) memory order
+    else:
+        score = torch.randn(shape, generator=g).abs()
+    flat = storage_flat(score)
+    for sparsity in (0.1, 0.5, 0.9, 0.99):
+        drop = round(sparsity * score.numel())
+        if drop == 0:
+            continue
+        t = flat.kthvalue(drop).values
+        kept = (flat > t).nonzero().squeeze(1)
+        for search in SEARCHES:
+            assert magnitude_threshold(score, sparsity, search=search) == t, (search, sparsity)
+            t_k, kept_k = magnitude_topk(score, sparsity, search=search)
+            assert t_k == t and torch.equal(kept_k, kept), (search, sparsity)
+
+
+def test_topk_search_must_be_a_known_option():
+    from pwlab.swat.topk import magnitude_threshold, magnitude_topk
+    with pytest.raises(ValueError, match="search must be one of 'auto', 'bracket', 'kthvalue'"):
+        magnitude_threshold(torch.rand(4, 4), 0.5, search="exact")
+    with pytest.raises(ValueError, match="search"):
+        magnitude_topk(torch.rand(4, 4), 0.5, search="sample")

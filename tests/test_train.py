@@ -299,3 +299,19 @@ def test_strategy_must_be_a_step_strategy():
     with pytest.raises(TypeError, match="strategy must be a pwlab.train.StepStrategy, got str"):
         Trainer(["wine"], strategy="distributed")
     assert type(Trainer(["wine"]).strategy) is StepStrategy
+
+
+def test_make_optimizer_builds_the_configured_optimizer_over_given_params(task_list):
+    """The public factory checkpoint loading uses: config's optimizer and lr, the model's
+    parameters by default, stand-in tensors when given; the trainer's own optimizer untouched."""
+    tr = Trainer(task_list, _cfg().with_train(optimizer="sgd", lr=0.02))
+    own = tr.optimizer
+    opt = tr.make_optimizer()
+    assert isinstance(opt, torch.optim.SGD) and opt is not own and tr.optimizer is own
+    assert opt.param_groups[0]["lr"] == 0.02
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in tr.model.parameters()]
+    dummy = [torch.zeros_like(p) for p in tr.model.parameters()]
+    stand_in = tr.make_optimizer(dummy)
+    assert all(a is b for a, b in zip(stand_in.param_groups[0]["params"], dummy))
+    assert isinstance(Trainer(task_list, _cfg()).make_optimizer(), torch.optim.AdamW)
+    assert not hasattr(tr, "_make_optimizer")

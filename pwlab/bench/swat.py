@@ -1,7 +1,7 @@
 """``pwlab bench swat``: wall-clock of a SWAT linear layer vs the dense layer, forward + backward.
 
 One JSON object per line: layer, batch, sparsity (weights and activations alike),
-swat_over_dense_time, the kernels the crossover picked, and the two median times per step.
+swat_over_dense_time, the kernels the layer ran, and the two median times per step.
 
 Each measurement is a window of ``topk_period`` training steps (forward, backward, then an
 in-place weight update outside the timer), so the per-refresh costs (top-K thresholds, masks,
@@ -10,7 +10,10 @@ its cost divided over ``topk_period`` steps is in ``swat_ms_per_step``. Dense an
 alternate in the same run; the ratio is median(SWAT window) / median(dense window). Also shown,
 from the same windows: ``swat_refresh_ms``, how much longer the refresh step took than the
 median other step (not an extra cost: already inside the ratio), and ``swat_ms_between_refreshes``.
-The crossover's calibration (once per layer shape and sparsity) runs in the warm-up, untimed.
+With ``--kernel auto`` (the default) the warm-up, untimed, calls :func:`pwlab.swat.calibrate`
+for the batch: the layer's one-time timing of the dense/CSR crossover (once per layer shape,
+sparsity and rows; a SWAT layer's forward never times anything, and an uncalibrated ``auto``
+layer runs the masked dense kernels), so the windows measure the calibrated choice.
 ``--components`` adds ``components_ms``: each piece of the layer's chosen path and of one
 refresh, timed alone after the windows (where the time goes; the pieces do not sum exactly
 to a step: cache effects and autograd are not in them).
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pwlab.swat import SwatLinear, functions, kernels
+from pwlab.swat import SwatLinear, calibrate, functions, kernels
 from pwlab.commands import _args
 
 
@@ -52,7 +55,9 @@ def measure(d: int, batch: int, sparsity: float, *, repeats: int, topk_period: i
     swat.load_state_dict(dense.state_dict())
     x = torch.relu(torch.randn(batch, d)) + 0.01 * torch.randn(batch, d)   # post-ReLU-like input
     g = torch.randn(batch, d)
-    _window(dense, x, g, 2), _window(swat, x, g, topk_period)             # warm-up (and calibration)
+    if kernel == "auto":
+        calibrate(swat, batch)                                            # the one-time crossover timing
+    _window(dense, x, g, 2), _window(swat, x, g, topk_period)             # warm-up
     td, ts, first, rest = [], [], [], []
     for _ in range(repeats):
         td.append(sum(_window(dense, x, g, topk_period)))

@@ -1,4 +1,4 @@
-"""Sparse matmul kernels for SWAT linear layers: torch CSR × dense, chosen by a measured crossover.
+"""Sparse matmul kernels for SWAT linear layers: torch CSR × dense, chosen by a one-time calibration.
 
 Why CSR and why cached indices: on CPU, ``torch.sparse.mm(csr, dense)`` beats a dense matmul
 only at high sparsity and for large layers, and building a CSR from a fresh mask
@@ -14,10 +14,12 @@ empty result (``torch.sparse.mm`` zero-fills and then copies zeros over its resu
 grad_W kernel's output (grad_Wᵀ row-major) is handed over as is when W is stored in (in, out)
 order, which :class:`~pwlab.swat.layers.SwatLinear` arranges on that path.
 
-Which kernel a layer uses is decided per shape and sparsity by :func:`crossover`: a small
-calibration (each path's whole per-step work, its refresh amortized over ``topk_period``,
-alternating runs, best of 7) run once per key and cached, so a layer switches to sparse
-kernels only where they measured faster here.
+Which kernel a ``kernel="auto"`` layer uses is decided per shape, sparsity and row count by
+:func:`crossover`: a small timing (each path's whole per-step work, its refresh amortized over
+``topk_period``, alternating runs, best of 7) run once per key and cached, so a layer switches
+to sparse kernels only where they measured faster here. It runs only when asked for, in the
+explicit one-time calibration :func:`pwlab.swat.calibrate` (a speed choice is never timed
+inside ``forward``); a layer not calibrated for the rows it sees runs the masked dense kernels.
 """
 from __future__ import annotations
 
@@ -155,7 +157,9 @@ def crossover(rows: int, d_in: int, d_out: int, weight_density: float, act_densi
     weight values, and for dense, masking W; each path's refresh (its top-K search, the mask,
     and the CSR index sets or the 0/1 mask in W's dtype) is added divided by ``topk_period``. Activation side: grad_weight
     (gᵀ·x_s) plus building x_s (CSR: compare, nonzero, gather; dense: a masking multiply).
-    Cached per key.
+    Cached per key. Called by :meth:`SwatLinear.calibrate_kernels
+    <pwlab.swat.layers.SwatLinear.calibrate_kernels>` (:func:`pwlab.swat.calibrate`), never by
+    a forward.
     """
     key = (rows, d_in, d_out, round(weight_density, 3), round(act_density, 3), dtype, torch.get_num_threads(),
            topk_period)

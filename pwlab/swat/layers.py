@@ -83,13 +83,14 @@ class _SwatState:
     def _csr_candidate(self, w: Tensor) -> bool:
         """Will this weight likely go to the CSR kernels (so its kept index set is wanted)? The
         plans of the last period tell (a refresh rebuilds them with the same choice); before
-        any, whether the crossover would try CSR at all."""
+        any, the kernel setting: always for ``"sparse"``, for ``"auto"`` where a calibration
+        recorded CSR weights for some row count."""
         plans = getattr(self, "_plans", None)
         if plans:
             return any(p is not None and p.weight_sparse for p in plans.values())
-        return (self.kernel != "dense" and self.fixed_mask and w.dim() == 2
-                and (self.kernel == "sparse" or (1 - self.weight_sparsity <= kernels.MAX_DENSITY
-                                                 and w.numel() >= kernels.MIN_ELEMENTS)))
+        if self.kernel == "auto":
+            return any(w_sp for w_sp, _ in getattr(self, "_kernel_choice", {}).values())
+        return self.kernel == "sparse" and self.fixed_mask and w.dim() == 2
 
     def _dense_mask(self, name: str, w: Tensor) -> Tensor | None:
         """The current mask as 0/1 in ``w``'s dtype (what the masked dense kernels multiply by),
@@ -131,10 +132,17 @@ class SwatLinear(nn.Linear, _SwatState):
         weight_sparsity / act_sparsity: fractions in [0, 1) dropped from W and from the saved input.
         topk_period: steps between top-K refreshes (≥ 1).
         structured: drop whole output rows (weights) and input features (activations) by L1 norm.
-        kernel: ``"auto"`` (CSR kernels where the measured crossover says faster), ``"dense"``
-            (masked dense matmuls), ``"sparse"`` (CSR always; for benchmarks).
+        kernel: ``"auto"`` (CSR kernels for the row counts where a one-time calibration,
+            :func:`pwlab.swat.calibrate`, measured them faster; masked dense kernels for every
+            row count not calibrated, so an uncalibrated ``"auto"`` layer runs as ``"dense"``),
+            ``"dense"`` (masked dense matmuls), ``"sparse"`` (CSR always; for benchmarks).
         fixed_mask: keep the kept weight set between refreshes (default; needed by the CSR
             kernels); False re-masks every step with the cached threshold (dense kernels).
+
+    ``forward`` never times anything: with ``kernel="auto"`` it only looks up the choice that
+    :meth:`calibrate_kernels` (called by :func:`pwlab.swat.calibrate`) recorded for its number
+    of rows. The choice is not part of the ``state_dict``; calibrate again after loading, or
+    after changing the sparsities, the dtype or ``torch.set_num_threads``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_sparsity: float = 0.9,
@@ -147,7 +155,8 @@ class SwatLinear(nn.Linear, _SwatState):
         self._init_swat(weight_sparsity, act_sparsity, topk_period, structured, kernel, fixed_mask)
         self.register_buffer("weight_mask", None, persistent=False)
         self.act_threshold: Tensor | None = None
-        self._plans: dict = {}
+        self._plans: dict = {}                 # rows -> SparsePlan, or None: masked dense kernels
+        self._kernel_choice: dict = {}         # rows -> (weight_csr, act_csr) recorded by calibrate_kernels
 
     def forward(self, x: Tensor) -> Tensor:
         _checks.float_input("x", x, self.weight.device, self.weight.dtype)
@@ -182,11 +191,9 @@ class SwatLinear(nn.Linear, _SwatState):
             return None
         rows = x2.shape[0]
         if rows not in self._plans:
-            if self.kernel == "sparse":
-                w_sp, a_sp = True, True
-            else:
-                w_sp, a_sp = kernels.crossover(rows, self.in_features, self.out_features, 1 - self.weight_sparsity,
-                                               1 - self.act_sparsity, x2.dtype, self.topk_period)
+            # "auto": the calibrated choice for this many rows, looked up (never timed here);
+            # rows not calibrated run the masked dense kernels
+            w_sp, a_sp = (True, True) if self.kernel == "sparse" else self._kernel_choice.get(rows, (False, False))
             w_sp, a_sp = w_sp and self.weight_mask is not None, a_sp and self.act_sparsity > 0
             if a_sp:
                 self._store_in_out_order()
@@ -195,6 +202,29 @@ class SwatLinear(nn.Linear, _SwatState):
                                                     kernels.in_out_order(self.weight))
                                  if (w_sp or a_sp) else None)
         return self._plans[rows]
+
+    def calibrate_kernels(self, rows: int) -> tuple[bool, bool]:
+        """Time the dense/CSR crossover for ``rows`` input rows (``batch·tokens``) and record it.
+
+        A ``kernel="auto"`` layer's one-time calibration (:func:`pwlab.swat.calibrate` calls
+        this for every such layer of a model): :func:`~pwlab.swat.kernels.crossover` times both
+        kernels on synthetic data of this layer's shape, sparsities, dtype and ``topk_period``
+        (cached per key, so equal layers are timed once), and ``forward`` then uses the choice
+        for inputs of ``rows`` rows. Structured and ``fixed_mask=False`` layers always use the
+        masked dense kernels (nothing is timed). Returns ``(weight_csr, act_csr)``.
+        """
+        _checks.positive_int("rows", rows)
+        if self.kernel != "auto":
+            raise ValueError(f"calibrate_kernels needs kernel='auto'; this layer has kernel={self.kernel!r}, "
+                             "which fixes its kernels")
+        choice = (False, False)
+        if not self.structured and self.fixed_mask:
+            w_sp, a_sp = kernels.crossover(rows, self.in_features, self.out_features, 1 - self.weight_sparsity,
+                                           1 - self.act_sparsity, self.weight.dtype, self.topk_period)
+            choice = (bool(w_sp and self.weight_sparsity > 0), bool(a_sp and self.act_sparsity > 0))
+        self._kernel_choice[rows] = choice
+        self._plans.pop(rows, None)                  # the next forward of this many rows plans anew
+        return choice
 
     def _store_in_out_order(self) -> None:
         """Store W (values and shape unchanged) in (in, out) memory order, once.
