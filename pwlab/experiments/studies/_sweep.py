@@ -56,3 +56,15 @@ def numbers(runs: list[dict]) -> dict:
     """:func:`pwlab.experiments.common.spread` of every numeric sweep key over the runs."""
     return {k: common.collect(runs, k) for k, v in runs[0].items()
             if k.startswith("sweep/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def summary(runs: list[dict], numbers: dict, measured: str, holds, *, knob: str, paper_value, metric: str,
+            headline: str, **extra) -> dict:
+    """What every study's ``summarize`` returns: ``measured`` text, ``held`` (``holds`` of the
+    mean of every number over the seeds), ``seeds_held`` (``holds`` of each run), ``numbers``
+    and ``sweep`` (the ``knob``, its ``paper_value``, ``metric`` naming the sweep of the
+    ``headline`` metric per point, and ``extra`` entries: threshold, paper number, second sweeps)."""
+    return {"measured": measured, "held": bool(holds({k: v["mean"] for k, v in numbers.items()})),
+            "seeds_held": sum(bool(holds(r)) for r in runs), "numbers": numbers,
+            "sweep": {"knob": knob, "metric": metric, "paper_value": paper_value, **extra,
+                      "points": sweep(runs, headline)}}

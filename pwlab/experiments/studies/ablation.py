@@ -85,9 +85,7 @@ def summarize(runs: list[dict]) -> dict:
     parts = [f"{v}: own drop >= {common.fmt(numbers[_sweep.key(v, 'min_self_drop')], 1)} (mean "
              f"{common.fmt(numbers[_sweep.key(v, 'mean_self_drop')], 1)}), worst other "
              f"{common.fmt(numbers[_sweep.key(v, 'max_other_drop')], 1)}" for v in _sweep.points(runs[0])]
-    return {"measured": "points lost when a task's top-2 pathway is off: " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "smallest own drop, points", "paper_value": PAPER_VALUE,
-                      "threshold": MIN_SELF_DROP, "points": _sweep.sweep(runs, "min_self_drop"),
-                      "other": _sweep.sweep(runs, "max_other_drop")}}
+    return _sweep.summary(runs, numbers, "points lost when a task's top-2 pathway is off: " + "; ".join(parts), _holds,
+                          knob=KNOB, paper_value=PAPER_VALUE, metric="smallest own drop, points",
+                          headline="min_self_drop", threshold=MIN_SELF_DROP,
+                          other=_sweep.sweep(runs, "max_other_drop"))

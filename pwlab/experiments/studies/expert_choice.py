@@ -79,8 +79,6 @@ def summarize(runs: list[dict]) -> dict:
         losses = ", ".join(f"{n} {common.fmt(numbers[_sweep.key(v, f'final_loss/{n}')], 3)}" for n in ROUTERS)
         parts.append(f"E={v}: vs top-1 {common.fmt(numbers[_sweep.key(v, 'speedup/top1')])}x, vs top-2 "
                      f"{common.fmt(numbers[_sweep.key(v, 'speedup/top2')])}x (final val loss {losses})")
-    return {"measured": f"steps ratio of expert choice, {runs[0]['steps']} steps: " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "smaller speed-up (vs top-1, top-2)", "paper_value": PAPER_VALUE,
-                      "paper_number": 2.0, "threshold": MIN_SPEEDUP, "points": _sweep.sweep(runs, "speedup/min")}}
+    return _sweep.summary(runs, numbers, f"steps ratio of expert choice, {runs[0]['steps']} steps: " + "; ".join(parts),
+                          _holds, knob=KNOB, paper_value=PAPER_VALUE, metric="smaller speed-up (vs top-1, top-2)",
+                          headline="speedup/min", paper_number=2.0, threshold=MIN_SPEEDUP)

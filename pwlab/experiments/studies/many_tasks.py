@@ -85,8 +85,6 @@ def summarize(runs: list[dict]) -> dict:
         return (f"{n[-1]} {common.fmt(numbers[_sweep.key(v, f'single/{n}')], 3)}→"
                 f"{common.fmt(numbers[_sweep.key(v, f'multi/{n}')], 3)}")
     parts = [f"p={v}: " + ", ".join(pair(v, n) for n in ("mmoe_a", "mmoe_b")) for v in _sweep.points(runs[0])]
-    return {"measured": "test MSE alone→together (500 examples per task): " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "worst MSE ratio, together / alone", "paper_value": PAPER_VALUE,
-                      "threshold": TOLERANCE, "points": _sweep.sweep(runs, "worst_ratio")}}
+    return _sweep.summary(runs, numbers, "test MSE alone→together (500 examples per task): " + "; ".join(parts),
+                          _holds, knob=KNOB, paper_value=PAPER_VALUE, metric="worst MSE ratio, together / alone",
+                          headline="worst_ratio", threshold=TOLERANCE)

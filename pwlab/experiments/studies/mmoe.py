@@ -68,11 +68,8 @@ def _holds(run_or_means: dict) -> bool:
 
 def summarize(runs: list[dict]) -> dict:
     numbers = _sweep.numbers(runs)
-    means = {k: v["mean"] for k, v in numbers.items()}
     parts = [f"p={v}: shared {common.fmt(numbers[_sweep.key(v, 'shared_bottom')], 3)} vs MMoE "
              f"{common.fmt(numbers[_sweep.key(v, 'mmoe')], 3)}" for v in _sweep.points(runs[0])]
-    return {"measured": f"test MSE at d={NUM_FEATURES}, " + "; ".join(parts), "held": _holds(means),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "advantage (shared − MMoE test MSE)", "paper_value": PAPER_VALUE,
-                      "threshold": 0.0,
-                      "points": _sweep.sweep(runs, "advantage")}}
+    return _sweep.summary(runs, numbers, f"test MSE at d={NUM_FEATURES}, " + "; ".join(parts), _holds,
+                          knob=KNOB, paper_value=PAPER_VALUE, metric="advantage (shared − MMoE test MSE)",
+                          headline="advantage", threshold=0.0)

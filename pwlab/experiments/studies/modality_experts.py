@@ -84,9 +84,7 @@ def summarize(runs: list[dict]) -> dict:
     numbers = _sweep.numbers(runs)
     parts = [f"{v}: {numbers[_sweep.key(v, 'init')]['mean']:.2f}→{common.fmt(numbers[_sweep.key(v, 'trained')])} "
              f"(rise {common.fmt(numbers[_sweep.key(v, 'rise')])})" for v in _sweep.points(runs[0])]
-    return {"measured": "I(E;sense) bits init→trained, block of the largest rise: " + "; ".join(parts),
-            "held": numbers[_sweep.key(PAPER_VALUE, "rise")]["mean"] >= RISE_BITS,
-            "seeds_held": sum(headline(r) >= RISE_BITS for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "rise of I(E;sense), bits", "paper_value": PAPER_VALUE,
-                      "threshold": RISE_BITS, "points": _sweep.sweep(runs, "rise"),
-                      "trained": _sweep.sweep(runs, "trained")}}
+    return _sweep.summary(runs, numbers, "I(E;sense) bits init→trained, block of the largest rise: " + "; ".join(parts),
+                          lambda r: r[_sweep.key(PAPER_VALUE, "rise")] >= RISE_BITS, knob=KNOB,
+                          paper_value=PAPER_VALUE, metric="rise of I(E;sense), bits", headline="rise",
+                          threshold=RISE_BITS, trained=_sweep.sweep(runs, "trained"))

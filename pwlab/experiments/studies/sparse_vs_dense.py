@@ -76,9 +76,6 @@ def summarize(runs: list[dict]) -> dict:
     numbers["dense_final_loss"] = common.collect(runs, "dense_final_loss")
     parts = [f"E={v}: {common.fmt(numbers[_sweep.key(v, 'step_ratio')])}x (final loss "
              f"{common.fmt(numbers[_sweep.key(v, 'final_loss')], 3)})" for v in _sweep.points(runs[0])]
-    return {"measured": "step ratio to the dense final val loss "
-                        f"{common.fmt(numbers['dense_final_loss'], 3)}: " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "step ratio (sparse vs dense)", "paper_value": PAPER_VALUE,
-                      "paper_number": 7.0, "threshold": 1.0, "points": _sweep.sweep(runs, "step_ratio")}}
+    measured = f"step ratio to the dense final val loss {common.fmt(numbers['dense_final_loss'], 3)}: " + "; ".join(parts)
+    return _sweep.summary(runs, numbers, measured, _holds, knob=KNOB, paper_value=PAPER_VALUE,
+                          metric="step ratio (sparse vs dense)", headline="step_ratio", paper_number=7.0, threshold=1.0)

@@ -75,10 +75,6 @@ def summarize(runs: list[dict]) -> dict:
     parts = [f"width {v}: {common.fmt(numbers[_sweep.key(v, 'flop_ratio')], 1)}x fewer FLOPs, acc dense "
              f"{common.fmt(numbers[_sweep.key(v, 'dense_acc')], 1)}% vs SWAT "
              f"{common.fmt(numbers[_sweep.key(v, 'swat_acc')], 1)}%" for v in _sweep.points(runs[0])]
-    return {"measured": "SWAT-U 90%, whole model: " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "whole-model FLOP ratio", "paper_value": PAPER_VALUE,
-                      "paper_number": 1 / (1 - 0.856), "threshold": MIN_FLOP_RATIO,
-                      "points": _sweep.sweep(runs, "flop_ratio"),
-                      "gap": _sweep.sweep(runs, "gap")}}
+    return _sweep.summary(runs, numbers, "SWAT-U 90%, whole model: " + "; ".join(parts), _holds, knob=KNOB,
+                          paper_value=PAPER_VALUE, metric="whole-model FLOP ratio", headline="flop_ratio",
+                          paper_number=1 / (1 - 0.856), threshold=MIN_FLOP_RATIO, gap=_sweep.sweep(runs, "gap"))

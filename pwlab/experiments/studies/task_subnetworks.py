@@ -83,9 +83,7 @@ def summarize(runs: list[dict]) -> dict:
     parts = [f"{v}: worst drop {common.fmt(numbers[_sweep.key(v, 'worst_drop')], 1)} points with <= "
              f"{numbers[_sweep.key(v, 'max_fraction')]['mean']:.2f} of experts (mean acc "
              f"{common.fmt(numbers[_sweep.key(v, 'mean_acc')], 1)}%)" for v in _sweep.points(runs[0])]
-    return {"measured": "subnetwork vs full model: " + "; ".join(parts),
-            "held": _holds({k: v["mean"] for k, v in numbers.items()}),
-            "seeds_held": sum(_holds(r) for r in runs), "numbers": numbers,
-            "sweep": {"knob": KNOB, "metric": "worst accuracy drop of a subnetwork, points",
-                      "paper_value": PAPER_VALUE, "threshold": MAX_DROP_POINTS,
-                      "points": _sweep.sweep(runs, "worst_drop"), "fraction": _sweep.sweep(runs, "max_fraction")}}
+    return _sweep.summary(runs, numbers, "subnetwork vs full model: " + "; ".join(parts), _holds, knob=KNOB,
+                          paper_value=PAPER_VALUE, metric="worst accuracy drop of a subnetwork, points",
+                          headline="worst_drop", threshold=MAX_DROP_POINTS,
+                          fraction=_sweep.sweep(runs, "max_fraction"))
