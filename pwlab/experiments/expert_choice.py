@@ -27,8 +27,9 @@ MIN_SPEEDUP = 2.0
 ROUTERS = ("expert_choice", "top2", "top1")
 
 
-def configs(seed: int) -> dict:
-    base = tiny().with_model(num_experts=NUM_EXPERTS, moe_layers="all").with_train(seed=seed, **common.TRAIN)
+def configs(seed: int, num_experts: int = NUM_EXPERTS) -> dict:
+    """The three routers at the same expert capacity 2N/E, every FFN an MoE of ``num_experts``."""
+    base = tiny().with_model(num_experts=num_experts, moe_layers="all").with_train(seed=seed, **common.TRAIN)
     return {"expert_choice": base.with_model(router="expert_choice", router_kwargs={"capacity_factor": 2.0}),
             "top2": base.with_model(router="topk", top_k=2, capacity_factor=1.0),
             "top1": base.with_model(router="topk", top_k=1, capacity_factor=2.0)}

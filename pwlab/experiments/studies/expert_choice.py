@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pwlab.tasks as T
-from pwlab.config import tiny
 from pwlab.experiments import common
+from pwlab.experiments import expert_choice as default_regime
 from pwlab.experiments.studies import _sweep
 from pwlab.train import Trainer
 
@@ -42,10 +42,7 @@ HEADLINE = "smaller speed-up of expert choice at 32 experts, vs top-1 and top-2 
 
 def configs(seed: int, num_experts: int) -> dict:
     """The three routers at the same expert capacity 2N/E (the default regime's, with E experts)."""
-    base = tiny().with_model(num_experts=num_experts, moe_layers="all").with_train(seed=seed, **common.TRAIN)
-    return {"expert_choice": base.with_model(router="expert_choice", router_kwargs={"capacity_factor": 2.0}),
-            "top2": base.with_model(router="topk", top_k=2, capacity_factor=1.0),
-            "top1": base.with_model(router="topk", top_k=1, capacity_factor=2.0)}
+    return default_regime.configs(seed, num_experts)
 
 
 def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
