@@ -1,7 +1,8 @@
-"""Trainer checkpoints: one file of plain containers, loaded without executing code.
+"""Trainer checkpoints: what one holds, and how it is checked against a trainer and applied.
 
-The file is ``torch.save`` of a dict holding only dicts, lists, tuples, strings, numbers,
-booleans, None and tensors::
+A checkpoint is the dict :func:`trainer_state` captures from a trainer, written and read as
+a file by :mod:`pwlab.checkpoint_file` (atomic write, digest, reading without executing
+code; its names are re-exported here). The dict holds only plain containers and tensors::
 
     format "pwlab-checkpoint", version 1, config (Config.to_dict()), tasks (names),
     router {"name": config's router name, "class": "module.QualName" of its class},
@@ -22,17 +23,11 @@ in a new process once the same registration has run there (import the module tha
 it); without it, loading fails with an error naming the name, the class and its module.
 The checkpoint never imports that module itself: loading executes no code from the file.
 
-Integrity: the digest is recomputed on load; a file whose contents changed after it was
-written (flipped bytes that still unpickle, an edited value) raises
-:class:`CheckpointIntegrityError` (a ``ValueError``). A file written before digests existed
-loads with a :class:`UserWarning` saying it could not be checked.
-
-Files are written to a temporary file ``.<name>.<pid>.<random>.tmp`` in the same folder and
-renamed over the target (atomic on POSIX), so an interrupted save never leaves a half-written
-checkpoint behind. A save killed outright (SIGKILL, power loss) leaves its temporary file;
-the next save or load of that checkpoint removes such files when they are stale: the process
-that wrote them is no longer running on this machine, or they are older than
-``STALE_TEMP_AGE_S`` (older pwlab names, ``.<name>.<random>.tmp``, carry no process id).
+Integrity and files (see :mod:`pwlab.checkpoint_file`): a file whose contents changed after
+it was written raises :class:`CheckpointIntegrityError` (a ``ValueError``), one without a
+digest (older pwlab) loads with a :class:`UserWarning`; a save goes to a temporary file
+renamed over the target, and stale temporary files of killed saves are removed
+(``STALE_TEMP_AGE_S``).
 
 Devices: tensors are read onto the CPU (``map_location="cpu"``), so a checkpoint written on
 a GPU reads on a machine without one; :meth:`pwlab.train.Trainer.load` then builds the
@@ -40,105 +35,23 @@ trainer on ``device`` (default: the checkpoint's device when it is available, el
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from pwlab import tasks as registry
+from pwlab.checkpoint_file import (DIGEST, FORMAT, STALE_TEMP_AGE_S, VERSION, CheckpointIntegrityError,
+                                   clean_stale_temps, payload_digest, read_state, write_state)
 from pwlab.config import RESUMABLE_DIFFERENCES, Config
 from pwlab.history import from_dict
 from pwlab.routing import ROUTERS
 
-FORMAT = "pwlab-checkpoint"
-VERSION = 1
+__all__ = ["FORMAT", "VERSION", "DIGEST", "STALE_TEMP_AGE_S", "CheckpointIntegrityError", "payload_digest",
+           "write_state", "clean_stale_temps", "read_checkpoint", "trainer_state", "save_trainer",
+           "restore_trainer", "load_state", "load_trainer", "available_device"]
+
 _KEYS = ("format", "version", "config", "tasks", "step", "model", "optimizer", "sampler", "rng", "history")
-DIGEST = "sha256"
-#: a temporary file of a save is stale after this many seconds even if its process id is in use
-STALE_TEMP_AGE_S = 600.0
-_IN_FLIGHT: set[str] = set()        # temporary files this process is writing right now
-
-
-class CheckpointIntegrityError(ValueError):
-    """A checkpoint's contents do not match the digest written with them (changed or damaged file)."""
-
-
-def payload_digest(state: dict) -> str:
-    """``"sha256:<hex>"`` over every entry of ``state`` except ``"digest"``.
-
-    The hash covers the contents, not the file's bytes: keys (in sorted order), types, and
-    every tensor's dtype, shape and raw data (on the CPU), so it is the same for a state
-    saved from a GPU and read onto the CPU. Lists and tuples hash alike.
-    """
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != "digest"})
-    return f"{DIGEST}:{h.hexdigest()}"
-
-
-def _feed(h, obj) -> None:
-    # a tag and a length before every value, so no two different states share a byte stream
-    def tagged(tag: bytes, data: bytes) -> None:
-        h.update(tag + len(data).to_bytes(8, "little") + data)
-
-    if obj is None:
-        h.update(b"N")
-    elif isinstance(obj, bool):
-        h.update(b"B1" if obj else b"B0")
-    elif isinstance(obj, int):
-        tagged(b"I", str(obj).encode())
-    elif isinstance(obj, float):
-        tagged(b"F", obj.hex().encode())
-    elif isinstance(obj, str):
-        tagged(b"S", obj.encode("utf-8", "surrogatepass"))
-    elif isinstance(obj, bytes):
-        tagged(b"Y", obj)
-    elif isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if t.layout != torch.strided:
-            raise TypeError(f"cannot digest a {t.layout} tensor")
-        tagged(b"T", f"{t.dtype}{tuple(t.shape)}".encode())
-        data = t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(memoryview(data))
-    elif isinstance(obj, dict):
-        items = [(_key_bytes(k), v) for k, v in obj.items()]
-        items.sort(key=lambda kv: kv[0])
-        h.update(b"D" + len(items).to_bytes(8, "little"))
-        for kb, v in items:
-            h.update(kb)
-            _feed(h, v)
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"L" + len(obj).to_bytes(8, "little"))
-        for v in obj:
-            _feed(h, v)
-    else:
-        raise TypeError(f"cannot digest a value of type {type(obj).__name__}")
-
-
-def _key_bytes(key) -> bytes:
-    sub = hashlib.sha256()
-    _feed(sub, key)
-    return sub.digest()
-
-
-def _check_digest(state: dict, path) -> None:
-    recorded = state.get("digest")
-    if recorded is None:
-        warnings.warn(f"{str(path)!r} has no integrity digest (written by an older pwlab): it is loaded "
-                      "unchecked; save it again to add one", UserWarning, stacklevel=5)
-        return
-    try:
-        actual = payload_digest(state)
-    except TypeError as e:
-        raise CheckpointIntegrityError(f"{str(path)!r} failed its integrity check: {e}") from None
-    if not isinstance(recorded, str) or recorded != actual:
-        raise CheckpointIntegrityError(
-            f"{str(path)!r} failed its integrity check: its contents hash to {actual}, the file records "
-            f"{recorded!r}; it was changed or damaged after it was written (use another copy)")
 
 
 def trainer_state(trainer, **parts) -> dict:
@@ -171,70 +84,6 @@ def save_trainer(trainer, path) -> None:
     write_state(trainer_state(trainer), path)
 
 
-def write_state(state: dict, path) -> None:
-    """Write a checkpoint dict (from :func:`trainer_state`) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    _IN_FLIGHT.add(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        _IN_FLIGHT.discard(tmp)
-
-
-def clean_stale_temps(path) -> list[Path]:
-    """Remove stale temporary files of saves of ``path`` (see the module docstring); returns them.
-
-    Best effort: a file that cannot be removed (read-only folder) is left in place.
-    """
-    path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp")
-    removed = []
-    try:
-        candidates = list(path.parent.iterdir()) if path.parent.is_dir() else []
-    except OSError:
-        return removed
-    now = time.time()
-    for f in candidates:
-        m = pattern.fullmatch(f.name)
-        if m is None or str(f) in _IN_FLIGHT:
-            continue
-        try:
-            old = now - f.stat().st_mtime > STALE_TEMP_AGE_S
-            pid = int(m.group(1)) if m.group(1) else None
-            if old or (pid is not None and not _running(pid)):
-                f.unlink()
-                removed.append(f)
-        except OSError:
-            continue
-    return removed
-
-
-def _running(pid: int) -> bool:
-    # this process's own files are in _IN_FLIGHT while written; any other of them is left over
-    if pid == os.getpid():
-        return False
-    if os.name != "posix":
-        return True                 # no cheap probe: only the age rule applies
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def read_checkpoint(path) -> dict:
     """Read and validate a checkpoint file; a clear ``ValueError`` for anything else.
 
@@ -243,20 +92,7 @@ def read_checkpoint(path) -> dict:
     the recorded digest; warns when the file has none (written by an older pwlab).
     """
     path = Path(path)
-    clean_stale_temps(path)
-    if not path.is_file():
-        raise ValueError(f"path {str(path)!r} is not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:      # any parse failure (unpickling refused, truncated zip, OSError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{str(path)!r} is not a readable pwlab checkpoint (corrupt, or not a checkpoint): "
-                         f"{first}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pwlab checkpoint (no format marker {FORMAT!r})")
-    if state.get("version") != VERSION:
-        raise ValueError(f"{str(path)!r} has checkpoint version {state.get('version')!r}; this pwlab reads version {VERSION}")
-    _check_digest(state, path)
+    state = read_state(path)            # the file: format, version, digest
     missing = [k for k in _KEYS if k not in state]
     if missing:
         raise ValueError(f"{str(path)!r} is an incomplete pwlab checkpoint: missing {missing}")
@@ -423,7 +259,6 @@ def load_trainer(cls, path, tasks=None, *, callbacks=(), device=None, **kwargs):
     if device != saved:
         config = config.with_train(device=device)
     if tasks is None:
-        from pwlab import tasks as registry
         unknown = [n for n in state["tasks"] if n not in registry.names()]
         if unknown:
             raise ValueError(f"{str(path)!r} names tasks {unknown} that are not in the registry "
@@ -433,10 +268,3 @@ def load_trainer(cls, path, tasks=None, *, callbacks=(), device=None, **kwargs):
     trainer = cls(tasks, config, callbacks=callbacks, **kwargs)
     trainer.strategy.restore(trainer, path, state)
     return trainer
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-

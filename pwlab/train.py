@@ -62,10 +62,7 @@ copy of the record (``as_dict()``) and must only observe (log, plot, stop by rai
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -73,61 +70,17 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from pwlab import tasks as registry
 from pwlab._checks import positive_int
-from pwlab.checkpoint import load_trainer, restore_trainer, save_trainer
-from pwlab.config import PRESETS, Config, preset
+from pwlab.checkpoint import load_trainer
+from pwlab.config import PRESETS, Config, preset, tiny
 from pwlab.history import METRIC_PREFIX, BlockRecord, EvalRecord, Record, SkippedRecord, StepRecord
 from pwlab.model import ModelOutput, PathwaysModel
+from pwlab.nonfinite import (NonFiniteGradientError, NonFiniteLossError, _clip, _input_finding,
+                             _interrupts_deferred, _locate_nonfinite, _nonfinite_inputs)
 from pwlab.observe import observe
-
-_HINT = ("nothing of this step was applied; lower the learning rate or set grad_clip, "
-         "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
-_INPUT_HINT = ("nothing of this step was applied; remove the NaN/Inf values from the task's data, "
-               "or pass TrainConfig(skip_nonfinite=True) to skip such steps")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training met a NaN or Inf: the base of the trainer's non-finite errors.
-
-    Attributes:
-        step: the step that failed (1 for the first).
-        task: the task, or the tasks of the step joined by ", ".
-        tasks: the tasks, as a list.
-        value: the non-finite value (a loss, or a gradient norm), NaN when there is none.
-        what: what went non-finite, in words ("loss nan", "gradient (global norm inf)", ...).
-        where: the parameter or layer found non-finite, or None.
-        skipped: skipped steps in a row before this one (``skip_nonfinite=True``), else 0.
-    """
-
-    def __init__(self, step: int, task, value: float = float("nan"), *, what: str | None = None,
-                 where: str | None = None, detail: str | None = None, skipped: int = 0):
-        tasks = [task] if isinstance(task, str) else list(task)
-        what = what if what is not None else f"loss {value}"
-        place = f"in task {tasks[0]!r}" if len(tasks) == 1 else f"in tasks {', '.join(map(repr, tasks))}"
-        msg = f"non-finite {what} at step {step} {place}"
-        if detail:
-            msg += f": {detail}"
-        if skipped:
-            msg += (f"; {skipped} steps in a row were skipped before it (max_consecutive_skips), "
-                    "so training has diverged")
-        super().__init__(f"{msg} ({_INPUT_HINT if what == 'input' else _HINT})")
-        self.step, self.tasks, self.task, self.value = step, tasks, ", ".join(tasks), value
-        self.what, self.where, self.skipped = what, where, skipped
-
-
-class NonFiniteGradientError(NonFiniteLossError):
-    """A gradient was NaN or Inf (checked before the optimizer step: it was not applied).
-
-    ``where`` is the first parameter (in ``model.named_parameters()`` order) whose gradient is
-    not finite; None when every gradient is finite but their global norm overflowed.
-    """
-
-    def __init__(self, step: int, tasks, norm: float, parameter: str | None, *, skipped: int = 0):
-        detail = (f"first in parameter {parameter!r}" if parameter is not None
-                  else "every gradient is finite, but their global norm overflowed")
-        super().__init__(step, tasks, norm, what=f"gradient (global norm {norm})", where=parameter,
-                         detail=detail, skipped=skipped)
-
+from pwlab.step_strategy import StepStrategy
+from pwlab.tasks import MultiTaskSampler, Task
 
 def evaluate_model(model: PathwaysModel, tasks: Sequence, split: str = "test", max_examples: int | None = None,
                    batch_size: int = 256) -> dict[str, float]:
@@ -153,45 +106,6 @@ def _max_examples(value, allowed: str = "an integer >= 1 or None (every example)
     return value
 
 
-def _nonfinite(obj) -> bool:
-    """Whether a module output (tensor, tuple/list, dataclass of tensors) holds NaN/Inf."""
-    if isinstance(obj, torch.Tensor):
-        return obj.is_floating_point() and obj.numel() > 0 and not bool(torch.isfinite(obj.detach()).all())
-    if isinstance(obj, (tuple, list)):
-        return any(_nonfinite(o) for o in obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return any(_nonfinite(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    return False
-
-
-def _nonfinite_inputs(batches) -> list[str]:
-    """The tasks of ``batches`` whose training input holds NaN/Inf."""
-    return [b.task for b in batches if isinstance(b.x, torch.Tensor) and _nonfinite(b.x)]
-
-
-def _input_finding(tasks: list[str]) -> dict:
-    """What :meth:`Trainer._locate_nonfinite` reports for non-finite inputs of ``tasks``."""
-    return {"tasks": tasks, "what": "input", "where": "input",
-            "detail": f"the training input of task(s) {', '.join(map(repr, tasks))} holds NaN/Inf"}
-
-
-def _total_norm(grads: list) -> torch.Tensor:
-    """The global L2 norm of ``grads`` (as ``clip_grad_norm_`` computes it), without clipping."""
-    if not grads:
-        return torch.zeros(())
-    if hasattr(torch.nn.utils, "get_total_norm"):          # torch >= 2.6
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
-
-
-def _clip(params: list, max_norm: float, total_norm: torch.Tensor) -> None:
-    """Scale gradients to global norm at most ``max_norm`` (``total_norm`` is known finite)."""
-    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):   # torch >= 2.6
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
 def metric_key(task) -> str:
     """History key of a task's evaluation metric: ``"acc/<name>"`` or ``"mse/<name>"``."""
     return f"{METRIC_PREFIX[task.kind]}/{task.name}"
@@ -207,8 +121,6 @@ def _config(config) -> Config:
 
 
 def _tasks(tasks) -> list:
-    from pwlab import tasks as registry
-    from pwlab.tasks import Task
     if isinstance(tasks, str):
         return registry.load(tasks)     # "all" or one name; unknown names list the known ones
     if isinstance(tasks, Task):
@@ -227,83 +139,6 @@ def _tasks(tasks) -> list:
     if not items:
         raise ValueError(f"tasks must hold at least one task; known task names: {', '.join(registry.names())}")
     return items
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold Ctrl-C until the block ends, so an update is applied whole or not at all."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
-
-
-class StepStrategy:
-    """Where a training step runs: here, one process (every hook does nothing).
-
-    :class:`Trainer` writes the step once — rollback of sampler, generators and buffers,
-    the non-finite checks, skip or raise, clipping, Ctrl-C held around the update — and asks
-    its strategy at the few places where several processes would differ.
-    :class:`pwlab.distributed.trainer.ExpertParallelStrategy` is the other one: experts
-    sharded over a process group, everything else data parallel.
-
-    Hooks, in the order a step calls them:
-
-    - ``setup(trainer)``: once, after the model is built and before the optimizer is made.
-    - ``shard(batches) -> (mine, share)``: this process's TaskBatches of the step and each
-      task's share of it (here: all of it, share 1).
-    - ``agree(value)``: the first process's non-None value, the same on every process, so
-      that every process takes the same branch (a non-finite loss, its task; a non-finite
-      gradient, the first parameter holding one). Here: ``value``.
-    - ``objective(out, names, share) -> Tensor``: what this process differentiates
-      (here ``out.loss``).
-    - ``after_backward(model)``: gradient synchronisation (here: nothing).
-    - ``grad_norm(model, grads) -> Tensor``: the global gradient norm (here: of ``grads``).
-    - ``globalise(record, out, batches, share) -> StepRecord``: the step's record with the
-      whole step's values (here: unchanged).
-    - ``save(trainer, path)``, ``restore(trainer, path, state=None)``: checkpoints
-      (:mod:`pwlab.checkpoint`).
-
-    ``can_locate``: whether the step may rerun the model alone to say which input, parameter
-    or layer went non-finite (a process of a group cannot: the others would not join it).
-    """
-
-    can_locate = True
-
-    def setup(self, trainer: "Trainer") -> None:
-        pass
-
-    def shard(self, batches: Sequence) -> tuple[list, dict[str, float]]:
-        return list(batches), {b.task: 1.0 for b in batches}
-
-    def agree(self, value):
-        return value
-
-    def objective(self, out: ModelOutput, names: Sequence[str], share: dict[str, float]) -> torch.Tensor:
-        return out.loss
-
-    def after_backward(self, model: torch.nn.Module) -> None:
-        pass
-
-    def grad_norm(self, model: torch.nn.Module, grads: list) -> torch.Tensor:
-        return _total_norm(grads)
-
-    def globalise(self, record: StepRecord, out: ModelOutput, batches: Sequence,
-                  share: dict[str, float]) -> StepRecord:
-        return record
-
-    def save(self, trainer: "Trainer", path) -> None:
-        save_trainer(trainer, path)
-
-    def restore(self, trainer: "Trainer", path, state: dict | None = None) -> None:
-        restore_trainer(trainer, path, state)
 
 
 class Trainer:
@@ -325,8 +160,6 @@ class Trainer:
     def __init__(self, tasks: Sequence | str, config: Config | str | None = None, *,
                  model: PathwaysModel | None = None, callbacks: Sequence[Callable] = (),
                  max_consecutive_skips: int = 10, strategy: StepStrategy | None = None):
-        from pwlab.config import tiny
-        from pwlab.tasks import MultiTaskSampler
         self.config = _config(config) if config is not None else tiny()
         self.tasks = _tasks(tasks)
         self.max_consecutive_skips = positive_int("max_consecutive_skips", max_consecutive_skips)
@@ -448,7 +281,7 @@ class Trainer:
                 out = self.model(mine, generator=self.generator)
             except ValueError:
                 # the model's own finiteness checks: say which step, task and tensor, not "the input"
-                found = self._locate_nonfinite(mine) if strategy.can_locate else None
+                found = _locate_nonfinite(self.model, self.generator, mine) if strategy.can_locate else None
                 if found is None:
                     raise
                 err = NonFiniteLossError(step, found["tasks"] or names, what=found["what"], where=found["where"],
@@ -463,7 +296,7 @@ class Trainer:
             if bad is not None:
                 here = out.losses.get(bad, out.aux_loss if bad == "aux_loss" else None)
                 value = float(here.detach()) if here is not None else float("nan")
-                found = self._locate_nonfinite(mine) if strategy.can_locate else None
+                found = _locate_nonfinite(self.model, self.generator, mine) if strategy.can_locate else None
                 task = bad if bad != "aux_loss" else names
                 what = f"auxiliary loss {value}" if bad == "aux_loss" else f"loss {value}"
                 err = NonFiniteLossError(step, task, value, what=what, where=found and found["where"],
@@ -523,55 +356,6 @@ class Trainer:
         warnings.warn(f"skipped step {err.step} ({in_a_row + 1} in a row, at most {self.max_consecutive_skips}): "
                       f"{str(err).split(' (nothing of this step')[0]}", RuntimeWarning, stacklevel=5)
         return rec
-
-    def _locate_nonfinite(self, batches) -> dict | None:
-        """After a failed or non-finite forward: which input, parameter or layer holds NaN/Inf.
-
-        Returns None when nothing non-finite is found. Runs only on the failure path; it
-        draws from a copy of the routing generator and the dropout stream is put back by
-        the caller, so the step can be redone unchanged.
-        """
-        bad_inputs = _nonfinite_inputs(batches)
-        if bad_inputs:
-            return _input_finding(bad_inputs)
-        param = next((n for n, p in self.model.named_parameters() if _nonfinite(p)), None)
-        # rerun each task alone, recording the first layer whose output is not finite
-        failing, layer = [], None
-        first: list[str] = []
-
-        def hook(name):
-            def record(module, args, output):
-                if not first and _nonfinite(output):
-                    first.append(name)
-            return record
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in self.model.named_modules() if n]
-        gen = torch.Generator(device=self.generator.device)
-        gen.set_state(self.generator.get_state())
-        try:
-            with torch.no_grad():
-                for b in batches:
-                    first.clear()
-                    try:
-                        o = self.model([b], generator=gen)
-                        bad = not all(bool(torch.isfinite(v)) for v in o.losses.values())
-                    except (ValueError, RuntimeError, FloatingPointError):
-                        bad = True
-                    if bad:
-                        failing.append(b.task)
-                        layer = layer or (first[0] if first else None)
-        finally:
-            for h in handles:
-                h.remove()
-        if param is not None:
-            return {"tasks": failing, "what": "forward pass", "where": param,
-                    "detail": f"parameter {param!r} holds NaN/Inf (the model diverged in an earlier step)"
-                              + (f"; first non-finite output in layer {layer!r}" if layer else "")}
-        if layer is not None:
-            return {"tasks": failing, "what": "forward pass", "where": layer,
-                    "detail": f"the output of layer {layer!r} overflowed to NaN/Inf (the weights and inputs "
-                              "are finite)"}
-        return None
 
     def _commit(self, rec: Record) -> None:
         # the step's dropout draws are now spent: keep the stream where it is

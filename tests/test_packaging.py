@@ -237,7 +237,7 @@ LOCAL_IMPORTS_OK = {
     "pwlab.cli": "start-up time of the `pwlab` command: a sub-command's imports are paid when it runs",
     "pwlab.commands": "the same, and the Jupyter server packages only for `pwlab lab` / `pwlab serve`",
     # imports still to move to the top
-    "pwlab.train": "", "pwlab.config": "", "pwlab.checkpoint": "",
+    "pwlab.config": "",
 }
 
 

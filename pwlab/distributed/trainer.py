@@ -42,7 +42,8 @@ from pwlab.distributed.ep_moe import ExpertParallelMoE
 from pwlab.distributed.parallel import clip_grad_norm_, expert_parallel, shard_batches, sync_gradients
 from pwlab.history import StepRecord
 from pwlab.model import ModelOutput
-from pwlab.train import StepStrategy, Trainer
+from pwlab.step_strategy import StepStrategy
+from pwlab.train import Trainer
 
 
 class ExpertParallelStrategy(StepStrategy):
