@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pwlab import _checks
 from pwlab.experts import ExpertBank
 from pwlab.moe import MoEStats
-from pwlab.routing.base import Routing
+from pwlab.routing.contract import Routing
 
 
 class SoftMoE(nn.Module):

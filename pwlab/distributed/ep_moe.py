@@ -35,7 +35,7 @@ from pwlab.dispatch import Backend, Kept
 from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
 from pwlab.moe import MoE, MoEStats
-from pwlab.routing.base import Routing
+from pwlab.routing.contract import Routing
 from pwlab.swat.experts import is_swat_bank, swat_settings
 
 
