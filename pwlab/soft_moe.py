@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from pwlab import _checks
 from pwlab.experts import ExpertBank
-from pwlab.moe import MoEStats
+from pwlab.moe_stats import MoEStats
 from pwlab.routing.contract import Routing
 
 
