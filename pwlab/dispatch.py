@@ -31,7 +31,7 @@ from torch import Tensor
 
 from pwlab import expert_kernels as kernels
 from pwlab.experts import ExpertBank, GatedExpertBank
-from pwlab.routing.base import Routing
+from pwlab.routing.contract import Routing
 
 
 def sort_by_priority(routing: Routing, policy: str = "position") -> tuple[Tensor, Tensor]:

@@ -58,7 +58,8 @@ from torch import Tensor, nn
 from pwlab import _checks
 from pwlab.experts import GatedExpertBank
 from pwlab.moe import MoE
-from pwlab.routing.base import LinearGate, Routing, token_choice
+from pwlab.routing.base import LinearGate
+from pwlab.routing.contract import Routing, token_choice
 from pwlab.routing.topk import TopK
 
 #: the transformers block classes :func:`moe_from_hf` converts, by class name

@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from pwlab import _checks
-from pwlab.moe import MoE, MoEStats
+from pwlab.moe import MoE
+from pwlab.moe_stats import MoEStats
 from pwlab.pathways import mutual_information
 from pwlab.routing import ROUTERS, make_router
 

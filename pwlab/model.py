@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from pwlab.config import ModelConfig
 from pwlab.experts import ACTIVATIONS
-from pwlab.moe import MoE, MoEStats
+from pwlab.moe import MoE
+from pwlab.moe_stats import MoEStats
 from pwlab.routing import make_router
 from pwlab.senses import SENSES, Senses, Tokens, pad_cat
 from pwlab.tasks import batches as task_batches

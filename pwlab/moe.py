@@ -41,32 +41,28 @@ OLMoE and DeepSeek-MoE, ``down(silu(gate(x)) * up(x))`` without biases
 (:class:`~pwlab.experts.GatedExpertBank`). The fused path is for the plain bank only; a gated
 bank takes the fast padded dispatch (plain autograd through ``forward_padded``) or the loop.
 
-DeepSeek-MoE (Dai et al. 2024, arXiv 2401.06066). ``num_shared_experts=s`` adds s always-on
-experts of the same kind and width: ``y = routed(x) + Σ_i shared_i(x)`` for every token (the
-routing, and so :class:`MoEStats`, covers the routed experts only; ablation with
-:meth:`MoE.disabled` leaves the shared ones on); ``shared_gate=True`` scales their sum by a
-per-token ``sigmoid(x·w_s)``, as Qwen-MoE. :meth:`MoE.fine_grained` splits each of E
-experts into m experts of width H/m and routes top-(m·k): the same expert FLOPs per token and
-the same expert weights, many more combinations of experts.
+DeepSeek-MoE's shared experts (``num_shared_experts``, ``shared_gate``) and fine-grained experts
+(:meth:`MoE.fine_grained`) are built and run by :mod:`pwlab.deepseek_moe`. :class:`MoEStats`
+(:mod:`pwlab.moe_stats`) and the argument checks (:mod:`pwlab.moe_inputs`) have their own modules;
+this one is the layer and its forward path.
 """
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 
 from pwlab import _checks, fused, losses
+from pwlab.deepseek_moe import fine_grained_router, make_shared, shared_forward
 from pwlab.dispatch import (DISPATCH_BACKENDS, Backend, apply_capacity, dispatch_fast, dispatch_loop,  # noqa: F401
                             keep, slot_positions, sort_by_priority)
 from pwlab.experts import make_experts
-from pwlab.routing import ROUTERS, make_router
-from pwlab.routing.base import Router, Routing
+from pwlab.moe_inputs import checked_tokens, expert_indices
+from pwlab.moe_stats import MoEStats, _FusedStats
+from pwlab.routing.base import Router
+from pwlab.routing.contract import Routing
 from pwlab.routing.topk import TopK
 
 CAPACITY_CONVENTIONS = ("k_tokens", "tokens")
@@ -81,79 +77,6 @@ DROPLESS_LAYOUTS = ("auto", "grouped", "padded")
 AUX_LOSSES = ("load_balancing", "z_loss", "importance_load", "entropy_local", "entropy_global")
 DEFAULT_AUX_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3, "importance_load": 1e-2,
                        "entropy_local": 0.0, "entropy_global": 0.0}
-
-
-@dataclass(frozen=True, eq=False)
-class MoEStats:
-    """What one MoE call did.
-
-    Fields:
-        counts: (E,) long, kept (computed) assignments per expert.
-        proposed_counts: (E,) long, the router's assignments per expert, before capacity.
-        aux_losses: unweighted auxiliary losses by name (differentiable).
-        aux_loss: () their weighted sum (differentiable).
-        proposed: the router's :class:`Routing` (before capacity and ablation).
-        kept: (A,) bool, which proposed assignments were computed.
-        capacity: C, or None when dropless.
-
-    Derived on first access (so a training loop that never looks pays nothing), detached:
-        routing: the kept :class:`Routing`, what the pathway maps count.
-        load: (E,) float, fraction of the kept assignments per expert.
-        dropped_fraction: () float, dropped / proposed assignments (expert choice: the
-            fraction of tokens that no expert took).
-        router_entropy: () float, mean per-token routing entropy in nats.
-    """
-
-    counts: Tensor
-    proposed_counts: Tensor
-    aux_losses: dict[str, Tensor]
-    aux_loss: Tensor
-    proposed: Routing
-    kept: Tensor
-    capacity: int | None = None
-
-    @cached_property
-    def routing(self) -> Routing:
-        return self.proposed.select(self.kept)
-
-    @cached_property
-    def load(self) -> Tensor:
-        return self.counts.float() / self.counts.sum().clamp_min(1)
-
-    @cached_property
-    def dropped_fraction(self) -> Tensor:
-        p = self.proposed
-        if p.kind == "expert_choice":
-            if p.num_tokens == 0:
-                return torch.zeros(())
-            taken = torch.zeros(p.num_tokens, dtype=torch.bool, device=self.kept.device)
-            taken[p.token[self.kept]] = True
-            return 1 - taken.float().mean()
-        if p.num_assignments == 0:
-            return torch.zeros(())
-        return 1 - self.counts.sum().float() / p.num_assignments
-
-    @cached_property
-    def router_entropy(self) -> Tensor:
-        return losses.router_entropy(self.proposed.probs.detach(), check_finite=False)
-
-
-class _FusedStats(MoEStats):
-    """:class:`MoEStats` of the fused path, whose ``proposed`` routing is assembled on first read
-    from the fused node's rank-major tensors (most training steps never read it)."""
-
-    def __init__(self, raw: tuple[Tensor, Tensor, Tensor, Tensor], **fields):
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_raw", raw)
-
-    @cached_property
-    def proposed(self) -> Routing:
-        expert_t, weight_t, probs_t, logits_t = self._raw
-        k, n = expert_t.shape
-        token, rank = fused.rank_major_layout(n, k, expert_t.device)
-        return Routing(token=token, expert=expert_t.reshape(-1), weight=weight_t.reshape(-1), rank=rank,
-                       probs=probs_t.t(), logits=logits_t.t())
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float | None,
@@ -239,12 +162,8 @@ class MoE(nn.Module):
         self.experts = make_experts(expert, num_experts, d_model, d_hidden, activation)
         self.expert_kind = expert
         self.num_shared_experts = _checks.positive_int("num_shared_experts", num_shared_experts, minimum=0)
-        self.shared_experts = (make_experts(expert, num_shared_experts, d_model, d_hidden, activation)
-                               if num_shared_experts else None)
-        if shared_gate and not num_shared_experts:
-            raise ValueError("shared_gate=True needs num_shared_experts >= 1 (it gates the shared experts), "
-                             "got num_shared_experts=0")
-        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
+        self.shared_experts, self.shared_gate = make_shared(expert, self.num_shared_experts, d_model, d_hidden,
+                                                            activation, shared_gate)
         self.granularity = 1         # m of MoE.fine_grained (shown in the repr)
         self.d_model, self.d_hidden, self.num_experts = d_model, d_hidden, num_experts
         # experts switched off for ablation (see `disabled`); not saved in checkpoints
@@ -304,7 +223,7 @@ class MoE(nn.Module):
         """Within the block, assignments to ``experts`` are dropped (their output is zero).
 
         ``experts``: an iterable of expert indices (ints in ``[0, num_experts)``), e.g. ``[0, 3]``."""
-        idx = self._expert_indices(experts)
+        idx = expert_indices(experts, self.num_experts, self.enabled.device)
         before, before_flag = self.enabled.clone(), self._all_enabled
         self.enabled[idx] = False
         self._all_enabled = bool(self.enabled.all())
@@ -314,73 +233,20 @@ class MoE(nn.Module):
             self.enabled.copy_(before)
             self._all_enabled = before_flag
 
-    def _expert_indices(self, experts) -> Tensor:
-        """``experts`` as a long tensor, refusing what is not a collection of in-range integer indices
-        (a float index would be truncated, a string is no index)."""
-        allowed = f"an iterable of expert indices, ints in [0, num_experts={self.num_experts})"
-        if isinstance(experts, Tensor):
-            dtype = experts.dtype
-            if experts.dim() > 1 or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
-                raise TypeError(f"experts must be {allowed}; got a {dtype} tensor of shape {tuple(experts.shape)}")
-            values = experts.reshape(-1).tolist()
-        elif isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
-            raise TypeError(f"experts must be {allowed} (e.g. [{self.num_experts - 1}]); got {experts!r}")
-        else:
-            values = list(experts)
-            bad = [e for e in values if isinstance(e, bool) or not isinstance(e, numbers.Integral)]
-            if bad:
-                raise TypeError(f"experts must be {allowed}; got {values!r} (not an index: {bad[0]!r})")
-        out = [int(e) for e in values if not 0 <= int(e) < self.num_experts]
-        if out:
-            raise ValueError(f"experts must be {allowed}; got {values!r} (out of range: {out[0]})")
-        return torch.as_tensor([int(e) for e in values], dtype=torch.long, device=self.enabled.device)
-
     def forward(self, x: Tensor, *, mask: Tensor | None = None, task: Tensor | None = None,
                 token_ids: Tensor | None = None, groups: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, MoEStats]:
         """Args: x (..., D), finite where ``mask`` is true; mask (...) bool, True for real tokens
         (padding is not routed, so it is not checked either); task / token_ids / groups (...)
         per token ids. Returns y (..., D) and :class:`MoEStats`."""
-        flat, per_token, real = self._checked_tokens(x, mask, generator, task=task, token_ids=token_ids, groups=groups)
+        flat, per_token, real = checked_tokens(x, mask, generator, d_model=self.d_model, device=self.enabled.device,
+                                               dtype=self.experts.w1.dtype, task=task, token_ids=token_ids, groups=groups)
         y, stats = self._forward_tokens(flat, generator=generator, **per_token)   # route → capacity → backend → stats
         if self.shared_experts is not None:
-            y = y + self._shared_forward(flat)
+            y = y + shared_forward(self.shared_experts, self.shared_gate, flat, loop=self.dispatch == "loop")
         if real is not None:                                                       # padding rows get zeros
             y = x.new_zeros(real.shape[0], self.d_model).index_copy(0, torch.nonzero(real).flatten(), y)
         return y.view(x.shape), stats
-
-    def _checked_tokens(self, x: Tensor, mask: Tensor | None, generator, **ids):
-        """The arguments checked, and the real tokens flat: ``(x (N, D), per-token ids (N,) by name,
-        real (numel,) bool or None)``, ``real`` the flattened mask."""
-        _checks.float_input("x", x, self.enabled.device, self.experts.w1.dtype)      # attributes only: no sync
-        _checks.last_dim("x", x, self.d_model)
-        _checks.generator("generator", generator)
-        lead = x.shape[:-1]
-        flat = x if x.dim() == 2 else x.reshape(-1, self.d_model)
-        per_token = {}
-        for name, t in ids.items():
-            if t is not None:
-                t = _checks.integer_ids(name, t).to(x.device)
-                if t.shape != lead:
-                    raise ValueError(f"{name} must have shape {tuple(lead)} (one id per token), got {tuple(t.shape)}")
-                per_token[name] = t.reshape(-1)
-        if mask is None:
-            return flat, per_token, None
-        _checks.bool_mask("mask", mask, lead, x.device)
-        real = mask.reshape(-1).bool()
-        return flat[real], {k: v[real] for k, v in per_token.items()}, real
-
-    def _shared_forward(self, x: Tensor) -> Tensor:
-        """Σ_i shared_i(x) over the shared experts (gated by ``shared_gate`` when there is one), for
-        every token: ``x (N, D) -> (N, D)``."""
-        bank = self.shared_experts
-        if self.dispatch == "loop":                       # the reference: one expert at a time
-            out = sum(bank.forward_expert(i, x) for i in range(bank.num_experts))
-        else:
-            out = bank.forward_padded(x.unsqueeze(0).expand(bank.num_experts, -1, -1)).sum(0)
-        if self.shared_gate is not None:                  # Qwen-MoE: a per-token sigmoid gate on the shared sum
-            out = torch.sigmoid(self.shared_gate(x)) * out
-        return out
 
     @classmethod
     def fine_grained(cls, d_model: int, d_hidden: int, num_experts: int, m: int, *, top_k: int = 2,
@@ -401,20 +267,7 @@ class MoE(nn.Module):
                 (it gets ``top_k=m·top_k``); ``router_kwargs`` are its other arguments.
             **kw: the other :class:`MoE` arguments.
         """
-        m = _checks.positive_int("m", m)
-        _checks.positive_int("d_hidden", d_hidden)
-        _checks.positive_int("num_experts", num_experts)
-        k = _checks.positive_int("top_k", top_k)
-        if d_hidden % m:
-            raise ValueError(f"d_hidden must be divisible by m={m} (each expert is split into m experts of "
-                             f"width d_hidden/m), got d_hidden={d_hidden}")
-        if not isinstance(router, str):
-            raise TypeError(f"router must be a router name for fine_grained (its top_k is multiplied by m), "
-                            f"got {type(router).__name__}")
-        built = make_router(router, **(router_kwargs or {}), **({"top_k": m * k} if _takes_top_k(router) else {}))
-        if built.top_k != m * k:
-            raise ValueError(f"router must take top_k to be fine-grained (top-(m·k) = {m * k}); {router!r} "
-                             f"routes top-{built.top_k}")
+        m, built = fine_grained_router(d_hidden, num_experts, m, top_k, router, router_kwargs)
         layer = cls(d_model, d_hidden // m, m * num_experts, built, **kw)
         layer.granularity = m
         return layer
@@ -532,9 +385,3 @@ class MoE(nn.Module):
         out += f", num_shared_experts={self.num_shared_experts}" if self.num_shared_experts else ""
         out += ", shared_gate=True" if self.shared_gate is not None else ""
         return out + (f", granularity={self.granularity}" if self.granularity != 1 else "")
-
-
-def _takes_top_k(router: str) -> bool:
-    """Whether the router named ``router`` takes ``top_k`` (an unknown name is left to make_router)."""
-    cls = ROUTERS.get(router)
-    return cls is not None and cls.describe().top_k

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from pwlab import _checks
 from pwlab.experts import ExpertBank
-from pwlab.moe import MoEStats
-from pwlab.routing.base import Routing
+from pwlab.moe_stats import MoEStats
+from pwlab.routing.contract import Routing
 
 
 class SoftMoE(nn.Module):

@@ -31,7 +31,8 @@ from torch import nn
 
 from pwlab import fused
 from pwlab.interop import tiny_hf_block
-from pwlab.moe import DROPLESS_LAYOUTS, MoE, _FusedStats, apply_capacity
+from pwlab.moe import DROPLESS_LAYOUTS, MoE, apply_capacity
+from pwlab.moe_stats import _FusedStats
 from pwlab.routing import TopK
 from pwlab.commands import _args
 

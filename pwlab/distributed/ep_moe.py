@@ -34,8 +34,9 @@ from pwlab import losses
 from pwlab.dispatch import Backend, Kept
 from pwlab.distributed.exchange import all_to_all, exchange_counts
 from pwlab.experts import ExpertBank, GatedExpertBank, expert_kind, make_experts
-from pwlab.moe import MoE, MoEStats
-from pwlab.routing.base import Routing
+from pwlab.moe import MoE
+from pwlab.moe_stats import MoEStats
+from pwlab.routing.contract import Routing
 from pwlab.swat.experts import is_swat_bank, swat_settings
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing, softmax_experts
+from pwlab.routing.base import LinearGate, softmax_experts
+from pwlab.routing.contract import Routing
 
 
 def expert_choice_capacity(num_tokens: int, num_experts: int, capacity_factor: float) -> int:

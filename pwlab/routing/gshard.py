@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice, uniform
+from pwlab.routing.base import LinearGate, softmax_experts, uniform
+from pwlab.routing.contract import Routing, token_choice
 
 
 class GShardTop2(LinearGate):

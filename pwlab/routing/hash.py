@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import Router, Routing, token_choice
+from pwlab.routing.base import Router
+from pwlab.routing.contract import Routing, token_choice
 
 
 class HashRouter(Router):

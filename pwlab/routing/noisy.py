@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from pwlab import _checks
 from pwlab.losses import cv_squared
-from pwlab.routing.base import LinearGate, Routing, noise, softmax_experts, token_choice
+from pwlab.routing.base import LinearGate, noise, softmax_experts
+from pwlab.routing.contract import Routing, token_choice
 
 
 class NoisyTopK(LinearGate):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import LinearGate, Routing, softmax_experts, token_choice, uniform
+from pwlab.routing.base import LinearGate, softmax_experts, uniform
+from pwlab.routing.contract import Routing, token_choice
 
 
 class Switch(LinearGate):

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from pwlab import _checks
-from pwlab.routing.base import Router, Routing, softmax_experts, token_choice
+from pwlab.routing.base import Router, softmax_experts
+from pwlab.routing.contract import Routing, token_choice
 
 MODES = ("fixed", "learned", "learned+token")
 

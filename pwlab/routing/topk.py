@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pwlab import _checks
-from pwlab.routing.base import FusedGate, LinearGate, Routing, softmax_experts, token_choice
+from pwlab.routing.base import FusedGate, LinearGate, softmax_experts
+from pwlab.routing.contract import Routing, token_choice
 
 ORDERS = ("softmax_topk", "topk_softmax")
 GATES = ("softmax", "sigmoid")
