@@ -212,6 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         cpu = sum(r["cpu_s"] for r in rows)
         print(f"\n{len(rows)} rows ({', '.join(args.regime)}), {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
               f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s); "
-              f"experiments' CPU time {cpu:.0f}s (time per row: wall summed over seeds, CPU in brackets)")
+              f"experiments' CPU time {cpu:.0f}s (time per row: wall of its jobs summed, CPU in brackets)")
     print(f"claims: wall {wall:.1f}s", file=sys.stderr)
     return 1 if any(r["measured"].startswith("not measured") for r in rows) else 0
