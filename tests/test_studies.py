@@ -228,8 +228,8 @@ def test_saved_full_runs_ship_with_the_package():
     """The saved --json outputs docs/claims.md is made from are package data, readable by name
     (notebooks and their hand-outs read them wherever they run); a wrong name lists the names."""
     from pwlab.bench.claims import saved_rows
-    paper = saved_rows("paper_full_a") + saved_rows("paper_full_b")
-    assert sorted(r["number"] for r in paper) == list(range(1, 9))
+    paper = saved_rows("paper_full")
+    assert [r["number"] for r in paper] == list(range(1, 9))
     assert all(r["regime"] == "paper" and r["seeds"] == 3 and r["sweep"]["points"] for r in paper)
     assert {r["regime"] for r in saved_rows("default_full")} == {"default"}
     with pytest.raises(ValueError, match="name must be one of"):

@@ -158,7 +158,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 
 def saved_rows(name: str) -> list[dict]:
     """The rows of a saved run shipped with pwlab: ``name`` is one of ``default_full``,
-    ``paper_full_a``, ``paper_full_b``, ``paper_quick``."""
+    ``paper_full``, ``paper_quick``."""
     names = sorted(p.stem for p in RESULTS.glob("*.jsonl"))
     if name not in names:
         raise ValueError(f"name must be one of {names}, got {name!r}")
@@ -212,6 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         cpu = sum(r["cpu_s"] for r in rows)
         print(f"\n{len(rows)} rows ({', '.join(args.regime)}), {sum(r['held'] for r in rows)} held; {seeds} seed(s)"
               f"{', quick' if args.quick else ''}; wall {wall:.0f}s with {args.jobs} worker(s); "
-              f"experiments' CPU time {cpu:.0f}s (time per row: wall summed over seeds, CPU in brackets)")
+              f"experiments' CPU time {cpu:.0f}s (time per row: wall of its jobs summed, CPU in brackets)")
     print(f"claims: wall {wall:.1f}s", file=sys.stderr)
     return 1 if any(r["measured"].startswith("not measured") for r in rows) else 0
