@@ -158,7 +158,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 
 def saved_rows(name: str) -> list[dict]:
     """The rows of a saved run shipped with pwlab: ``name`` is one of ``default_full``,
-    ``paper_full``, ``paper_quick``."""
+    ``default_quick``, ``paper_full``, ``paper_quick``."""
     names = sorted(p.stem for p in RESULTS.glob("*.jsonl"))
     if name not in names:
         raise ValueError(f"name must be one of {names}, got {name!r}")
