@@ -8,12 +8,9 @@ here, used by every path that runs the bank by hand — the padded dispatch
 (:class:`pwlab.dispatch.PaddedDispatch`) and the one-node top-k layer (:mod:`pwlab.fused`):
 
 - **padded**: ``buf (E, C, D)``, every expert padded to C rows; two batched matmuls.
-- **grouped**: ``buf (A, D)``, rows grouped by expert (:class:`RowLayout`), no padding. The
-  first E·m rows are an ``(E, m, ·)`` block, m the fewest rows any expert has, computed by
-  batched matmuls as the padded layout is; the rest (each expert's rows beyond m) by one
-  ``addmm`` per expert forward and grouped products backward (``torch._grouped_mm`` where it
-  runs). On a 2-core CPU one batched matmul is faster per FLOP than the same work as one
-  matmul per expert, so the block takes most of the rows at the batched speed.
+- **grouped**: ``buf (A, D)``, rows sorted by expert (:class:`RowLayout`), no padding; one
+  ``addmm`` per expert forward, grouped weight gradients backward (``torch._grouped_mm`` where
+  it runs).
 
 Gathering tokens into rows and combining rows back into tokens is the caller's part (a scatter
 for any routing, a gather for the fixed-k rank-major one). The backwards are checked against
@@ -75,21 +72,17 @@ def padded_backward(g_out: Tensor, buf: Tensor, pre: Tensor, h: Tensor, w1: Tens
 # -- grouped layout: (A, ·) sorted by expert ------------------------------------------------------
 
 class RowLayout(NamedTuple):
-    """The unpadded dropless layout: the A assignments grouped by expert into A rows.
+    """The unpadded dropless layout: the A assignments sorted by expert into A rows.
 
     ``row_token (A,)`` the token each row reads; ``row (A,)`` the row of each rank-major
-    assignment; ``row_expert (A,)`` the expert of each row. Rows ``[0, E·prefix)`` are the block
-    ``(E, prefix)``: expert e's first ``prefix`` rows at ``[e·prefix, (e+1)·prefix)``; the other
-    rows (the *tail*, from ``E·prefix`` on) hold each expert's remaining rows, sorted by expert:
-    ``bounds`` are the tail's cumulative counts per expert (row ranges relative to the tail's
-    start), as ints and as ``offs (E,)`` int32. With ``prefix`` 0 the tail is every row."""
+    assignment; ``row_expert (A,)`` the expert of each row (non-decreasing); ``bounds`` the
+    cumulative counts per expert (row ranges), as ints and as ``offs (E,)`` int32."""
 
     row_token: Tensor
     row: Tensor
     row_expert: Tensor
     bounds: tuple[int, ...]
     offs: Tensor
-    prefix: int = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,34 +91,19 @@ def rank_major_layout(n: int, k: int, device: torch.device) -> tuple[Tensor, Ten
     return torch.arange(n, device=device).repeat(k), torch.arange(k, device=device).repeat_interleave(n)
 
 
-def row_layout(expert_t: Tensor, num_experts: int, batched: bool = True) -> tuple[Tensor, RowLayout]:
+def row_layout(expert_t: Tensor, num_experts: int) -> tuple[Tensor, RowLayout]:
     """``counts (E,)`` and the :class:`RowLayout` of the rank-major choices ``expert_t (k, N)``
-    (within an expert, rows keep the position-priority order: first choices, then token order).
-    ``batched``: put each expert's first m rows (m = the smallest count) in the batched block;
-    False: every row in the tail (``prefix`` 0)."""
+    (within an expert, rows keep the position-priority order: first choices, then token order)."""
     k, n = expert_t.shape
     expert = expert_t.reshape(-1)
     order = torch.argsort(expert, stable=True)                                # rank-major order within experts
     counts = torch.bincount(expert, minlength=num_experts)
-    token, _ = rank_major_layout(n, k, expert_t.device)
-    m = int(counts.min()) if batched else 0
-    sorted_expert = expert[order]
-    if m == 0:
-        pos = torch.arange(order.numel(), device=order.device)
-        tails = counts
-    else:
-        starts = counts.cumsum(0) - counts
-        rank = torch.arange(order.numel(), device=order.device) - starts[sorted_expert]   # rank within expert
-        tails = counts - m
-        tail_start = num_experts * m + tails.cumsum(0) - tails
-        pos = torch.where(rank < m, sorted_expert * m + rank, tail_start[sorted_expert] + rank - m)
     row = torch.empty_like(order)
-    row[order] = pos
-    row_token, row_expert = torch.empty_like(order), torch.empty_like(order)
-    row_token[pos], row_expert[pos] = token[order], sorted_expert
-    ends = tails.cumsum(0)
-    return counts, RowLayout(row_token=row_token, row=row, row_expert=row_expert, bounds=tuple(ends.tolist()),
-                             offs=ends.to(torch.int32), prefix=m)
+    row[order] = torch.arange(order.numel(), device=order.device)
+    token, _ = rank_major_layout(n, k, expert_t.device)
+    ends = counts.cumsum(0)
+    return counts, RowLayout(row_token=token[order], row=row, row_expert=expert[order],
+                             bounds=tuple(ends.tolist()), offs=ends.to(torch.int32))
 
 
 @functools.lru_cache(maxsize=8)
@@ -151,27 +129,14 @@ def _aligned(t: Tensor, *widths: int) -> bool:
     return all(w * t.element_size() % 16 == 0 for w in widths)
 
 
-def _block(t: Tensor, layout: RowLayout) -> tuple[Tensor | None, Tensor]:
-    """``t (A, ·)`` as the layout's batched block ``(E, prefix, ·)`` (None when empty) and its tail."""
-    p = len(layout.bounds) * layout.prefix
-    return (t[:p].view(len(layout.bounds), layout.prefix, t.shape[1]) if p else None), t[p:]
-
-
 def grouped_mm(a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
     """Row range e of ``a (A, K)`` times ``b[e] (K, M)``, for every expert: ``(A, M)``."""
-    out = a.new_empty(a.shape[0], b.shape[2])
-    (a_blk, a_tail), (o_blk, o_tail) = _block(a, layout), _block(out, layout)
-    if a_blk is not None:
-        torch.bmm(a_blk, b, out=o_blk)
-    if not a_tail.shape[0]:
-        return out
     if _aligned(a, a.shape[1], b.shape[1], b.shape[2]) and _grouped_mm_works(a.device, a.dtype):
-        o_tail.copy_(torch._grouped_mm(a_tail, b, offs=layout.offs))
-        return out
-    start = 0
+        return torch._grouped_mm(a, b, offs=layout.offs)
+    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
     for e, end in enumerate(layout.bounds):
         if end > start:
-            torch.mm(a_tail[start:end], b[e], out=o_tail[start:end])
+            torch.mm(a[start:end], b[e], out=out[start:end])
         start = end
     return out
 
@@ -179,47 +144,34 @@ def grouped_mm(a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
 def grouped_mm_t(a: Tensor, g: Tensor, layout: RowLayout) -> Tensor:
     """Per expert, ``a[rows_e]ᵀ · g[rows_e]`` (a weight gradient): ``a (A, K), g (A, M) -> (E, K, M)``
     (an expert without rows gets zeros)."""
-    (a_blk, a_tail), (g_blk, g_tail) = _block(a, layout), _block(g, layout)
-    if a_blk is not None:
-        out = torch.bmm(a_blk.transpose(1, 2), g_blk)
-    else:
-        out = a.new_zeros(len(layout.bounds), a.shape[1], g.shape[1])
-    if not a_tail.shape[0]:
-        return out
     if _aligned(a, a.shape[1], g.shape[1]) and _grouped_mm_works(a.device, a.dtype):
-        tail = torch._grouped_mm(a_tail.t(), g_tail, offs=layout.offs)
-        return out.add_(tail) if a_blk is not None else tail
-    start = 0
+        return torch._grouped_mm(a.t(), g, offs=layout.offs)
+    out, start = a.new_zeros(len(layout.bounds), a.shape[1], g.shape[1]), 0
     for e, end in enumerate(layout.bounds):
         if end > start:
-            torch.addmm(out[e], a_tail[start:end].t(), g_tail[start:end], out=out[e])
+            torch.mm(a[start:end].t(), g[start:end], out=out[e])
         start = end
     return out
 
 
 def _grouped_addmm(bias: Tensor, a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
-    """``bias[e] + a[rows_e] · b[e]`` for every expert: ``(A, M)``: one ``baddbmm`` for the batched
-    block and one ``addmm`` per expert with tail rows (the bias rides in the matmuls)."""
-    out = a.new_empty(a.shape[0], b.shape[2])
-    (a_blk, a_tail), (o_blk, o_tail) = _block(a, layout), _block(out, layout)
-    if a_blk is not None:
-        torch.baddbmm(bias.unsqueeze(1), a_blk, b, out=o_blk)
-    start = 0
+    """``bias[e] + a[rows_e] · b[e]`` for every expert: ``(A, M)``, one ``addmm`` per expert with
+    rows (on a CPU as fast per FLOP as one batched matmul from a few hundred rows per expert on,
+    and the bias rides in the matmul)."""
+    out, start = a.new_empty(a.shape[0], b.shape[2]), 0
     for e, end in enumerate(layout.bounds):
         if end > start:
-            torch.addmm(bias[e], a_tail[start:end], b[e], out=o_tail[start:end])
+            torch.addmm(bias[e], a[start:end], b[e], out=out[start:end])
         start = end
     return out
 
 
 def _segment_sums(g: Tensor, layout: RowLayout) -> Tensor:
     """Per expert, the sum of its rows of ``g (A, M)``: ``(E, M)`` (a bias gradient)."""
-    g_blk, g_tail = _block(g, layout)
-    out = g_blk.sum(1) if g_blk is not None else g.new_zeros(len(layout.bounds), g.shape[1])
-    start = 0
+    out, start = g.new_zeros(len(layout.bounds), g.shape[1]), 0
     for e, end in enumerate(layout.bounds):
         if end > start:
-            out[e] += g_tail[start:end].sum(0)
+            torch.sum(g[start:end], 0, out=out[e])
         start = end
     return out
 

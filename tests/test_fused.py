@@ -214,8 +214,8 @@ def test_grouped_and_padded_layouts_agree_in_float32():
 def test_row_layout_by_hand():
     """Rank-major choices of 3 tokens (k = 2) over 3 experts, sorted by expert, priority kept."""
     expert_t = torch.tensor([[2, 0, 2], [0, 1, 0]])        # first choices, then second choices
-    counts, lay = expert_kernels.row_layout(expert_t, 3, batched=False)
-    assert counts.tolist() == [3, 1, 2] and lay.prefix == 0
+    counts, lay = expert_kernels.row_layout(expert_t, 3)
+    assert counts.tolist() == [3, 1, 2]
     # rows: expert 0 takes (token 1, first), (token 0, second), (token 2, second); expert 1 token 1;
     # expert 2 tokens 0 and 2 (first choices)
     assert lay.row_token.tolist() == [1, 0, 2, 1, 0, 2]
@@ -223,47 +223,6 @@ def test_row_layout_by_hand():
     assert lay.bounds == (3, 4, 6) and lay.offs.tolist() == [3, 4, 6]
     # assignment a = j·N + n sits in row lay.row[a]
     assert lay.row.tolist() == [4, 0, 5, 1, 3, 2]
-
-
-def test_row_layout_with_a_batched_block_by_hand():
-    """The same choices with the batched block: every expert has at least m = 1 row, so rows 0–2
-    are each expert's first row (a (3, 1) block) and the tail holds expert 0's second and third
-    rows and expert 2's second, in priority order."""
-    expert_t = torch.tensor([[2, 0, 2], [0, 1, 0]])
-    counts, lay = expert_kernels.row_layout(expert_t, 3)
-    assert counts.tolist() == [3, 1, 2] and lay.prefix == 1
-    assert lay.row_token.tolist() == [1, 1, 0, 0, 2, 2]
-    assert lay.row_expert.tolist() == [0, 1, 2, 0, 0, 2]
-    assert lay.bounds == (2, 2, 3) and lay.offs.tolist() == [2, 2, 3]       # tail: 2, 0 and 1 rows
-    assert lay.row.tolist() == [2, 0, 5, 3, 1, 4]
-
-
-@pytest.mark.parametrize("batched", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_grouped_matmuls_on_row_layouts_equal_row_by_row_products(batched, dtype):
-    """grouped_mm, grouped_mm_t and the grouped forward on layouts made by row_layout (batched
-    block and tail, or tail only) against products computed row by row with each row's expert."""
-    torch.manual_seed(11)
-    e, n, k = 5, 23, 2
-    expert_t = torch.stack([torch.randperm(n) % e, (torch.randperm(n) + 2) % e])      # every expert used
-    counts, lay = expert_kernels.row_layout(expert_t, e, batched=batched)
-    assert (lay.prefix == int(counts.min())) if batched else lay.prefix == 0
-    a_rows = lay.row_token.numel()
-    a, b, g = torch.randn(a_rows, 8, dtype=dtype), torch.randn(e, 8, 12, dtype=dtype), torch.randn(a_rows, 12, dtype=dtype)
-    ref = torch.stack([a[i] @ b[lay.row_expert[i]] for i in range(a_rows)])
-    ref_t = torch.zeros(e, 8, 12, dtype=dtype)
-    for i in range(a_rows):
-        ref_t[lay.row_expert[i]] += torch.outer(a[i], g[i])
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert torch.allclose(expert_kernels.grouped_mm(a, b, lay), ref, atol=tol)
-    assert torch.allclose(expert_kernels.grouped_mm_t(a, g, lay), ref_t, atol=tol)
-    bias = torch.randn(e, 12, dtype=dtype)
-    assert torch.allclose(expert_kernels._grouped_addmm(bias, a, b, lay), ref + bias[lay.row_expert], atol=tol)
-    sums = torch.zeros(e, 12, dtype=dtype).index_add_(0, lay.row_expert, g)
-    assert torch.allclose(expert_kernels._segment_sums(g, lay), sums, atol=tol)
-    # each assignment's row reads its token, and holds its expert
-    assert torch.equal(lay.row_token[lay.row], expert_kernels.rank_major_layout(n, k, torch.device("cpu"))[0])
-    assert torch.equal(lay.row_expert[lay.row], expert_t.reshape(-1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -338,7 +297,7 @@ class _KernelFFN(torch.autograd.Function):
         return (*grads, None, None)
 
 
-@pytest.mark.parametrize("layout", ["padded", "grouped", "grouped_block"])
+@pytest.mark.parametrize("layout", ["padded", "grouped"])
 @pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
 def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
     """Each layout's forward equals ExpertBank.forward_expert row by row; its hand-written
@@ -352,14 +311,8 @@ def test_expert_kernels_equal_the_bank_and_pass_gradcheck(layout, activation):
         buf = torch.randn(e, 3, d, dtype=torch.float64, requires_grad=True)
         lay, experts_of_rows = None, torch.arange(e).repeat_interleave(3)
         rows = buf.reshape(-1, d)
-    elif layout == "grouped":
+    else:
         _, lay = expert_kernels.row_layout(torch.tensor([[2, 0, 2, 0], [0, 2, 0, 2]]), e)     # expert 1: no rows
-        assert lay.prefix == 0
-        buf = torch.randn(8, d, dtype=torch.float64, requires_grad=True)
-        experts_of_rows, rows = lay.row_expert, buf
-    else:                                       # counts 3, 2, 3: a (3, 2) batched block and a tail of 2
-        _, lay = expert_kernels.row_layout(torch.tensor([[2, 0, 1, 0], [0, 2, 2, 1]]), e)
-        assert lay.prefix == 2 and lay.bounds == (1, 1, 2)
         buf = torch.randn(8, d, dtype=torch.float64, requires_grad=True)
         experts_of_rows, rows = lay.row_expert, buf
     out = _KernelFFN.apply(buf, *ws, activation, lay).reshape(-1, d)
