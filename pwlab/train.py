@@ -290,8 +290,8 @@ class Trainer:
                 rec = self._skip_or_raise(err, "forward", snap)
                 committed = True
                 return rec
-            bad = next((name for name, v in out.losses.items() if not math.isfinite(float(v))), None)
-            if bad is None and not math.isfinite(float(out.aux_loss)):
+            bad = next((name for name, v in out.losses.items() if not math.isfinite(v.detach().item())), None)
+            if bad is None and not math.isfinite(float(torch.as_tensor(out.aux_loss).detach())):
                 bad = "aux_loss"
             bad = strategy.agree(bad)           # every process takes the same branch
             if bad is not None:
@@ -311,7 +311,7 @@ class Trainer:
             named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
             params = [p for _, p in named]
             grad_norm = strategy.grad_norm(self.model, [p.grad for p in params])
-            if not math.isfinite(float(grad_norm)):
+            if not math.isfinite(float(torch.as_tensor(grad_norm).detach())):
                 # checked before clipping and the update: a NaN/Inf gradient is never applied
                 first = strategy.agree(next((n for n, p in named if not bool(torch.isfinite(p.grad).all())), None))
                 err = NonFiniteGradientError(step, names, float(grad_norm), first, skipped=self._skips_at_limit())
