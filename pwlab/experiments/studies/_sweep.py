@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pwlab.config import Config, tiny
 from pwlab.experiments import common
 
 
@@ -68,3 +69,13 @@ def summary(runs: list[dict], numbers: dict, measured: str, holds, *, knob: str,
             "seeds_held": sum(bool(holds(r)) for r in runs), "numbers": numbers,
             "sweep": {"knob": knob, "metric": metric, "paper_value": paper_value, **extra,
                       "points": sweep(runs, headline)}}
+
+
+def routing_level_config(seed: int, point: str, top_k: int = 2) -> Config:
+    """The config of a ``"<level>-E<experts>"`` sweep point (the task-subnetwork and ablation
+    studies): learned task-level routing (``"task"``) or token-level top-k (``"token"``) over
+    that many experts in every block, the claims' shared training settings."""
+    level, experts = point.split("-E")
+    router = {"router": "task", "router_kwargs": {"mode": "learned"}} if level == "task" else {"router": "topk"}
+    return tiny().with_model(top_k=top_k, num_experts=int(experts), moe_layers="all", **router).with_train(
+        seed=seed, **common.TRAIN)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pwlab.tasks as T
-from pwlab.config import tiny
 from pwlab.experiments import common
 from pwlab.experiments.ablation import MAX_OTHER_DROP, MIN_SELF_DROP
 from pwlab.experiments.studies import _sweep
@@ -42,10 +41,7 @@ HEADLINE = "smallest own drop over tasks at task-level, 32 experts, points (>= 2
 
 
 def config(seed: int, point: str):
-    level, experts = point.split("-E")
-    router = {"router": "task", "router_kwargs": {"mode": "learned"}} if level == "task" else {"router": "topk"}
-    return tiny().with_model(top_k=TOP_K, num_experts=int(experts), moe_layers="all", **router).with_train(
-        seed=seed, **common.TRAIN)
+    return _sweep.routing_level_config(seed, point, top_k=TOP_K)
 
 
 def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pwlab.tasks as T
-from pwlab.config import tiny
 from pwlab.experiments import common
 from pwlab.experiments.studies import _sweep
 from pwlab.experiments.task_subnetworks import MAX_DROP_POINTS, MAX_EXPERT_FRACTION, expert_parameters
@@ -42,10 +41,7 @@ HEADLINE = "worst subnetwork accuracy drop over tasks at task-level, 32 experts,
 
 
 def config(seed: int, point: str):
-    level, experts = point.split("-E")
-    router = {"router": "task", "router_kwargs": {"mode": "learned"}} if level == "task" else {"router": "topk"}
-    return tiny().with_model(top_k=2, num_experts=int(experts), moe_layers="all", **router).with_train(
-        seed=seed, **common.TRAIN)
+    return _sweep.routing_level_config(seed, point, top_k=2)
 
 
 def run(seed: int = 0, quick: bool = False, values: Sequence | None = None) -> dict:
