@@ -381,3 +381,19 @@ def test_gradcheck_router_and_losses_other_settings(k, renormalize, activation, 
         return y, logits, probs, weight, lb, z, aux
 
     assert torch.autograd.gradcheck(run, (x, *params), atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
+def test_activation_backward_in_place_equals_the_out_of_place_ops(activation):
+    """act_backward_ writes into the gradient it is given, bit-equal to the out-of-place aten ops."""
+    torch.manual_seed(3)
+    pre = torch.randn(6, 7)
+    pre[0, :3] = 0.0                                           # relu's kink: gradient 0 at 0
+    grad = torch.randn(6, 7)
+    ref = {"gelu": lambda: torch.ops.aten.gelu_backward(grad, pre),
+           "silu": lambda: torch.ops.aten.silu_backward(grad, pre),
+           "relu": lambda: grad * (pre > 0).to(grad.dtype)}[activation]()
+    work = grad.clone()
+    out = expert_kernels.act_backward_(activation, work, pre)
+    assert out.data_ptr() == work.data_ptr()
+    assert torch.equal(out, ref)
