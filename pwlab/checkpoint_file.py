@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from pwlab._files import usual_file_mode
+
 FORMAT = "pwlab-checkpoint"
 VERSION = 1
 DIGEST = "sha256"
@@ -137,7 +139,7 @@ def write_state(state: dict, path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual mode
+        os.chmod(tmp, usual_file_mode())      # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -214,9 +216,3 @@ def read_state(path) -> dict:
         raise ValueError(f"{str(path)!r} has checkpoint version {state.get('version')!r}; this pwlab reads version {VERSION}")
     _check_digest(state, path)
     return state
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -315,3 +315,18 @@ def test_make_optimizer_builds_the_configured_optimizer_over_given_params(task_l
     assert all(a is b for a, b in zip(stand_in.param_groups[0]["params"], dummy))
     assert isinstance(Trainer(task_list, _cfg()).make_optimizer(), torch.optim.AdamW)
     assert not hasattr(tr, "_make_optimizer")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_checkpoint_gets_the_mode_a_plain_open_would_give(task_list, tmp_path, umask):
+    """The atomic write starts from mkstemp's 0600 and ends at 0666 less the umask, as open() does."""
+    import stat
+    old = os.umask(umask)
+    try:
+        Trainer(task_list, _cfg()).save(tmp_path / "c.pt")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "c.pt").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain").stat().st_mode)

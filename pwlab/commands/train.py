@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pwlab._files import usual_file_mode
 from pwlab.commands import _args
 
 PROG = "pwlab train"
@@ -157,7 +158,7 @@ def _write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual mode
+        os.chmod(tmp, usual_file_mode())      # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -209,12 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)       # main() may run inside a larger process (tests, notebooks)
     return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 if __name__ == "__main__":  # pragma: no cover
