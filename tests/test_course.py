@@ -159,6 +159,20 @@ def test_handout_embeds_files_and_drops_nbval_markers(tmp_path):
     assert STUB in st.cells[4].source and "check_square(square)" in st.cells[4].source
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_handout_files_get_the_mode_a_plain_open_would_give(tmp_path, umask):
+    """Hand-outs are written atomically (from mkstemp's 0600) but end at 0666 less the umask, so
+    students sharing the instructor's folder can read them when the umask allows it."""
+    import stat
+    src = _course_tree(tmp_path)
+    old = os.umask(umask)
+    try:
+        assert course.main(["student", str(src), str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "01_a.ipynb").stat().st_mode) == 0o666 & ~umask
+
+
 def test_handout_embeds_an_image_that_ipython_reads_back(tmp_path):
     src = _course_tree(tmp_path)
     nb = new_notebook(cells=[new_code_cell('from IPython.display import Image\nImage(filename="../assets/p.png")')])

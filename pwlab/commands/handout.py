@@ -13,10 +13,10 @@ import base64
 import copy
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import nbformat
+from pwlab._files import write_text_atomically
 from pwlab.commands import notebooks as nbt
 
 #: display classes whose ``filename=`` (or first positional) argument the hand-out embeds
@@ -325,17 +325,6 @@ def plan_handouts(src: Path, out: Path) -> list[tuple[Path, Path, str]]:
     return plan
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_handouts(src: Path, out: Path, force: bool = False) -> list[tuple[Path, str]]:
     """Write the hand-out of every notebook in ``src`` (or of the one file ``src``) into ``out``.
 
@@ -353,7 +342,7 @@ def make_handouts(src: Path, out: Path, force: bool = False) -> list[tuple[Path,
             if not force:
                 done.append((target, "kept"))
                 continue
-        _write_atomically(target, text)
+        write_text_atomically(target, text)
         done.append((target, "wrote"))
     return done
 

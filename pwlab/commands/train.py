@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pwlab._files import usual_file_mode
+from pwlab._files import write_text_atomically
 from pwlab.commands import _args
 
 PROG = "pwlab train"
@@ -153,18 +153,6 @@ def _nonfinite_message(e: FloatingPointError, skipping: bool) -> str:
     return f"{where}; nothing was saved ({fix})"
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, usual_file_mode())      # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.nproc > 1:
@@ -205,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{trainer.step_count} steps; {steps} in this run took {seconds:.1f} s"]
         html = report_html(trainer.history, title=f"pwlab train: {trainer.config.name}", pmap=pmap,
                            results=results, chance=chance, metric=metric, notes=notes)
-        _write_text(out / "report.html", html)
+        write_text_atomically(out / "report.html", html)
         print(f"wrote {out / 'checkpoint.pt'} and {out / 'report.html'}")
     finally:
         torch.set_num_threads(threads)       # main() may run inside a larger process (tests, notebooks)
